@@ -2,17 +2,38 @@
 //! token text → id (keys live in the tokenizer's text arena), and (left, right) symbol pair →
 //! (merge rank, merged symbol).
 
-/// FNV-1a over several byte slices as if concatenated, then a final mix so the low bits
-/// (used as the slot index) depend on every input byte.
+/// A hash of several byte slices as if concatenated: 8 bytes at a time (FxHash-style steps),
+/// then a final mix so the low bits (used as the slot index) depend on every input byte.
 fn hash_parts(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut h: u64 = 0;
+    let mut word: u64 = 0;
+    let mut filled = 0u32;
+    let mut total = 0u64;
     for part in parts {
-        for &b in *part {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        total += part.len() as u64;
+        let mut rest = *part;
+        // Fast path: whole words when no partial word is pending.
+        if filled == 0 {
+            let mut chunks = rest.chunks_exact(8);
+            for c in &mut chunks {
+                let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+                h = (h.rotate_left(5) ^ w).wrapping_mul(K);
+            }
+            rest = chunks.remainder();
+        }
+        for &b in rest {
+            word |= u64::from(b) << (8 * filled);
+            filled += 1;
+            if filled == 8 {
+                h = (h.rotate_left(5) ^ word).wrapping_mul(K);
+                word = 0;
+                filled = 0;
+            }
         }
     }
-    mix(h)
+    h = (h.rotate_left(5) ^ word).wrapping_mul(K);
+    mix(h ^ total)
 }
 
 /// A 64-bit finalizer (from splitmix64).
