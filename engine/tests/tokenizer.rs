@@ -650,3 +650,135 @@ fn construction_time_50k() {
     assert_eq!(decode(&t, &out, true), text.as_bytes());
     assert!(best < 1.0, "construction took {best} s");
 }
+
+/// `engine/tests/fixtures/tokenizer/` (made by `make_fixtures.py` / `make_llamacpp_refs.py`), or
+/// `None` to skip when it is absent and `CI` is not set.
+fn fixture_dir() -> Option<std::path::PathBuf> {
+    // The relative path is for wasm, where only the package directory is visible.
+    let abs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer");
+    for dir in [abs.clone(), "tests/fixtures/tokenizer".into()] {
+        if dir.join("tokenizer.json").exists() {
+            return Some(dir);
+        }
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "tokenizer fixtures missing: {}",
+        abs.display()
+    );
+    eprintln!("skipping: no tokenizer fixtures at {}", abs.display());
+    None
+}
+
+/// The fixture tokenizer, from HF's `tokenizer.json`: the same tokens, types and merges that
+/// `convert_hf_to_gguf.py` writes into the parity GGUFs (`tokenizer.ggml.pre = "gpt-2"`,
+/// special added tokens as control tokens).
+/// TODO: build it from `parity/tiny/model-f32.gguf` once the GGUF reader lands.
+fn fixture_tokenizer(dir: &std::path::Path) -> Tokenizer {
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap())
+            .unwrap();
+    let vocab = json["model"]["vocab"].as_object().unwrap();
+    let mut tokens = vec![String::new(); vocab.len()];
+    for (text, id) in vocab {
+        tokens[id.as_u64().unwrap() as usize] = text.clone();
+    }
+    let mut types = vec![1i32; tokens.len()];
+    for added in json["added_tokens"].as_array().unwrap() {
+        let id = added["id"].as_u64().unwrap() as usize;
+        tokens[id] = added["content"].as_str().unwrap().to_string();
+        types[id] = if added["special"].as_bool().unwrap() {
+            3
+        } else {
+            4
+        };
+    }
+    // Merges are "a b" strings, or [a, b] pairs in newer files.
+    let merges: Vec<String> = json["model"]["merges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| match m {
+            serde_json::Value::String(s) => s.clone(),
+            pair => format!(
+                "{} {}",
+                pair[0].as_str().unwrap(),
+                pair[1].as_str().unwrap()
+            ),
+        })
+        .collect();
+    let eos = tokens
+        .iter()
+        .position(|t| t == "<|endoftext|>")
+        .map(|i| TokenId(i as u32));
+    Tokenizer::new(Vocab {
+        tokens: tokens.iter().map(String::as_str),
+        token_types: Some(&types),
+        merges: merges.iter().map(String::as_str),
+        pre: PreTokenizer::from_gguf(Some("gpt-2")).unwrap(),
+        bos: eos,
+        eos,
+        eot: None,
+        eom: None,
+        add_bos: false,
+    })
+    .unwrap()
+}
+
+/// Checks `encode` against a case file: `(text, ids with parse_special = false, ids with
+/// parse_special = true)` read by `fields`.
+fn check_cases(t: &Tokenizer, path: &std::path::Path, plain: &str, special: &str) -> usize {
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<TokenId> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| TokenId(x.as_u64().unwrap() as u32))
+            .collect()
+    };
+    let mut failures = Vec::new();
+    let cases = cases.as_array().unwrap();
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        for (key, parse_special) in [(plain, false), (special, true)] {
+            let want = ids(&case[key]);
+            let got = encode(t, text, parse_special);
+            if got != want {
+                failures.push(format!(
+                    "{text:?} parse_special={parse_special}: got {got:?}, want {want:?}"
+                ));
+            }
+            // Streaming gives the same, and decoding gives the text back.
+            let bytes = text.as_bytes();
+            let cuts: Vec<usize> = (1..bytes.len()).step_by(3).collect();
+            assert_eq!(
+                stream_encode(t, bytes, &cuts, parse_special),
+                got,
+                "{text:?} streamed"
+            );
+            assert_eq!(decode(t, &got, true), bytes, "{text:?} decoded");
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ in {}:\n{}",
+        failures.len(),
+        cases.len(),
+        path.display(),
+        failures.join("\n")
+    );
+    cases.len()
+}
+
+#[test]
+fn fixture_cases_match_hf_and_llama_cpp() {
+    let Some(dir) = fixture_dir() else { return };
+    let t = fixture_tokenizer(&dir);
+    assert_eq!(t.missing_byte_tokens(), 0);
+    // HF: "ids" parses special tokens (HF's default), "ids_special_as_text" does not.
+    let n = check_cases(&t, &dir.join("cases.json"), "ids_special_as_text", "ids");
+    // llama.cpp: "ids" with parse_special = false, "ids_special" with true.
+    let m = check_cases(&t, &dir.join("cases_llamacpp.json"), "ids", "ids_special");
+    println!("fixture cases: {n} HF, {m} llama.cpp, all equal");
+}
