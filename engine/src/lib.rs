@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod arch;
+pub mod generate;
 pub mod gguf;
 pub mod kernels;
 pub mod sampler;

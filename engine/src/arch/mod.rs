@@ -1,1 +1,4 @@
 //! Model architectures.
+
+pub mod mamba;
+pub mod ops;

@@ -35,6 +35,7 @@
 
 mod bpe;
 mod bytes;
+mod gguf;
 mod pretokenize;
 mod special;
 mod stream;
@@ -148,6 +149,12 @@ pub enum TokenizerError {
     /// More merges than ranks fit in 32 bits, or merge symbols than ids fit in 31 bits.
     #[error("too many merges: {0}")]
     TooManyMerges(usize),
+    /// `tokenizer.ggml.model` names a tokenizer other than byte-level BPE.
+    #[error("unsupported tokenizer model {0:?} (supported: \"gpt2\")")]
+    UnsupportedModel(String),
+    /// The GGUF metadata is missing or mistyped.
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::GgufError),
 }
 
 /// The inputs of a tokenizer, as a GGUF file holds them (`tokenizer.ggml.*`).
