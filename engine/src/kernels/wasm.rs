@@ -149,7 +149,7 @@ fn f16x4_to_f32(h: v128) -> v128 {
     let em = v128_and(h, u32x4_splat(0x7FFF));
     let sign = u32x4_shl(v128_and(h, u32x4_splat(0x8000)), 16);
     let scaled = f32x4_mul(u32x4_shl(em, 13), f32x4_splat(f32::from_bits(0x7780_0000))); // 2^112
-    let special = u32x4_ge(em, u32x4_splat(0x7C00));
+    let special = i32x4_ge(em, i32x4_splat(0x7C00)); // em < 2^15: a signed compare is exact
     let infnan = v128_or(u32x4_shl(em, 13), u32x4_splat(0x7F80_0000));
     v128_or(v128_bitselect(infnan, scaled, special), sign)
 }
