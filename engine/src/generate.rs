@@ -47,11 +47,7 @@ pub struct CpuDecoder<'m, 'a> {
 impl<'m, 'a> CpuDecoder<'m, 'a> {
     /// A fresh sequence over `model`, prefilling up to `max_chunk` tokens per pass.
     pub fn new(model: &'m Mamba<'a>, max_chunk: usize) -> Self {
-        Self {
-            model,
-            state: State::new(&model.config),
-            scratch: Scratch::new(&model.config, max_chunk),
-        }
+        Self { model, state: State::new(&model.config), scratch: Scratch::new(&model.config, max_chunk) }
     }
 
     /// Back to an empty sequence.
@@ -69,10 +65,9 @@ impl Decoder for CpuDecoder<'_, '_> {
     type Error = DecodeError;
 
     fn feed(&mut self, tokens: &[TokenId]) -> Result<&mut [f32], DecodeError> {
-        self.model.check_tokens(tokens).map_err(|token| DecodeError::TokenOutOfRange {
-            token,
-            vocab: self.model.config.vocab,
-        })?;
+        self.model
+            .check_tokens(tokens)
+            .map_err(|token| DecodeError::TokenOutOfRange { token, vocab: self.model.config.vocab })?;
         self.model.forward(&mut self.state, &mut self.scratch, tokens, true).ok_or(DecodeError::Empty)
     }
 

@@ -94,13 +94,7 @@ impl Sampler {
     /// A sampler for a vocabulary of `vocab` tokens.
     pub fn new(cfg: SamplerConfig, vocab: usize) -> Self {
         let rng = Xoshiro256::new(cfg.seed);
-        Self {
-            cfg,
-            rng,
-            cands: Vec::with_capacity(vocab),
-            stamp: vec![0; vocab],
-            generation: 0,
-        }
+        Self { cfg, rng, cands: Vec::with_capacity(vocab), stamp: vec![0; vocab], generation: 0 }
     }
 
     /// The configuration.
@@ -128,12 +122,7 @@ impl Sampler {
 
         // Candidates, top-k.
         self.cands.clear();
-        self.cands
-            .extend(logits.iter().enumerate().map(|(i, &logit)| Cand {
-                id: i as u32,
-                logit,
-                p: 0.0,
-            }));
+        self.cands.extend(logits.iter().enumerate().map(|(i, &logit)| Cand { id: i as u32, logit, p: 0.0 }));
         let k = self.cfg.top_k;
         if k > 0 && k < self.cands.len() {
             self.cands.select_nth_unstable_by(k - 1, by_logit);
@@ -147,11 +136,7 @@ impl Sampler {
             return TokenId(self.cands[0].id);
         }
         if top == f32::INFINITY {
-            let n = self
-                .cands
-                .iter()
-                .take_while(|c| c.logit == f32::INFINITY)
-                .count();
+            let n = self.cands.iter().take_while(|c| c.logit == f32::INFINITY).count();
             return TokenId(self.cands[self.rng.below(n)].id);
         }
         let inv_t = 1.0 / self.cfg.temperature;
@@ -177,11 +162,7 @@ impl Sampler {
         }
         // Min-p: relative to the most probable, whose p is exactly 1.
         if self.cfg.min_p > 0.0 {
-            keep = self.cands[..keep]
-                .iter()
-                .take_while(|c| c.p >= self.cfg.min_p)
-                .count()
-                .max(1);
+            keep = self.cands[..keep].iter().take_while(|c| c.p >= self.cfg.min_p).count().max(1);
         }
 
         // Draw.
@@ -264,16 +245,7 @@ pub fn portable_exp(x: f32) -> f32 {
     let kf = k as f32;
     let y = (x - kf * LN2_HI) - kf * LN2_LO; // x - k ln 2, |y| <~ ln2 / 2
     // e^y = 1 + y + y^2/2! + ... + y^7/7!, Horner form.
-    const C: [f32; 8] = [
-        1.0,
-        1.0,
-        1.0 / 2.0,
-        1.0 / 6.0,
-        1.0 / 24.0,
-        1.0 / 120.0,
-        1.0 / 720.0,
-        1.0 / 5040.0,
-    ];
+    const C: [f32; 8] = [1.0, 1.0, 1.0 / 2.0, 1.0 / 6.0, 1.0 / 24.0, 1.0 / 120.0, 1.0 / 720.0, 1.0 / 5040.0];
     let mut p = C[7];
     for &c in C[..7].iter().rev() {
         p = p * y + c;
@@ -299,9 +271,7 @@ impl Xoshiro256 {
             x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             x ^ (x >> 31)
         };
-        Self {
-            s: [splitmix(), splitmix(), splitmix(), splitmix()],
-        }
+        Self { s: [splitmix(), splitmix(), splitmix(), splitmix()] }
     }
 
     fn next_u64(&mut self) -> u64 {
@@ -358,25 +328,15 @@ pub struct StopMatcher {
 impl StopMatcher {
     /// A matcher for these stop strings (empty ones are ignored).
     pub fn new<S: Into<String>>(stops: impl IntoIterator<Item = S>) -> Self {
-        let stops = stops
-            .into_iter()
-            .map(Into::into)
-            .filter(|s: &String| !s.is_empty())
-            .collect();
-        Self {
-            stops,
-            ..Self::default()
-        }
+        let stops = stops.into_iter().map(Into::into).filter(|s: &String| !s.is_empty()).collect();
+        Self { stops, ..Self::default() }
     }
 
     /// Adds generated text.
     pub fn push(&mut self, text: &str) -> StopOutput<'_> {
         self.out.clear();
         if self.stopped {
-            return StopOutput {
-                text: &self.out,
-                stopped: true,
-            };
+            return StopOutput { text: &self.out, stopped: true };
         }
         self.buf.clear();
         self.buf.push_str(&self.held);
@@ -395,10 +355,7 @@ impl StopMatcher {
             self.out.push_str(&self.buf[..start]);
             self.held.clear();
             self.stopped = true;
-            return StopOutput {
-                text: &self.out,
-                stopped: true,
-            };
+            return StopOutput { text: &self.out, stopped: true };
         }
         // Hold back the longest suffix that is a proper prefix of a stop string.
         let bytes = self.buf.as_bytes();
@@ -416,10 +373,7 @@ impl StopMatcher {
         self.out.push_str(&self.buf[..cut]);
         self.held.clear();
         self.held.push_str(&self.buf[cut..]);
-        StopOutput {
-            text: &self.out,
-            stopped: false,
-        }
+        StopOutput { text: &self.out, stopped: false }
     }
 
     /// Ends the stream: returns the text still held back (none once stopped) and resets.

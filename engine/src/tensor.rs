@@ -170,10 +170,7 @@ impl<'a> Elems<'a> {
             return Err(size_err());
         }
         fn cast<T: Pod>(ty: GgmlType, b: &[u8]) -> Result<&[T], ViewError> {
-            bytemuck::try_cast_slice(b).map_err(|_| ViewError::Align {
-                ty,
-                align: align_of::<T>(),
-            })
+            bytemuck::try_cast_slice(b).map_err(|_| ViewError::Align { ty, align: align_of::<T>() })
         }
         Ok(match ty {
             GgmlType::F32 => Self::F32(cast(ty, bytes)?),

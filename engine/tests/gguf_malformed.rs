@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use gguf_support::{Builder, TensorSpec, enc, ty};
 use tinystate_engine::gguf::{
-    ALIGNMENT_KEY, Gguf, GgufError, MAX_ARRAY_LEN, MAX_KV, MAX_NESTING, MAX_STRING_LEN,
-    MAX_TENSOR_NAME_LEN, MAX_TENSORS, Value, ValueType,
+    ALIGNMENT_KEY, Gguf, GgufError, MAX_ARRAY_LEN, MAX_KV, MAX_NESTING, MAX_STRING_LEN, MAX_TENSOR_NAME_LEN,
+    MAX_TENSORS, Value, ValueType,
 };
 use tinystate_engine::tensor::GgmlType;
 
@@ -26,53 +26,32 @@ fn le32s(v: &[u32]) -> Vec<Vec<u8>> {
 
 /// A valid file: every value type, arrays (nested too), five tensors of every type, alignment 64.
 fn valid() -> Builder {
-    let f32s: Vec<Vec<u8>> = [0.5f32, -1.0]
-        .iter()
-        .map(|x| x.to_le_bytes().to_vec())
-        .collect();
-    let i32s: Vec<Vec<u8>> = [-7i32, 0, 9]
-        .iter()
-        .map(|x| x.to_le_bytes().to_vec())
-        .collect();
+    let f32s: Vec<Vec<u8>> = [0.5f32, -1.0].iter().map(|x| x.to_le_bytes().to_vec()).collect();
+    let i32s: Vec<Vec<u8>> = [-7i32, 0, 9].iter().map(|x| x.to_le_bytes().to_vec()).collect();
     let inner_a = enc::array(ty::U8, &[vec![1], vec![2]]);
     let inner_b = enc::array(ty::STRING, &[s("x")]);
     let nested = enc::array(ty::ARRAY, &[inner_a, inner_b, enc::array(ty::F64, &[])]);
-    let b = Builder {
-        alignment: 64,
-        ..Builder::default()
-    }
-    .kv_str("general.architecture", "mamba")
-    .kv_u32(ALIGNMENT_KEY, 64)
-    .kv("t.u8", ty::U8, [200])
-    .kv("t.i8", ty::I8, (-3i8).to_le_bytes())
-    .kv("t.u16", ty::U16, 65535u16.to_le_bytes())
-    .kv("t.i16", ty::I16, (-300i16).to_le_bytes())
-    .kv("t.i32", ty::I32, (-5i32).to_le_bytes())
-    .kv("t.f32", ty::F32, 0.25f32.to_le_bytes())
-    .kv("t.bool", ty::BOOL, [1])
-    .kv("t.u64", ty::U64, (1u64 << 40).to_le_bytes())
-    .kv("t.i64", ty::I64, (-1i64 << 40).to_le_bytes())
-    .kv("t.f64", ty::F64, 1.5f64.to_le_bytes())
-    .kv_str("t.unicode", "süß ✓")
-    .kv(
-        "t.strings",
-        ty::ARRAY,
-        enc::array(ty::STRING, &[s("a"), s(""), s("ünï")]),
-    )
-    .kv("t.i32s", ty::ARRAY, enc::array(ty::I32, &i32s))
-    .kv("t.f32s", ty::ARRAY, enc::array(ty::F32, &f32s))
-    .kv(
-        "t.u32s",
-        ty::ARRAY,
-        enc::array(ty::U32, &le32s(&[1, u32::MAX])),
-    )
-    .kv(
-        "t.bools",
-        ty::ARRAY,
-        enc::array(ty::BOOL, &[vec![0], vec![1]]),
-    )
-    .kv("t.empty", ty::ARRAY, enc::array(ty::U64, &[]))
-    .kv("t.nested", ty::ARRAY, nested);
+    let b = Builder { alignment: 64, ..Builder::default() }
+        .kv_str("general.architecture", "mamba")
+        .kv_u32(ALIGNMENT_KEY, 64)
+        .kv("t.u8", ty::U8, [200])
+        .kv("t.i8", ty::I8, (-3i8).to_le_bytes())
+        .kv("t.u16", ty::U16, 65535u16.to_le_bytes())
+        .kv("t.i16", ty::I16, (-300i16).to_le_bytes())
+        .kv("t.i32", ty::I32, (-5i32).to_le_bytes())
+        .kv("t.f32", ty::F32, 0.25f32.to_le_bytes())
+        .kv("t.bool", ty::BOOL, [1])
+        .kv("t.u64", ty::U64, (1u64 << 40).to_le_bytes())
+        .kv("t.i64", ty::I64, (-1i64 << 40).to_le_bytes())
+        .kv("t.f64", ty::F64, 1.5f64.to_le_bytes())
+        .kv_str("t.unicode", "süß ✓")
+        .kv("t.strings", ty::ARRAY, enc::array(ty::STRING, &[s("a"), s(""), s("ünï")]))
+        .kv("t.i32s", ty::ARRAY, enc::array(ty::I32, &i32s))
+        .kv("t.f32s", ty::ARRAY, enc::array(ty::F32, &f32s))
+        .kv("t.u32s", ty::ARRAY, enc::array(ty::U32, &le32s(&[1, u32::MAX])))
+        .kv("t.bools", ty::ARRAY, enc::array(ty::BOOL, &[vec![0], vec![1]]))
+        .kv("t.empty", ty::ARRAY, enc::array(ty::U64, &[]))
+        .kv("t.nested", ty::ARRAY, nested);
     b.tensor("token_embd.weight", &[8, 4], GgmlType::F32)
         .tensor("blk.0.ssm_in.weight", &[32, 3], GgmlType::Q8_0)
         .tensor("blk.0.ssm_d", &[5], GgmlType::F16)
@@ -104,34 +83,10 @@ fn valid_file_parses_with_every_value_type() {
     assert_eq!(g.get_bool("t.bool"), Ok(true));
     assert_eq!(g.get_str("t.unicode"), Ok("süß ✓"));
     let strings = g.get_array("t.strings").unwrap();
-    assert_eq!(
-        strings.strings().unwrap().collect::<Vec<_>>(),
-        ["a", "", "ünï"]
-    );
-    assert_eq!(
-        g.get_array("t.i32s")
-            .unwrap()
-            .i32s()
-            .unwrap()
-            .collect::<Vec<_>>(),
-        [-7, 0, 9]
-    );
-    assert_eq!(
-        g.get_array("t.f32s")
-            .unwrap()
-            .f32s()
-            .unwrap()
-            .collect::<Vec<_>>(),
-        [0.5, -1.0]
-    );
-    assert_eq!(
-        g.get_array("t.u32s")
-            .unwrap()
-            .u32s()
-            .unwrap()
-            .collect::<Vec<_>>(),
-        [1, u32::MAX]
-    );
+    assert_eq!(strings.strings().unwrap().collect::<Vec<_>>(), ["a", "", "ünï"]);
+    assert_eq!(g.get_array("t.i32s").unwrap().i32s().unwrap().collect::<Vec<_>>(), [-7, 0, 9]);
+    assert_eq!(g.get_array("t.f32s").unwrap().f32s().unwrap().collect::<Vec<_>>(), [0.5, -1.0]);
+    assert_eq!(g.get_array("t.u32s").unwrap().u32s().unwrap().collect::<Vec<_>>(), [1, u32::MAX]);
     let bools: Vec<Value> = g.get_array("t.bools").unwrap().iter().collect();
     assert_eq!(bools, [Value::Bool(false), Value::Bool(true)]);
     let empty = g.get_array("t.empty").unwrap();
@@ -164,19 +119,11 @@ fn valid_file_tensors_are_zero_copy_slices() {
         assert_eq!((t.n_elements(), t.data.len()), (n, size), "{}", t.name);
         assert_eq!(t.offset % 64, 0);
         let start = data_offset + t.offset as usize;
-        assert_eq!(
-            t.data.as_ptr(),
-            bytes[start..].as_ptr(),
-            "{} is not a slice",
-            t.name
-        );
+        assert_eq!(t.data.as_ptr(), bytes[start..].as_ptr(), "{} is not a slice", t.name);
         assert_eq!(t.data[0], (t.offset * 7 + 1) as u8);
     }
     let last = g.tensors().last().unwrap();
-    assert_eq!(
-        data_offset + last.offset as usize + last.data.len(),
-        bytes.len()
-    );
+    assert_eq!(data_offset + last.offset as usize + last.data.len(), bytes.len());
     let t = g.tensor("blk.0.ssm_in.weight").unwrap();
     assert_eq!((t.ty, t.dims()), (GgmlType::Q8_0, &[32, 3][..]));
     assert_eq!(g.tensor("output_norm.weight").unwrap().dims(), [3, 1, 1, 2]);
@@ -185,11 +132,7 @@ fn valid_file_tensors_are_zero_copy_slices() {
 
 #[test]
 fn version_2_and_files_without_tensors_parse() {
-    let bytes = Builder {
-        version: 2,
-        ..valid()
-    }
-    .build();
+    let bytes = Builder { version: 2, ..valid() }.build();
     assert_eq!(Gguf::parse(&bytes).unwrap().version(), 2);
     let bytes = Builder::default().kv_str("general.name", "x").build();
     let g = Gguf::parse(&bytes).unwrap();
@@ -213,30 +156,18 @@ fn typed_getters_report_missing_keys_and_wrong_types() {
         "metadata key 'general.architecture': expected an integer fitting u32, found String"
     );
     let err = g.get_u32("t.u64").unwrap_err();
-    assert!(
-        matches!(&err, GgufError::IntOutOfRange { key, value: 0x100_0000_0000, .. } if key == "t.u64")
-    );
+    assert!(matches!(&err, GgufError::IntOutOfRange { key, value: 0x100_0000_0000, .. } if key == "t.u64"));
     assert!(err.to_string().contains("1099511627776"), "{err}");
-    assert!(matches!(
-        g.get_u64("t.neg"),
-        Err(GgufError::IntOutOfRange { value: -1, .. })
-    ));
+    assert!(matches!(g.get_u64("t.neg"), Err(GgufError::IntOutOfRange { value: -1, .. })));
     assert!(matches!(g.get_u32("nope"), Err(GgufError::MissingKey { key }) if key == "nope"));
-    assert_eq!(
-        g.get_u32("nope").unwrap_err().to_string(),
-        "metadata key 'nope' not found"
-    );
+    assert_eq!(g.get_u32("nope").unwrap_err().to_string(), "metadata key 'nope' not found");
     let wrong = |r: Result<(), GgufError>, k: &str, found: ValueType| match r {
         Err(GgufError::WrongType { key, found: f, .. }) => assert!(key == k && f == found),
         other => panic!("{k}: {other:?}"),
     };
     wrong(g.get_f32("t.i32").map(drop), "t.i32", ValueType::I32);
     wrong(g.get_bool("t.u8").map(drop), "t.u8", ValueType::U8);
-    wrong(
-        g.get_str("t.strings").map(drop),
-        "t.strings",
-        ValueType::Array,
-    );
+    wrong(g.get_str("t.strings").map(drop), "t.strings", ValueType::Array);
     wrong(g.get_array("t.f32").map(drop), "t.f32", ValueType::F32);
     wrong(g.get_u64("t.bool").map(drop), "t.bool", ValueType::Bool);
     let a = g.get_array("t.strings").unwrap();
@@ -248,9 +179,7 @@ fn every_prefix_of_a_valid_file_fails() {
     let bytes = valid().build();
     for len in 0..bytes.len() {
         match Gguf::parse(&bytes[..len]) {
-            Err(GgufError::Truncated {
-                offset, remaining, ..
-            }) => {
+            Err(GgufError::Truncated { offset, remaining, .. }) => {
                 assert_eq!(offset + remaining, len as u64, "prefix {len}");
             }
             Err(GgufError::TensorOutOfBounds { .. }) => {}
@@ -317,9 +246,7 @@ fn one_tensor() -> Builder {
 
 /// Only metadata entries `entries`.
 fn kv_only(entries: &[Vec<u8>]) -> Builder {
-    entries
-        .iter()
-        .fold(Builder::default(), |b, e| b.kv_raw(e.clone()))
+    entries.iter().fold(Builder::default(), |b, e| b.kv_raw(e.clone()))
 }
 
 /// A metadata entry `key` of type `ty`.
@@ -337,10 +264,7 @@ fn header_and_kv_cases() -> Vec<Case> {
     for _ in 0..MAX_NESTING {
         deep = enc::array(ty::ARRAY, &[deep]);
     }
-    let two = kv_only(&[
-        entry("a", ty::STRING, &s("b")),
-        entry("c", ty::STRING, &s("d")),
-    ]);
+    let two = kv_only(&[entry("a", ty::STRING, &s("b")), entry("c", ty::STRING, &s("d"))]);
     let kv_over = (two.build().len() as u64 - 24) / 13 + 1;
     let max = u64::MAX.to_le_bytes();
     let bad_str_array = enc::array(ty::STRING, &[s("ok"), enc::string(b"\xe2\x82")]);
@@ -415,15 +339,9 @@ fn tensor_cases() -> Vec<Case> {
         ty: 0,
         offset: 0,
     };
-    let bad_name = TensorSpec {
-        name: b"w\xc0".to_vec(),
-        ..spec(1, &[4])
-    };
+    let bad_name = TensorSpec { name: b"w\xc0".to_vec(), ..spec(1, &[4]) };
     let long_name = vec![b'n'; MAX_TENSOR_NAME_LEN as usize + 1];
-    let long_name = TensorSpec {
-        name: long_name,
-        ..spec(1, &[4])
-    };
+    let long_name = TensorSpec { name: long_name, ..spec(1, &[4]) };
     let valid_len = valid().build().len();
     let trunc = |cut: usize| valid().build()[..cut].to_vec();
     let b = Builder::default;
@@ -505,11 +423,7 @@ fn broken_files_fail_with_specific_errors() {
             other => failures.push(format!(
                 "{}: {other:?} / {}",
                 c.name,
-                other
-                    .as_ref()
-                    .err()
-                    .map(ToString::to_string)
-                    .unwrap_or_default()
+                other.as_ref().err().map(ToString::to_string).unwrap_or_default()
             )),
         }
     }
@@ -533,22 +447,13 @@ fn corpus_matches_cases() {
         std::fs::write(seeds.join("valid.gguf"), valid().build()).unwrap();
     }
     for c in cases() {
-        assert!(
-            c.bytes.len() < 4096,
-            "{} is {} bytes",
-            c.name,
-            c.bytes.len()
-        );
+        assert!(c.bytes.len() < 4096, "{} is {} bytes", c.name, c.bytes.len());
         let path = dir.join(format!("{}.gguf", c.name));
         if update {
             std::fs::write(&path, &c.bytes).unwrap();
         }
         let on_disk = std::fs::read(&path).unwrap_or_default();
-        assert!(
-            on_disk == c.bytes,
-            "{} is stale: rerun with GGUF_UPDATE_CORPUS=1",
-            path.display()
-        );
+        assert!(on_disk == c.bytes, "{} is stale: rerun with GGUF_UPDATE_CORPUS=1", path.display());
     }
 }
 

@@ -9,31 +9,28 @@ mod common;
 use common::{Aligned, fixture, max_abs_diff, read_f32s, read_json};
 use tinystate_engine::TokenId;
 use tinystate_engine::arch::mamba::{Mamba, Scratch, State};
+use tinystate_engine::generate::{CpuDecoder, Decoder};
 use tinystate_engine::gguf::Gguf;
+use tinystate_engine::sampler::{Sampler, SamplerConfig};
 
 const CONFIGS: [&str; 2] = ["tiny", "odd"];
 
-/// Max |Δlogit| allowed against transformers (float64 reference) per weight type: F32 is the
-/// spec's 1e-4; the others are bounded by their rounding of the weights.
+/// Max |Δlogit| allowed against transformers computing in float64 on the *same* weights the file
+/// stores (`logits_dequant-<ty>.f32`; `logits.f32` for F32). F32 and F16 weights are used as is
+/// with f32 activations, so only summation order differs. Q8_0 and Q4_0 products quantise the
+/// activations to Q8_0 as llama.cpp does, which costs up to a few hundredths (measured 0.065).
 fn tol_vs_hf(ty: &str) -> f32 {
     match ty {
-        "f32" => 1e-4,
-        "f16" => 2e-2,
-        "q8_0" => 6e-2,
-        "q4_0" => 0.5,
+        "f32" | "f16" => 1e-4,
+        "q8_0" | "q4_0" => 0.1,
         _ => unreachable!(),
     }
 }
 
-/// Max |Δlogit| allowed against llama.cpp on the same file: same weights, so only summation
-/// order and activation quantisation differ.
-fn tol_vs_llamacpp(ty: &str) -> f32 {
+fn hf_reference(config: &str, ty: &str) -> Vec<f32> {
     match ty {
-        "f32" => 1e-4,
-        "f16" => 2e-3,
-        "q8_0" => 2e-3,
-        "q4_0" => 2e-3,
-        _ => unreachable!(),
+        "f32" => reference(config, "logits.f32"),
+        _ => reference(config, &format!("logits_dequant-{ty}.f32")),
     }
 }
 
@@ -92,8 +89,8 @@ fn reference(config: &str, name: &str) -> Vec<f32> {
 #[test]
 fn stepwise_decode_matches_transformers() {
     for config in CONFIGS {
-        let hf = reference(config, "logits.f32");
         for ty in ["f32", "f16", "q8_0", "q4_0"] {
+            let hf = hf_reference(config, ty);
             let case = Case::load(config, ty);
             let ours = case.stepwise();
             assert_eq!(ours.len(), hf.len(), "{config}/{ty}: positions × vocab");
@@ -102,6 +99,18 @@ fn stepwise_decode_matches_transformers() {
                 assert!(d <= tol_vs_hf(ty), "{config}/{ty} position {pos}: max |Δ| {d} > {}", tol_vs_hf(ty));
             }
         }
+    }
+}
+
+#[test]
+fn weight_rounding_alone_explains_the_distance_to_full_precision() {
+    // F16 weights move logits by ~2e-3 from the float64 model on the original weights; our F16
+    // path adds nothing measurable to that (checked above against the rounded weights).
+    for config in CONFIGS {
+        let hf = reference(config, "logits.f32");
+        let ours = Case::load(config, "f16").stepwise();
+        let d = max_abs_diff(&ours, &hf);
+        assert!(d <= 5e-3, "{config}/f16 vs full-precision transformers: max |Δ| {d}");
     }
 }
 
@@ -136,32 +145,57 @@ fn prefill_matches_transformers_last_position() {
     }
 }
 
+/// llama.cpp's logits on the same file. llama.cpp rounds activations to F16 before F16 products,
+/// so F16 differs by ~2e-3. For Q8_0/Q4_0 both engines quantise activations to Q8_0 identically,
+/// so nearly every position agrees to float rounding; a rare rounding flip of one quantised
+/// activation (seen once in 24 positions) perturbs a few positions by up to ~3e-2.
 #[test]
 fn decode_matches_llama_cpp_on_the_same_file() {
-    for config in CONFIGS {
-        for ty in ["f32", "f16", "q8_0", "q4_0"] {
-            let case = Case::load(config, ty);
-            let theirs = reference(config, &format!("llamacpp-{ty}.f32"));
-            let ours = case.stepwise();
-            assert_eq!(ours.len(), theirs.len());
-            for (pos, (a, b)) in ours.chunks(case.vocab).zip(theirs.chunks(case.vocab)).enumerate() {
-                let d = max_abs_diff(a, b);
-                let tol = tol_vs_llamacpp(ty);
-                assert!(d <= tol, "{config}/{ty} position {pos}: vs llama.cpp max |Δ| {d} > {tol}");
-            }
+    // llama.cpp loads Mamba only with d_inner = 2·d_model, so "odd" has no llama.cpp reference.
+    let config = "tiny";
+    for (ty, tol_all, tol_most) in
+        [("f32", 1e-5, 1e-5), ("f16", 3e-3, 3e-3), ("q8_0", 5e-2, 1e-5), ("q4_0", 5e-2, 1e-5)]
+    {
+        let case = Case::load(config, ty);
+        let theirs = reference(config, &format!("llamacpp-{ty}.f32"));
+        let ours = case.stepwise();
+        assert_eq!(ours.len(), theirs.len());
+        let diffs: Vec<f32> =
+            ours.chunks(case.vocab).zip(theirs.chunks(case.vocab)).map(|(a, b)| max_abs_diff(a, b)).collect();
+        let close = diffs.iter().filter(|&&d| d <= tol_most).count();
+        for (pos, &d) in diffs.iter().enumerate() {
+            assert!(d <= tol_all, "{config}/{ty} position {pos}: vs llama.cpp max |Δ| {d} > {tol_all}");
         }
+        assert!(
+            close * 5 >= diffs.len() * 4,
+            "{config}/{ty}: only {close}/{} positions within {tol_most} of llama.cpp: {diffs:?}",
+            diffs.len()
+        );
     }
 }
+
+/// Greedy continuations recorded from llama.cpp on the same files are reproduced token for token.
 #[test]
-fn diag_print_all() {
-    for config in CONFIGS {
-        for ty in ["f32", "f16", "q8_0", "q4_0"] {
-            let case = Case::load(config, ty);
-            let ours = case.stepwise();
-            let hf = reference(config, "logits.f32");
-            let dq = if ty == "f32" { hf.clone() } else { reference(config, &format!("logits_dequant-{ty}.f32")) };
-            let lc = std::fs::metadata(fixture(&format!("parity/{config}/llamacpp-{ty}.f32"))).ok().map(|_| reference(config, &format!("llamacpp-{ty}.f32")));
-            println!("{config} {ty}: vs HF {:.3e}  vs HF-dequant {:.3e}  vs llama.cpp {:?}", max_abs_diff(&ours, &hf), max_abs_diff(&ours, &dq), lc.map(|l| max_abs_diff(&ours, &l)));
+fn greedy_continuation_matches_llama_cpp() {
+    let ids = |v: &serde_json::Value| -> Vec<TokenId> {
+        v.as_array().unwrap().iter().map(|t| TokenId(t.as_u64().unwrap() as u32)).collect()
+    };
+    for ty in ["f32", "f16", "q8_0", "q4_0"] {
+        let rec = read_json(&fixture(&format!("parity/tiny/greedy-{ty}.json")));
+        let (prompt, want) = (ids(&rec["prompt"]), ids(&rec["tokens"]));
+        let case = Case::load("tiny", ty);
+        let g = Gguf::parse(case.file.bytes()).unwrap();
+        let m = Mamba::load(&g).unwrap();
+        let mut dec = CpuDecoder::new(&m, 4);
+        let mut sampler =
+            Sampler::new(SamplerConfig { temperature: 0.0, ..SamplerConfig::default() }, m.config.vocab);
+        let mut got = Vec::new();
+        let mut logits = dec.feed(&prompt).unwrap();
+        while got.len() < want.len() {
+            let t = sampler.sample(logits, &[]);
+            got.push(t);
+            logits = dec.feed(&[t]).unwrap();
         }
+        assert_eq!(got, want, "tiny/{ty}: greedy continuation differs from llama.cpp");
     }
 }

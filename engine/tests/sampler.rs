@@ -41,19 +41,11 @@ fn greedy_picks_argmax_lowest_id() {
 
 #[test]
 fn top_k_one_is_greedy() {
-    let logits: Vec<f32> = (0..50)
-        .map(|i| ((i * 7919 % 50) as f32 - 25.0) * 0.3)
-        .collect();
+    let logits: Vec<f32> = (0..50).map(|i| ((i * 7919 % 50) as f32 - 25.0) * 0.3).collect();
     let mut greedy = Sampler::new(cfg(0.0, 0), 50);
     let want = draw(&mut greedy, &logits, &[]);
     for t in [0.1, 1.0, 5.0, 100.0] {
-        let mut s = Sampler::new(
-            SamplerConfig {
-                top_k: 1,
-                ..cfg(t, 9)
-            },
-            50,
-        );
+        let mut s = Sampler::new(SamplerConfig { top_k: 1, ..cfg(t, 9) }, 50);
         for _ in 0..50 {
             assert_eq!(draw(&mut s, &logits, &[]), want);
         }
@@ -65,9 +57,7 @@ fn seeds() {
     let logits: Vec<f32> = (0..100).map(|i| (i % 10) as f32 * 0.1).collect();
     let run = |seed| {
         let mut s = Sampler::new(cfg(1.0, seed), 100);
-        (0..200)
-            .map(|_| draw(&mut s, &logits, &[]))
-            .collect::<Vec<_>>()
+        (0..200).map(|_| draw(&mut s, &logits, &[])).collect::<Vec<_>>()
     };
     assert_eq!(run(5), run(5));
     assert_ne!(run(5), run(6));
@@ -110,80 +100,30 @@ fn four() -> Vec<f32> {
 
 #[test]
 fn top_p_and_min_p_exclude_the_tail() {
-    let k = counts(
-        SamplerConfig {
-            top_p: 0.75,
-            ..cfg(1.0, 3)
-        },
-        &four(),
-        4000,
-    );
+    let k = counts(SamplerConfig { top_p: 0.75, ..cfg(1.0, 3) }, &four(), 4000);
     assert!(k[0] > 0 && k[1] > 0 && k[2] == 0 && k[3] == 0, "{k:?}");
-    let k = counts(
-        SamplerConfig {
-            top_p: 0.9,
-            ..cfg(1.0, 3)
-        },
-        &four(),
-        4000,
-    );
+    let k = counts(SamplerConfig { top_p: 0.9, ..cfg(1.0, 3) }, &four(), 4000);
     assert!(k[2] > 0 && k[3] == 0, "{k:?}");
     // min-p 0.2: keep p >= 0.1.
-    let k = counts(
-        SamplerConfig {
-            min_p: 0.2,
-            ..cfg(1.0, 4)
-        },
-        &four(),
-        4000,
-    );
+    let k = counts(SamplerConfig { min_p: 0.2, ..cfg(1.0, 4) }, &four(), 4000);
     assert!(k[2] > 0 && k[3] == 0, "{k:?}");
-    let k = counts(
-        SamplerConfig {
-            min_p: 0.5,
-            ..cfg(1.0, 4)
-        },
-        &four(),
-        4000,
-    );
+    let k = counts(SamplerConfig { min_p: 0.5, ..cfg(1.0, 4) }, &four(), 4000);
     assert!(k[1] > 0 && k[2] == 0 && k[3] == 0, "{k:?}");
     // top-k 2.
-    let k = counts(
-        SamplerConfig {
-            top_k: 2,
-            ..cfg(1.0, 5)
-        },
-        &four(),
-        4000,
-    );
+    let k = counts(SamplerConfig { top_k: 2, ..cfg(1.0, 5) }, &four(), 4000);
     assert!(k[1] > 0 && k[2] == 0 && k[3] == 0, "{k:?}");
     // Filters keep at least one token.
-    let k = counts(
-        SamplerConfig {
-            top_p: 0.0,
-            min_p: 1.0,
-            ..cfg(1.0, 5)
-        },
-        &four(),
-        100,
-    );
+    let k = counts(SamplerConfig { top_p: 0.0, min_p: 1.0, ..cfg(1.0, 5) }, &four(), 100);
     assert_eq!(k, [100, 0, 0, 0]);
 }
 
 #[test]
 fn repetition_penalty() {
-    let c = SamplerConfig {
-        repetition_penalty: 2.0,
-        repeat_last_n: 3,
-        ..cfg(0.0, 0)
-    };
+    let c = SamplerConfig { repetition_penalty: 2.0, repeat_last_n: 3, ..cfg(0.0, 0) };
     let mut s = Sampler::new(c, 4);
     let mut l = vec![2.0f32, 1.5, -1.0, 0.0];
     // Token 0 three times: penalised once; token 3 is outside the last 3.
-    assert_eq!(
-        s.sample(&mut l, &[TokenId(3), TokenId(0), TokenId(2), TokenId(0)]),
-        TokenId(1)
-    );
+    assert_eq!(s.sample(&mut l, &[TokenId(3), TokenId(0), TokenId(2), TokenId(0)]), TokenId(1));
     assert_eq!(l, [1.0, 1.5, -2.0, 0.0]);
     // Out-of-range ids in `recent` are ignored.
     let mut l = vec![1.0f32, 0.0];
@@ -197,10 +137,7 @@ fn non_finite_logits() {
         assert_eq!(draw(&mut s, &[f32::NAN, 0.0, f32::NAN, -1.0], &[]) % 2, 1);
         assert_eq!(draw(&mut s, &[f32::NAN; 4], &[]), 0);
         assert_eq!(draw(&mut s, &[f32::NEG_INFINITY; 4], &[]), 0);
-        assert_eq!(
-            draw(&mut s, &[0.0, f32::INFINITY, 5.0, f32::NEG_INFINITY], &[]),
-            1
-        );
+        assert_eq!(draw(&mut s, &[0.0, f32::INFINITY, 5.0, f32::NEG_INFINITY], &[]), 1);
     }
     let k = counts(cfg(1.0, 12), &[f32::INFINITY, 0.0, f32::INFINITY], 1000);
     assert!(k[0] > 400 && k[2] > 400 && k[1] == 0, "{k:?}");
@@ -213,18 +150,13 @@ fn non_finite_logits() {
 /// Fixed logits and seed; the token list must be the same on every platform.
 fn golden_run(c: SamplerConfig) -> Vec<u32> {
     let vocab = 64;
-    let base: Vec<f32> = (0..vocab)
-        .map(|i| ((i * 37 % vocab) as f32 - 32.0) / 8.0)
-        .collect();
+    let base: Vec<f32> = (0..vocab).map(|i| ((i * 37 % vocab) as f32 - 32.0) / 8.0).collect();
     let mut s = Sampler::new(c, vocab);
     let mut recent = Vec::new();
     for step in 0..48 {
         // Vary the logits a little per step, with exact arithmetic only.
-        let mut l: Vec<f32> = base
-            .iter()
-            .enumerate()
-            .map(|(i, &x)| x + ((i + step) % 5) as f32 * 0.25)
-            .collect();
+        let mut l: Vec<f32> =
+            base.iter().enumerate().map(|(i, &x)| x + ((i + step) % 5) as f32 * 0.25).collect();
         recent.push(s.sample(&mut l, &recent));
     }
     recent.into_iter().map(|t| t.0).collect()
@@ -247,12 +179,12 @@ fn golden_tokens() {
 }
 
 const GOLDEN_FILTERED: [u32; 48] = [
-    19, 62, 50, 43, 38, 29, 12, 57, 36, 31, 24, 38, 19, 55, 5, 29, 38, 43, 17, 10, 50, 12, 19, 31,
-    55, 38, 43, 38, 5, 50, 24, 12, 62, 31, 57, 19, 38, 31, 36, 19, 19, 24, 19, 19, 12, 38, 31, 57,
+    19, 62, 50, 43, 38, 29, 12, 57, 36, 31, 24, 38, 19, 55, 5, 29, 38, 43, 17, 10, 50, 12, 19, 31, 55, 38,
+    43, 38, 5, 50, 24, 12, 62, 31, 57, 19, 38, 31, 36, 19, 19, 24, 19, 19, 12, 38, 31, 57,
 ];
 const GOLDEN_PLAIN: [u32; 48] = [
-    19, 19, 17, 34, 18, 17, 17, 22, 10, 24, 62, 12, 55, 50, 55, 10, 62, 22, 43, 55, 19, 57, 38, 24,
-    50, 24, 19, 43, 36, 38, 12, 62, 22, 1, 29, 17, 48, 57, 5, 46, 31, 17, 55, 17, 3, 19, 50, 62,
+    19, 19, 17, 34, 18, 17, 17, 22, 10, 24, 62, 12, 55, 50, 55, 10, 62, 22, 43, 55, 19, 57, 38, 24, 50, 24,
+    19, 43, 36, 38, 12, 62, 22, 1, 29, 17, 48, 57, 5, 46, 31, 17, 55, 17, 3, 19, 50, 62,
 ];
 
 /// Pushes `text` split at `cuts`; returns (emitted text, stopped).
@@ -286,22 +218,12 @@ fn stop_strings_at_every_split() {
         (&[], "anything", "anything", false),
     ];
     for &(stops, text, want, stopped) in cases {
-        let boundaries: Vec<usize> = (0..=text.len())
-            .filter(|&i| text.is_char_boundary(i))
-            .collect();
-        assert_eq!(
-            stop_stream(stops, text, &[]),
-            (want.to_string(), stopped),
-            "{text:?} whole"
-        );
+        let boundaries: Vec<usize> = (0..=text.len()).filter(|&i| text.is_char_boundary(i)).collect();
+        assert_eq!(stop_stream(stops, text, &[]), (want.to_string(), stopped), "{text:?} whole");
         for &i in &boundaries {
             for &j in boundaries.iter().filter(|&&j| j >= i) {
                 let got = stop_stream(stops, text, &[i, j]);
-                assert_eq!(
-                    got,
-                    (want.to_string(), stopped),
-                    "{text:?} split at {i}, {j}"
-                );
+                assert_eq!(got, (want.to_string(), stopped), "{text:?} split at {i}, {j}");
             }
         }
         // One character at a time.

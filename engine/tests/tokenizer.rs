@@ -5,15 +5,13 @@ use std::time::Instant;
 
 use tinystate_engine::TokenId;
 use tinystate_engine::tokenizer::{
-    MAX_PIECE_BYTES, PreTokenizer, StreamDecoder, StreamEncoder, TokenType, Tokenizer,
-    TokenizerError, Vocab,
+    MAX_PIECE_BYTES, PreTokenizer, StreamDecoder, StreamEncoder, TokenType, Tokenizer, TokenizerError, Vocab,
 };
 
 /// GPT-2's `bytes_to_unicode`, written out again independently of the crate.
 fn byte_char(b: u8) -> char {
-    let printable = |x: u32| {
-        (0x21..=0x7E).contains(&x) || (0xA1..=0xAC).contains(&x) || (0xAE..=0xFF).contains(&x)
-    };
+    let printable =
+        |x: u32| (0x21..=0x7E).contains(&x) || (0xA1..=0xAC).contains(&x) || (0xAE..=0xFF).contains(&x);
     let b = u32::from(b);
     if printable(b) {
         return char::from_u32(b).unwrap();
@@ -60,10 +58,7 @@ fn build(spec: &Spec) -> Tokenizer {
             _ => 1,
         });
     }
-    let eos = tokens
-        .iter()
-        .position(|t| t == "<|endoftext|>")
-        .map(|i| TokenId(i as u32));
+    let eos = tokens.iter().position(|t| t == "<|endoftext|>").map(|i| TokenId(i as u32));
     Tokenizer::new(Vocab {
         tokens: tokens.iter().map(String::as_str),
         token_types: Some(&types),
@@ -114,11 +109,7 @@ const SPECIALS: &[(&str, TokenType)] = &[
 ];
 
 fn tok(pre: PreTokenizer) -> Tokenizer {
-    build(&Spec {
-        merges: MERGES,
-        extra: SPECIALS,
-        pre,
-    })
+    build(&Spec { merges: MERGES, extra: SPECIALS, pre })
 }
 
 fn encode(t: &Tokenizer, text: &str, parse_special: bool) -> Vec<TokenId> {
@@ -128,15 +119,11 @@ fn encode(t: &Tokenizer, text: &str, parse_special: bool) -> Vec<TokenId> {
 }
 
 fn decode(t: &Tokenizer, ids: &[TokenId], special: bool) -> Vec<u8> {
-    ids.iter()
-        .flat_map(|&id| t.decode_token_with(id, special).to_vec())
-        .collect()
+    ids.iter().flat_map(|&id| t.decode_token_with(id, special).to_vec()).collect()
 }
 
 fn texts(t: &Tokenizer, ids: &[TokenId]) -> Vec<String> {
-    ids.iter()
-        .map(|&id| String::from_utf8_lossy(t.decode_token_with(id, true)).into_owned())
-        .collect()
+    ids.iter().map(|&id| String::from_utf8_lossy(t.decode_token_with(id, true)).into_owned()).collect()
 }
 
 const SAMPLES: &[&str] = &[
@@ -165,11 +152,7 @@ fn round_trip() {
         for &s in SAMPLES {
             for parse_special in [false, true] {
                 let ids = encode(&t, s, parse_special);
-                assert_eq!(
-                    decode(&t, &ids, true),
-                    s.as_bytes(),
-                    "{pre:?} {s:?} {parse_special}"
-                );
+                assert_eq!(decode(&t, &ids, true), s.as_bytes(), "{pre:?} {s:?} {parse_special}");
             }
         }
     }
@@ -179,10 +162,7 @@ fn round_trip() {
 fn merges_apply_by_rank() {
     let t = tok(PreTokenizer::Gpt2);
     let id = |s: &str| t.token_id(&enc(s)).unwrap();
-    assert_eq!(
-        encode(&t, "hello world", false),
-        [id("hello"), id(" world")]
-    );
+    assert_eq!(encode(&t, "hello world", false), [id("hello"), id(" world")]);
     assert_eq!(encode(&t, "don't", false), [id("don"), id("'t")]);
     assert_eq!(encode(&t, "1234", false), [id("123"), id("4")]);
     assert_eq!(encode(&t, "été", false), [id("ét"), id("é")]);
@@ -202,10 +182,8 @@ fn merges_apply_by_rank() {
 #[test]
 fn merge_results_missing_from_vocab() {
     // "x y" merges to "xy", which is not a token; "xy z" merges to "xyz", which is.
-    let tokens: Vec<String> = (0..=255u8)
-        .map(|b| byte_char(b).to_string())
-        .chain(["xyz".to_string()])
-        .collect();
+    let tokens: Vec<String> =
+        (0..=255u8).map(|b| byte_char(b).to_string()).chain(["xyz".to_string()]).collect();
     let t = Tokenizer::new(Vocab {
         tokens: tokens.iter().map(String::as_str),
         token_types: None,
@@ -235,14 +213,8 @@ fn special_tokens() {
     let ids = encode(&t, "hello<|endoftext|>", true);
     assert_eq!(ids.last(), Some(&eot));
     let ids = encode(&t, "hello<|endoftext|>", false);
-    assert!(
-        !ids.contains(&eot),
-        "control tokens are text unless parse_special"
-    );
-    assert!(
-        encode(&t, "a<|user|>b", false).contains(&user),
-        "user-defined tokens always match"
-    );
+    assert!(!ids.contains(&eot), "control tokens are text unless parse_special");
+    assert!(encode(&t, "a<|user|>b", false).contains(&user), "user-defined tokens always match");
 
     // Control tokens decode to nothing unless asked.
     assert_eq!(t.decode_token(eot), b"");
@@ -271,15 +243,8 @@ fn gpt2_pre_tokenizer() {
     assert_eq!(split(g, "Hello  world"), ["Hello", " ", " world"]);
     assert_eq!(split(g, "  \n\n x"), ["  \n\n", " x"]);
     assert_eq!(split(g, "don't"), ["don", "'t"]);
-    assert_eq!(
-        split(g, "I'M"),
-        ["I", "'", "M"],
-        "contractions are case-sensitive"
-    );
-    assert_eq!(
-        split(g, "we're you'll they've"),
-        ["we", "'re", " you", "'ll", " they", "'ve"]
-    );
+    assert_eq!(split(g, "I'M"), ["I", "'", "M"], "contractions are case-sensitive");
+    assert_eq!(split(g, "we're you'll they've"), ["we", "'re", " you", "'ll", " they", "'ve"]);
     assert_eq!(split(g, "123abc"), ["123", "abc"]);
     assert_eq!(split(g, "a\u{00A0}b"), ["a", "\u{a0}", "b"]);
     assert_eq!(split(g, "x!!! y"), ["x", "!!!", " y"]);
@@ -289,21 +254,13 @@ fn gpt2_pre_tokenizer() {
     assert_eq!(split(g, " 42 é中"), [" 42", " é中"]);
     assert_eq!(split(g, "'''s"), ["'''", "s"]);
     assert_eq!(split(g, "x 😀😀 y"), ["x", " 😀😀", " y"]);
-    assert_eq!(
-        split(g, "a\u{1F}b"),
-        ["a", "\u{1F}", "b"],
-        "U+001F is not whitespace"
-    );
+    assert_eq!(split(g, "a\u{1F}b"), ["a", "\u{1F}", "b"], "U+001F is not whitespace");
 }
 
 #[test]
 fn default_pre_tokenizer() {
     let d = PreTokenizer::Default;
-    assert_eq!(
-        split(d, "don't"),
-        ["don", "'", "t"],
-        "punctuation is split off first"
-    );
+    assert_eq!(split(d, "don't"), ["don", "'", "t"], "punctuation is split off first");
     assert_eq!(split(d, "12345"), ["123", "45"]);
     assert_eq!(split(d, "a 1234567b"), ["a", " ", "123", "456", "7", "b"]);
     assert_eq!(split(d, "Hello, world!"), ["Hello", ",", " world", "!"]);
@@ -319,25 +276,14 @@ fn default_pre_tokenizer() {
 fn long_runs_are_chunked() {
     let s = "a".repeat(MAX_PIECE_BYTES * 2 + 5);
     let pieces = split(PreTokenizer::Gpt2, &s);
-    assert_eq!(
-        pieces.iter().map(|p| p.len()).collect::<Vec<_>>(),
-        [MAX_PIECE_BYTES, MAX_PIECE_BYTES, 5]
-    );
+    assert_eq!(pieces.iter().map(|p| p.len()).collect::<Vec<_>>(), [MAX_PIECE_BYTES, MAX_PIECE_BYTES, 5]);
     let s = "é".repeat(MAX_PIECE_BYTES);
-    assert!(
-        split(PreTokenizer::Gpt2, &s)
-            .iter()
-            .all(|p| p.len() <= MAX_PIECE_BYTES)
-    );
+    assert!(split(PreTokenizer::Gpt2, &s).iter().all(|p| p.len() <= MAX_PIECE_BYTES));
 }
 
 #[test]
 fn stream_decoder_never_splits_characters() {
-    let t = build(&Spec {
-        merges: &[],
-        extra: &[],
-        pre: PreTokenizer::Gpt2,
-    });
+    let t = build(&Spec { merges: &[], extra: &[], pre: PreTokenizer::Gpt2 });
     let text = "a😀é中👨‍👩‍👧!";
     let ids = encode(&t, text, false);
     assert_eq!(ids.len(), text.len(), "no merges: one token per byte");
@@ -473,8 +419,7 @@ fn stream_encoder_matches_encode_random_chunks() {
             let parse_special = rng.below(2) == 1;
             let want = encode(&t, &s, parse_special);
             for _ in 0..4 {
-                let mut cuts: Vec<usize> =
-                    (0..rng.below(12)).map(|_| rng.below(s.len() + 1)).collect();
+                let mut cuts: Vec<usize> = (0..rng.below(12)).map(|_| rng.below(s.len() + 1)).collect();
                 cuts.sort();
                 let got = stream_encode(&t, s.as_bytes(), &cuts, parse_special);
                 assert_eq!(got, want, "{pre:?} {s:?} cuts {cuts:?}");
@@ -516,69 +461,34 @@ fn construction_errors() {
         add_bos: false,
     };
     let e = Tokenizer::new(base(vec!["a", "b", "a"])).err().unwrap();
-    assert!(
-        matches!(
-            e,
-            TokenizerError::DuplicateToken {
-                first: 0,
-                second: 2,
-                ..
-            }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, TokenizerError::DuplicateToken { first: 0, second: 2, .. }), "{e}");
     assert!(e.to_string().contains("\"a\" has ids 0 and 2"));
-    assert!(matches!(
-        Tokenizer::new(base(vec![])),
-        Err(TokenizerError::EmptyVocab)
-    ));
+    assert!(matches!(Tokenizer::new(base(vec![])), Err(TokenizerError::EmptyVocab)));
     let mut v = base(vec!["a", "b"]);
     v.eos = Some(TokenId(7));
     let e = Tokenizer::new(v).err().unwrap();
-    assert_eq!(
-        e.to_string(),
-        "eos token id 7 is out of range for a vocabulary of 2 tokens"
-    );
+    assert_eq!(e.to_string(), "eos token id 7 is out of range for a vocabulary of 2 tokens");
     let mut v = base(vec!["a", "b"]);
     v.token_types = Some(&[1, 9]);
-    assert!(matches!(
-        Tokenizer::new(v),
-        Err(TokenizerError::InvalidTokenType { id: 1, value: 9 })
-    ));
+    assert!(matches!(Tokenizer::new(v), Err(TokenizerError::InvalidTokenType { id: 1, value: 9 })));
     let mut v = base(vec!["a", "b"]);
     v.token_types = Some(&[1]);
-    assert!(matches!(
-        Tokenizer::new(v),
-        Err(TokenizerError::TokenTypesTooShort {
-            found: 1,
-            expected: 2
-        })
-    ));
+    assert!(matches!(Tokenizer::new(v), Err(TokenizerError::TokenTypesTooShort { found: 1, expected: 2 })));
     let mut v = base(vec!["a", "b"]);
     v.add_bos = true;
     assert!(matches!(Tokenizer::new(v), Err(TokenizerError::MissingBos)));
     assert!(
         matches!(PreTokenizer::from_gguf(Some("llama3")), Err(TokenizerError::UnsupportedPre(n)) if n == "llama3")
     );
-    assert_eq!(
-        PreTokenizer::from_gguf(None).unwrap(),
-        PreTokenizer::Default
-    );
-    assert_eq!(
-        PreTokenizer::from_gguf(Some("gpt-2")).unwrap(),
-        PreTokenizer::Gpt2
-    );
+    assert_eq!(PreTokenizer::from_gguf(None).unwrap(), PreTokenizer::Default);
+    assert_eq!(PreTokenizer::from_gguf(Some("gpt-2")).unwrap(), PreTokenizer::Gpt2);
     // An empty token string is renamed, as llama.cpp does.
     let t = Tokenizer::new(base(vec!["a", ""])).unwrap();
     assert_eq!(t.token_text(TokenId(1)), "[EMPTY_1]");
     assert_eq!(t.missing_byte_tokens(), 255);
     let mut out = Vec::new();
     t.encode("ab", false, &mut out);
-    assert_eq!(
-        out,
-        [TokenId(0)],
-        "bytes without a token are dropped, as in llama.cpp"
-    );
+    assert_eq!(out, [TokenId(0)], "bytes without a token are dropped, as in llama.cpp");
 }
 
 /// A synthetic 50k-token, 50k-merge vocabulary, like GPT-2's in size and shape.
@@ -661,11 +571,7 @@ fn fixture_dir() -> Option<std::path::PathBuf> {
             return Some(dir);
         }
     }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "tokenizer fixtures missing: {}",
-        abs.display()
-    );
+    assert!(std::env::var_os("CI").is_none(), "tokenizer fixtures missing: {}", abs.display());
     eprintln!("skipping: no tokenizer fixtures at {}", abs.display());
     None
 }
@@ -674,68 +580,19 @@ fn fixture_dir() -> Option<std::path::PathBuf> {
 /// `convert_hf_to_gguf.py` writes into the parity GGUFs (`tokenizer.ggml.pre = "gpt-2"`,
 /// special added tokens as control tokens).
 /// TODO: build it from `parity/tiny/model-f32.gguf` once the GGUF reader lands.
+/// The fixture tokenizer as users get it: read from the GGUF that the converter wrote from
+/// `tokenizer/tokenizer.json` (the tiny parity model carries it).
 fn fixture_tokenizer(dir: &std::path::Path) -> Tokenizer {
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap())
-            .unwrap();
-    let vocab = json["model"]["vocab"].as_object().unwrap();
-    let mut tokens = vec![String::new(); vocab.len()];
-    for (text, id) in vocab {
-        tokens[id.as_u64().unwrap() as usize] = text.clone();
-    }
-    let mut types = vec![1i32; tokens.len()];
-    for added in json["added_tokens"].as_array().unwrap() {
-        let id = added["id"].as_u64().unwrap() as usize;
-        tokens[id] = added["content"].as_str().unwrap().to_string();
-        types[id] = if added["special"].as_bool().unwrap() {
-            3
-        } else {
-            4
-        };
-    }
-    // Merges are "a b" strings, or [a, b] pairs in newer files.
-    let merges: Vec<String> = json["model"]["merges"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| match m {
-            serde_json::Value::String(s) => s.clone(),
-            pair => format!(
-                "{} {}",
-                pair[0].as_str().unwrap(),
-                pair[1].as_str().unwrap()
-            ),
-        })
-        .collect();
-    let eos = tokens
-        .iter()
-        .position(|t| t == "<|endoftext|>")
-        .map(|i| TokenId(i as u32));
-    Tokenizer::new(Vocab {
-        tokens: tokens.iter().map(String::as_str),
-        token_types: Some(&types),
-        merges: merges.iter().map(String::as_str),
-        pre: PreTokenizer::from_gguf(Some("gpt-2")).unwrap(),
-        bos: eos,
-        eos,
-        eot: None,
-        eom: None,
-        add_bos: false,
-    })
-    .unwrap()
+    let path = dir.join("../parity/tiny/model-f32.gguf");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let g = tinystate_engine::gguf::Gguf::parse(&bytes).expect("fixture GGUF parses");
+    Tokenizer::from_gguf(&g).expect("fixture GGUF has a usable tokenizer")
 }
 
-/// Checks `encode` against a case file: `(text, ids with parse_special = false, ids with
-/// parse_special = true)` read by `fields`.
 fn check_cases(t: &Tokenizer, path: &std::path::Path, plain: &str, special: &str) -> usize {
-    let cases: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let cases: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let ids = |v: &serde_json::Value| -> Vec<TokenId> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| TokenId(x.as_u64().unwrap() as u32))
-            .collect()
+        v.as_array().unwrap().iter().map(|x| TokenId(x.as_u64().unwrap() as u32)).collect()
     };
     let mut failures = Vec::new();
     let cases = cases.as_array().unwrap();
@@ -745,18 +602,12 @@ fn check_cases(t: &Tokenizer, path: &std::path::Path, plain: &str, special: &str
             let want = ids(&case[key]);
             let got = encode(t, text, parse_special);
             if got != want {
-                failures.push(format!(
-                    "{text:?} parse_special={parse_special}: got {got:?}, want {want:?}"
-                ));
+                failures.push(format!("{text:?} parse_special={parse_special}: got {got:?}, want {want:?}"));
             }
             // Streaming gives the same, and decoding gives the text back.
             let bytes = text.as_bytes();
             let cuts: Vec<usize> = (1..bytes.len()).step_by(3).collect();
-            assert_eq!(
-                stream_encode(t, bytes, &cuts, parse_special),
-                got,
-                "{text:?} streamed"
-            );
+            assert_eq!(stream_encode(t, bytes, &cuts, parse_special), got, "{text:?} streamed");
             assert_eq!(decode(t, &got, true), bytes, "{text:?} decoded");
         }
     }

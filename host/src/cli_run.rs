@@ -156,7 +156,8 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
     let loaded = Loaded::open(&a.model)?;
     let g = loaded.gguf()?;
     let model = loaded.model(&g)?;
-    let tok = Tokenizer::from_gguf(&g).map_err(|source| CliError::Tokenizer { path: loaded.path(), source })?;
+    let tok =
+        Tokenizer::from_gguf(&g).map_err(|source| CliError::Tokenizer { path: loaded.path(), source })?;
     let prompt = prompt_tokens(a, &tok)?;
     if a.max_tokens == 0 {
         return Err(CliError::Usage("-n must be at least 1".into()));

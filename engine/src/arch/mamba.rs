@@ -276,13 +276,7 @@ impl<'a> Mamba<'a> {
             None => embed,
         };
         let layers = (0..c.n_layer).map(|i| ld.layer(i, c)).collect::<Result<_, _>>()?;
-        Ok(Self {
-            config,
-            embed,
-            layers,
-            norm_f: ld.f32s("output_norm.weight", &[c.d_model])?,
-            output,
-        })
+        Ok(Self { config, embed, layers, norm_f: ld.f32s("output_norm.weight", &[c.d_model])?, output })
     }
 
     /// Runs `tokens` through the model, updating `state`. Tokens beyond the scratch's chunk size

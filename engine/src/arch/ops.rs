@@ -55,8 +55,7 @@ pub fn exp(x: f32) -> f32 {
         + r * (1.0
             + r * (0.5
                 + r * (1.666_666_7e-1
-                    + r * (4.166_666_8e-2
-                        + r * (8.333_334e-3 + r * (1.388_889e-3 + r * 1.984_127e-4))))));
+                    + r * (4.166_666_8e-2 + r * (8.333_334e-3 + r * (1.388_889e-3 + r * 1.984_127e-4))))));
     let bits = ((k as i32 + 127) as u32) << 23;
     p * f32::from_bits(bits)
 }
@@ -117,13 +116,8 @@ fn scan_generic(
     d_skip: &[f32],
 ) {
     let n = b.len();
-    for (((((yi, hi), &xi), &dti), ai), &di) in y
-        .iter_mut()
-        .zip(h.chunks_exact_mut(n))
-        .zip(x)
-        .zip(dt)
-        .zip(a.chunks_exact(n))
-        .zip(d_skip)
+    for (((((yi, hi), &xi), &dti), ai), &di) in
+        y.iter_mut().zip(h.chunks_exact_mut(n)).zip(x).zip(dt).zip(a.chunks_exact(n)).zip(d_skip)
     {
         let dtx = dti * xi;
         let mut acc = 0.0f32;

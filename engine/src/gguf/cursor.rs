@@ -10,11 +10,7 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ReadError {
     /// `needed` bytes were wanted at `offset`, but only `remaining` are left.
-    Eof {
-        offset: u64,
-        needed: u64,
-        remaining: u64,
-    },
+    Eof { offset: u64, needed: u64, remaining: u64 },
     /// A string length at `offset` is over the limit.
     StringTooLong { offset: u64, len: u64, limit: u64 },
     /// The string whose bytes start at `offset` is not UTF-8.
@@ -52,11 +48,7 @@ impl<'a> Cursor<'a> {
 
     /// An end-of-input error for a read of `needed` bytes here.
     pub fn eof(&self, needed: u64) -> ReadError {
-        ReadError::Eof {
-            offset: self.pos(),
-            needed,
-            remaining: self.remaining(),
-        }
+        ReadError::Eof { offset: self.pos(), needed, remaining: self.remaining() }
     }
 
     /// The next `n` bytes, advancing past them.
@@ -73,18 +65,13 @@ impl<'a> Cursor<'a> {
 
     /// The input between byte `start` and the current position (empty if `start` is past it).
     pub fn since(&self, start: u64) -> &'a [u8] {
-        usize::try_from(start)
-            .ok()
-            .and_then(|s| self.bytes.get(s..self.pos))
-            .unwrap_or_default()
+        usize::try_from(start).ok().and_then(|s| self.bytes.get(s..self.pos)).unwrap_or_default()
     }
 
     /// The next `N` bytes as an array.
     pub fn array<const N: usize>(&mut self) -> Result<[u8; N], ReadError> {
         let b = self.take(N as u64)?;
-        b.first_chunk::<N>()
-            .copied()
-            .ok_or_else(|| self.eof(N as u64))
+        b.first_chunk::<N>().copied().ok_or_else(|| self.eof(N as u64))
     }
 
     /// A `u8`.
@@ -172,14 +159,7 @@ mod tests {
     fn short_read_reports_offset_and_leaves_position() {
         let mut c = Cursor::new(&[1, 2, 3]);
         assert_eq!(c.u8(), Ok(1));
-        assert_eq!(
-            c.u32(),
-            Err(ReadError::Eof {
-                offset: 1,
-                needed: 4,
-                remaining: 2
-            })
-        );
+        assert_eq!(c.u32(), Err(ReadError::Eof { offset: 1, needed: 4, remaining: 2 }));
         assert_eq!(c.pos(), 1);
         assert_eq!(c.u16(), Ok(0x0302));
     }
@@ -189,14 +169,7 @@ mod tests {
         let mut c = Cursor::new(&[0; 8]);
         c.take(3).unwrap();
         for n in [6, u64::MAX, u64::MAX - 2, usize::MAX as u64] {
-            assert_eq!(
-                c.take(n),
-                Err(ReadError::Eof {
-                    offset: 3,
-                    needed: n,
-                    remaining: 5
-                })
-            );
+            assert_eq!(c.take(n), Err(ReadError::Eof { offset: 3, needed: n, remaining: 5 }));
         }
         assert_eq!(c.take(5), Ok(&[0u8; 5][..]));
         assert_eq!(c.take(0), Ok(&[][..]));
@@ -230,35 +203,17 @@ mod tests {
     #[test]
     fn string_errors() {
         let bytes = gguf_str(b"abcdef");
-        assert_eq!(
-            Cursor::new(&bytes).str(5),
-            Err(ReadError::StringTooLong {
-                offset: 0,
-                len: 6,
-                limit: 5
-            })
-        );
+        assert_eq!(Cursor::new(&bytes).str(5), Err(ReadError::StringTooLong { offset: 0, len: 6, limit: 5 }));
         assert_eq!(
             Cursor::new(&bytes[..10]).str(100),
-            Err(ReadError::Eof {
-                offset: 8,
-                needed: 6,
-                remaining: 2
-            })
+            Err(ReadError::Eof { offset: 8, needed: 6, remaining: 2 })
         );
         let bad = gguf_str(&[b'a', 0xff]);
-        assert_eq!(
-            Cursor::new(&bad).str(100),
-            Err(ReadError::InvalidUtf8 { offset: 8 })
-        );
+        assert_eq!(Cursor::new(&bad).str(100), Err(ReadError::InvalidUtf8 { offset: 8 }));
         let huge = u64::MAX.to_le_bytes();
         assert_eq!(
             Cursor::new(&huge).str(u64::MAX),
-            Err(ReadError::Eof {
-                offset: 8,
-                needed: u64::MAX,
-                remaining: 0
-            })
+            Err(ReadError::Eof { offset: 8, needed: u64::MAX, remaining: 0 })
         );
     }
 }

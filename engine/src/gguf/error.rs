@@ -219,9 +219,7 @@ pub enum GgufError {
         alignment: u64,
     },
     /// A tensor's data lies (partly) outside the file.
-    #[error(
-        "tensor '{tensor}': {size} bytes at offset {offset} overrun the {data_len}-byte data section"
-    )]
+    #[error("tensor '{tensor}': {size} bytes at offset {offset} overrun the {data_len}-byte data section")]
     TensorOutOfBounds {
         /// The tensor.
         tensor: String,
@@ -251,37 +249,20 @@ impl ReadError {
     pub(crate) fn context(self, what: impl Into<String>) -> GgufError {
         let what = what.into();
         match self {
-            Self::Eof {
-                offset,
-                needed,
-                remaining,
-            } => GgufError::Truncated {
-                what,
-                offset,
-                needed,
-                remaining,
-            },
-            Self::StringTooLong { offset, len, limit } => GgufError::StringTooLong {
-                what,
-                offset,
-                len,
-                limit,
-            },
-            Self::InvalidUtf8 { offset } => GgufError::InvalidUtf8 { what, offset },
-            Self::ArrayTooLong { offset, len } => GgufError::ArrayTooLong {
-                what,
-                offset,
-                len,
-                limit: super::MAX_ARRAY_LEN,
-            },
-            Self::NestingTooDeep { offset } => GgufError::NestingTooDeep {
-                what,
-                offset,
-                limit: super::MAX_NESTING,
-            },
-            Self::UnknownValueType { offset, id } => {
-                GgufError::UnknownValueType { what, offset, id }
+            Self::Eof { offset, needed, remaining } => {
+                GgufError::Truncated { what, offset, needed, remaining }
             }
+            Self::StringTooLong { offset, len, limit } => {
+                GgufError::StringTooLong { what, offset, len, limit }
+            }
+            Self::InvalidUtf8 { offset } => GgufError::InvalidUtf8 { what, offset },
+            Self::ArrayTooLong { offset, len } => {
+                GgufError::ArrayTooLong { what, offset, len, limit: super::MAX_ARRAY_LEN }
+            }
+            Self::NestingTooDeep { offset } => {
+                GgufError::NestingTooDeep { what, offset, limit: super::MAX_NESTING }
+            }
+            Self::UnknownValueType { offset, id } => GgufError::UnknownValueType { what, offset, id },
         }
     }
 }

@@ -108,20 +108,9 @@ impl<'a> Gguf<'a> {
         // Pad to the alignment; `pos` ≤ the file length, so this only overflows on a
         // pathological alignment, and then the data section is simply past the end.
         let data_offset = cur.pos().div_ceil(alignment).saturating_mul(alignment);
-        let data = usize::try_from(data_offset)
-            .ok()
-            .and_then(|o| bytes.get(o..))
-            .unwrap_or_default();
+        let data = usize::try_from(data_offset).ok().and_then(|o| bytes.get(o..)).unwrap_or_default();
         let tensors = tensor_info::place(entries, data)?;
-        Ok(Self {
-            version,
-            alignment,
-            data_offset,
-            kv,
-            kv_index,
-            tensors,
-            tensor_index,
-        })
+        Ok(Self { version, alignment, data_offset, kv, kv_index, tensors, tensor_index })
     }
 
     /// The format version (2 or 3).
@@ -154,9 +143,7 @@ impl<'a> Gguf<'a> {
 
     /// The value for `key`, or [`GgufError::MissingKey`].
     fn value(&self, key: &str) -> Result<&Value<'a>, GgufError> {
-        self.get(key).ok_or_else(|| GgufError::MissingKey {
-            key: key.to_owned(),
-        })
+        self.get(key).ok_or_else(|| GgufError::MissingKey { key: key.to_owned() })
     }
 
     /// The integer for `key`, of any integer type.
@@ -222,19 +209,11 @@ impl<'a> Gguf<'a> {
 }
 
 fn wrong_type(key: &str, expected: &'static str, found: &Value<'_>) -> GgufError {
-    GgufError::WrongType {
-        key: key.to_owned(),
-        expected,
-        found: found.value_type(),
-    }
+    GgufError::WrongType { key: key.to_owned(), expected, found: found.value_type() }
 }
 
 fn out_of_range(key: &str, value: i128, expected: &'static str) -> GgufError {
-    GgufError::IntOutOfRange {
-        key: key.to_owned(),
-        value,
-        expected,
-    }
+    GgufError::IntOutOfRange { key: key.to_owned(), value, expected }
 }
 
 /// Reads magic and version, and the tensor and metadata counts (checked against their limits).
@@ -252,16 +231,10 @@ fn read_header(cur: &mut Cursor<'_>) -> Result<(u32, u64, u64), GgufError> {
     let n_tensors = cur.u64().ctx(|| "header: tensor count")?;
     let n_kv = cur.u64().ctx(|| "header: metadata count")?;
     if n_tensors > MAX_TENSORS {
-        return Err(GgufError::TooManyTensors {
-            count: n_tensors,
-            limit: MAX_TENSORS,
-        });
+        return Err(GgufError::TooManyTensors { count: n_tensors, limit: MAX_TENSORS });
     }
     if n_kv > MAX_KV {
-        return Err(GgufError::TooManyKv {
-            count: n_kv,
-            limit: MAX_KV,
-        });
+        return Err(GgufError::TooManyKv { count: n_kv, limit: MAX_KV });
     }
     Ok((version, n_tensors, n_kv))
 }
@@ -272,9 +245,7 @@ fn claim(cur: &Cursor<'_>, count: u64, min_bytes: u64, what: &str) -> Result<usi
     // `count` is within a limit far below u64::MAX / min_bytes; saturate anyway.
     let needed = count.saturating_mul(min_bytes);
     if needed > cur.remaining() {
-        return Err(cur
-            .eof(needed)
-            .context(format!("{what} of {count} entries")));
+        return Err(cur.eof(needed).context(format!("{what} of {count} entries")));
     }
     Ok(usize::try_from(count).unwrap_or(0))
 }
@@ -286,22 +257,15 @@ fn read_metadata<'a>(cur: &mut Cursor<'a>, n_kv: u64) -> Result<Metadata<'a>, Gg
     let mut kv = Vec::with_capacity(claim(cur, n_kv, MIN_KV_BYTES, "metadata table")?);
     let mut index = BTreeMap::new();
     for i in 0..n_kv {
-        let key = cur
-            .str(MAX_STRING_LEN)
-            .ctx(|| format!("key of metadata entry #{i}"))?;
+        let key = cur.str(MAX_STRING_LEN).ctx(|| format!("key of metadata entry #{i}"))?;
         let what = || format!("metadata key '{key}'");
         let offset = cur.pos();
         let id = cur.u32().ctx(what)?;
-        let ty = ValueType::from_id(id).ok_or_else(|| GgufError::UnknownValueType {
-            what: what(),
-            offset,
-            id,
-        })?;
+        let ty =
+            ValueType::from_id(id).ok_or_else(|| GgufError::UnknownValueType { what: what(), offset, id })?;
         let value = Value::read(cur, ty, 0).ctx(what)?;
         if index.insert(key, kv.len()).is_some() {
-            return Err(GgufError::DuplicateKey {
-                key: key.to_owned(),
-            });
+            return Err(GgufError::DuplicateKey { key: key.to_owned() });
         }
         kv.push((key, value));
     }
@@ -331,9 +295,7 @@ fn read_tensor_table<'a>(
     for i in 0..n_tensors {
         let entry = Entry::read(cur, i, alignment)?;
         if index.insert(entry.name, entries.len()).is_some() {
-            return Err(GgufError::DuplicateTensor {
-                tensor: entry.name.to_owned(),
-            });
+            return Err(GgufError::DuplicateTensor { tensor: entry.name.to_owned() });
         }
         entries.push(entry);
     }

@@ -26,10 +26,7 @@ impl Shape {
         dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d))?;
         let mut ne = [1; MAX_DIMS];
         ne.get_mut(..dims.len())?.copy_from_slice(dims);
-        Some(Self {
-            ne,
-            n_dims: dims.len(),
-        })
+        Some(Self { ne, n_dims: dims.len() })
     }
 
     /// The dimensions, ne\[0\] first.
@@ -103,18 +100,12 @@ impl<'a> Entry<'a> {
     /// Reads entry number `index`: name, `u32` n_dims, `u64` × n_dims, `u32` type, `u64`
     /// offset. Checks the shape, type, size and offset alignment.
     pub fn read(cur: &mut Cursor<'a>, index: u64, alignment: u64) -> Result<Self, GgufError> {
-        let name = cur
-            .str(MAX_TENSOR_NAME_LEN)
-            .ctx(|| format!("name of tensor #{index}"))?;
+        let name = cur.str(MAX_TENSOR_NAME_LEN).ctx(|| format!("name of tensor #{index}"))?;
         let at = |what: &str| format!("tensor '{name}': {what}");
         let n_dims = cur.u32().ctx(|| at("dimension count"))?;
         if !(1..=MAX_DIMS as u32).contains(&n_dims) {
             let (tensor, limit) = (name.to_owned(), MAX_DIMS as u32);
-            return Err(GgufError::BadDimCount {
-                tensor,
-                n_dims,
-                limit,
-            });
+            return Err(GgufError::BadDimCount { tensor, n_dims, limit });
         }
         let mut ne = [0u64; MAX_DIMS];
         for d in ne.iter_mut().take(n_dims as usize) {
@@ -123,42 +114,24 @@ impl<'a> Entry<'a> {
         let dims = ne.get(..n_dims as usize).unwrap_or(&ne);
         let shape = check_shape(name, dims)?;
         let id = cur.u32().ctx(|| at("type"))?;
-        let ty = GgmlType::from_id(id).ok_or_else(|| GgufError::UnknownTensorType {
-            tensor: name.to_owned(),
-            id,
-        })?;
+        let ty = GgmlType::from_id(id)
+            .ok_or_else(|| GgufError::UnknownTensorType { tensor: name.to_owned(), id })?;
         let size = byte_size(name, shape, ty)?;
         let offset = cur.u64().ctx(|| at("offset"))?;
         if !offset.is_multiple_of(alignment) {
             let tensor = name.to_owned();
-            return Err(GgufError::MisalignedOffset {
-                tensor,
-                offset,
-                alignment,
-            });
+            return Err(GgufError::MisalignedOffset { tensor, offset, alignment });
         }
-        Ok(Self {
-            name,
-            shape,
-            ty,
-            offset,
-            size,
-        })
+        Ok(Self { name, shape, ty, offset, size })
     }
 }
 
 /// The shape for `dims`, or why it is invalid.
 fn check_shape(name: &str, dims: &[u64]) -> Result<Shape, GgufError> {
     if let Some(index) = dims.iter().position(|&d| d == 0) {
-        return Err(GgufError::ZeroDim {
-            tensor: name.to_owned(),
-            index,
-        });
+        return Err(GgufError::ZeroDim { tensor: name.to_owned(), index });
     }
-    Shape::new(dims).ok_or_else(|| GgufError::ShapeOverflow {
-        tensor: name.to_owned(),
-        dims: dims.to_vec(),
-    })
+    Shape::new(dims).ok_or_else(|| GgufError::ShapeOverflow { tensor: name.to_owned(), dims: dims.to_vec() })
 }
 
 /// Bytes taken by a tensor of `shape` and `ty`: whole blocks per row, times the rows.
@@ -167,34 +140,17 @@ fn byte_size(name: &str, shape: Shape, ty: GgmlType) -> Result<u64, GgufError> {
     let (&ne0, rows) = dims.split_first().unwrap_or((&1, &[]));
     let block_len = ty.block_len() as u64;
     if !ne0.is_multiple_of(block_len) {
-        return Err(GgufError::PartialBlock {
-            tensor: name.to_owned(),
-            ty,
-            ne0,
-            block_len,
-        });
+        return Err(GgufError::PartialBlock { tensor: name.to_owned(), ty, ne0, block_len });
     }
-    let overflow = || GgufError::SizeOverflow {
-        tensor: name.to_owned(),
-        ty,
-        dims: dims.to_vec(),
-    };
+    let overflow = || GgufError::SizeOverflow { tensor: name.to_owned(), ty, dims: dims.to_vec() };
     let row = ty.row_bytes(ne0).ok_or_else(overflow)?;
-    rows.iter()
-        .try_fold(row, |n, &d| n.checked_mul(d))
-        .ok_or_else(overflow)
+    rows.iter().try_fold(row, |n, &d| n.checked_mul(d)).ok_or_else(overflow)
 }
 
 /// Places checked entries in the data section `data` (the file from the data offset on; empty
 /// when that is past the end), checking that each lies inside it and that none overlap.
-pub(crate) fn place<'a>(
-    entries: Vec<Entry<'a>>,
-    data: &'a [u8],
-) -> Result<Vec<TensorInfo<'a>>, GgufError> {
-    let tensors = entries
-        .into_iter()
-        .map(|e| e.place(data))
-        .collect::<Result<Vec<_>, _>>()?;
+pub(crate) fn place<'a>(entries: Vec<Entry<'a>>, data: &'a [u8]) -> Result<Vec<TensorInfo<'a>>, GgufError> {
+    let tensors = entries.into_iter().map(|e| e.place(data)).collect::<Result<Vec<_>, _>>()?;
     check_overlap(&tensors)?;
     Ok(tensors)
 }
@@ -202,13 +158,7 @@ pub(crate) fn place<'a>(
 impl<'a> Entry<'a> {
     /// This tensor with its bytes, if `offset + size` lies inside the data section `data`.
     fn place(self, data: &'a [u8]) -> Result<TensorInfo<'a>, GgufError> {
-        let Self {
-            name,
-            shape,
-            ty,
-            offset,
-            size,
-        } = self;
+        let Self { name, shape, ty, offset, size } = self;
         let bytes = offset
             .checked_add(size)
             .and_then(|end| data.get(usize::try_from(offset).ok()?..usize::try_from(end).ok()?))
@@ -218,13 +168,7 @@ impl<'a> Entry<'a> {
                 size,
                 data_len: data.len() as u64,
             })?;
-        Ok(TensorInfo {
-            name,
-            shape,
-            ty,
-            offset,
-            data: bytes,
-        })
+        Ok(TensorInfo { name, shape, ty, offset, data: bytes })
     }
 }
 
@@ -254,18 +198,12 @@ mod tests {
 
     #[test]
     fn shape_checks() {
-        assert_eq!(
-            Shape::new(&[3, 2]).map(|s| (s.dims().to_vec(), s.n_elements())),
-            Some((vec![3, 2], 6))
-        );
+        assert_eq!(Shape::new(&[3, 2]).map(|s| (s.dims().to_vec(), s.n_elements())), Some((vec![3, 2], 6)));
         assert!(Shape::new(&[]).is_none());
         assert!(Shape::new(&[1, 0]).is_none());
         assert!(Shape::new(&[1, 2, 3, 4, 5]).is_none());
         assert!(Shape::new(&[u64::MAX, 2]).is_none());
-        assert_eq!(
-            Shape::new(&[u64::MAX, 1, 1, 1]).map(|s| s.n_elements()),
-            Some(u64::MAX)
-        );
+        assert_eq!(Shape::new(&[u64::MAX, 1, 1, 1]).map(|s| s.n_elements()), Some(u64::MAX));
     }
 
     #[test]
@@ -274,19 +212,10 @@ mod tests {
         assert_eq!(byte_size("t", s, GgmlType::F32), Ok(64 * 3 * 4));
         assert_eq!(byte_size("t", s, GgmlType::Q8_0), Ok(2 * 34 * 3));
         let s = Shape::new(&[48]).unwrap();
-        assert!(matches!(
-            byte_size("t", s, GgmlType::Q4_0),
-            Err(GgufError::PartialBlock { ne0: 48, .. })
-        ));
+        assert!(matches!(byte_size("t", s, GgmlType::Q4_0), Err(GgufError::PartialBlock { ne0: 48, .. })));
         let s = Shape::new(&[1 << 62, 2]).unwrap();
-        assert!(matches!(
-            byte_size("t", s, GgmlType::F16),
-            Err(GgufError::SizeOverflow { .. })
-        ));
+        assert!(matches!(byte_size("t", s, GgmlType::F16), Err(GgufError::SizeOverflow { .. })));
         let s = Shape::new(&[1 << 63]).unwrap();
-        assert!(matches!(
-            byte_size("t", s, GgmlType::F32),
-            Err(GgufError::SizeOverflow { .. })
-        ));
+        assert!(matches!(byte_size("t", s, GgmlType::F32), Err(GgufError::SizeOverflow { .. })));
     }
 }

@@ -41,9 +41,7 @@ impl ValueType {
     /// The type for a GGUF type id, if it is one of 0..=12.
     pub fn from_id(id: u32) -> Option<Self> {
         use ValueType::*;
-        const ALL: [ValueType; 13] = [
-            U8, I8, U16, I16, U32, I32, F32, Bool, String, Array, U64, I64, F64,
-        ];
+        const ALL: [ValueType; 13] = [U8, I8, U16, I16, U32, I32, F32, Bool, String, Array, U64, I64, F64];
         ALL.get(usize::try_from(id).ok()?).copied()
     }
 
@@ -203,16 +201,11 @@ impl<'a> ArrayView<'a> {
         let len_offset = cur.pos();
         let len = cur.u64()?;
         if len > MAX_ARRAY_LEN {
-            return Err(ReadError::ArrayTooLong {
-                offset: len_offset,
-                len,
-            });
+            return Err(ReadError::ArrayTooLong { offset: len_offset, len });
         }
         // Check the claim against the bytes left before walking it (len ≤ MAX_ARRAY_LEN, so the
         // product cannot overflow; checked anyway).
-        let min = len
-            .checked_mul(elem_type.min_size())
-            .ok_or_else(|| cur.eof(u64::MAX))?;
+        let min = len.checked_mul(elem_type.min_size()).ok_or_else(|| cur.eof(u64::MAX))?;
         if min > cur.remaining() {
             return Err(cur.eof(min));
         }
@@ -228,12 +221,7 @@ impl<'a> ArrayView<'a> {
             }
         }
         let len = usize::try_from(len).map_err(|_| ReadError::ArrayTooLong { offset, len })?;
-        Ok(Self {
-            elem_type,
-            len,
-            bytes: cur.since(start),
-            depth,
-        })
+        Ok(Self { elem_type, len, bytes: cur.since(start), depth })
     }
 
     /// Number of elements.
@@ -330,16 +318,8 @@ mod tests {
             (ValueType::I32, &[0xfd, 0xff, 0xff, 0xff], Value::I32(-3)),
             (ValueType::F32, &1.5f32.to_le_bytes(), Value::F32(1.5)),
             (ValueType::Bool, &[1], Value::Bool(true)),
-            (
-                ValueType::U64,
-                &u64::MAX.to_le_bytes(),
-                Value::U64(u64::MAX),
-            ),
-            (
-                ValueType::I64,
-                &i64::MIN.to_le_bytes(),
-                Value::I64(i64::MIN),
-            ),
+            (ValueType::U64, &u64::MAX.to_le_bytes(), Value::U64(u64::MAX)),
+            (ValueType::I64, &i64::MIN.to_le_bytes(), Value::I64(i64::MIN)),
             (ValueType::F64, &(-0.25f64).to_le_bytes(), Value::F64(-0.25)),
         ];
         for (ty, bytes, want) in cases {
@@ -349,10 +329,7 @@ mod tests {
             assert_eq!(want.value_type(), ty);
             // One byte short fails with the offset of the value.
             let mut short = Cursor::new(&bytes[..bytes.len() - 1]);
-            assert!(matches!(
-                Value::read(&mut short, ty, 0),
-                Err(ReadError::Eof { offset: 0, .. })
-            ));
+            assert!(matches!(Value::read(&mut short, ty, 0), Err(ReadError::Eof { offset: 0, .. })));
         }
     }
 
@@ -361,16 +338,10 @@ mod tests {
         let elems: Vec<u8> = [1i32, -2, 3].iter().flat_map(|v| v.to_le_bytes()).collect();
         let bytes = array(ValueType::I32, 3, &elems);
         let a = ArrayView::read(&mut Cursor::new(&bytes), 1).unwrap();
-        assert_eq!(
-            (a.len(), a.elem_type(), a.is_empty()),
-            (3, ValueType::I32, false)
-        );
+        assert_eq!((a.len(), a.elem_type(), a.is_empty()), (3, ValueType::I32, false));
         assert_eq!(a.i32s().unwrap().collect::<Vec<_>>(), [1, -2, 3]);
         assert!(a.f32s().is_none() && a.u32s().is_none() && a.strings().is_none());
-        assert_eq!(
-            a.iter().collect::<Vec<_>>(),
-            [Value::I32(1), Value::I32(-2), Value::I32(3)]
-        );
+        assert_eq!(a.iter().collect::<Vec<_>>(), [Value::I32(1), Value::I32(-2), Value::I32(3)]);
     }
 
     #[test]
@@ -390,9 +361,7 @@ mod tests {
         let a = ArrayView::read(&mut Cursor::new(&bytes), 1).unwrap();
         let inner: Vec<Value> = a.iter().collect();
         assert_eq!(inner.len(), 2);
-        let Value::Array(i) = inner[1] else {
-            panic!("not an array: {:?}", inner[1])
-        };
+        let Value::Array(i) = inner[1] else { panic!("not an array: {:?}", inner[1]) };
         assert_eq!(i.iter().collect::<Vec<_>>(), [Value::U8(7), Value::U8(8)]);
     }
 
@@ -413,43 +382,16 @@ mod tests {
     fn array_length_is_checked_before_walking() {
         let bytes = array(ValueType::U64, u64::MAX, &[]);
         let err = ArrayView::read(&mut Cursor::new(&bytes), 1).unwrap_err();
-        assert_eq!(
-            err,
-            ReadError::ArrayTooLong {
-                offset: 4,
-                len: u64::MAX
-            }
-        );
+        assert_eq!(err, ReadError::ArrayTooLong { offset: 4, len: u64::MAX });
         let bytes = array(ValueType::U32, 3, &[0; 11]);
         let err = ArrayView::read(&mut Cursor::new(&bytes), 1).unwrap_err();
-        assert_eq!(
-            err,
-            ReadError::Eof {
-                offset: 12,
-                needed: 12,
-                remaining: 11
-            }
-        );
+        assert_eq!(err, ReadError::Eof { offset: 12, needed: 12, remaining: 11 });
         let bytes = array(ValueType::String, 2, &[0; 15]);
         let err = ArrayView::read(&mut Cursor::new(&bytes), 1).unwrap_err();
-        assert_eq!(
-            err,
-            ReadError::Eof {
-                offset: 12,
-                needed: 16,
-                remaining: 15
-            }
-        );
+        assert_eq!(err, ReadError::Eof { offset: 12, needed: 16, remaining: 15 });
         let bytes = array(ValueType::from_id(9).unwrap(), 1, &13u32.to_le_bytes());
         let err = ArrayView::read(&mut Cursor::new(&bytes), 1).unwrap_err();
-        assert_eq!(
-            err,
-            ReadError::Eof {
-                offset: 12,
-                needed: 12,
-                remaining: 4
-            }
-        );
+        assert_eq!(err, ReadError::Eof { offset: 12, needed: 12, remaining: 4 });
     }
 
     #[test]

@@ -203,18 +203,8 @@ pub(crate) fn matmul_with(
     n_tok: usize,
     scratch: &mut Scratch,
 ) {
-    assert_eq!(
-        x.len(),
-        n_tok * w.cols,
-        "matmul: x is not (n_tok = {n_tok}, cols = {})",
-        w.cols
-    );
-    assert_eq!(
-        out.len(),
-        n_tok * w.rows,
-        "matmul: out is not (n_tok = {n_tok}, rows = {})",
-        w.rows
-    );
+    assert_eq!(x.len(), n_tok * w.cols, "matmul: x is not (n_tok = {n_tok}, cols = {})", w.cols);
+    assert_eq!(out.len(), n_tok * w.rows, "matmul: out is not (n_tok = {n_tok}, rows = {})", w.rows);
     debug_assert_eq!(w.elems.len(), w.rows * w.cols);
     if n_tok == 0 || w.rows == 0 {
         return;
@@ -224,16 +214,7 @@ pub(crate) fn matmul_with(
         Elems::Q4_0(_) => quant::quantize_x(be, x, w.cols, n_tok, 8, &mut scratch.qx),
         _ => {}
     }
-    let job = Job {
-        w,
-        x,
-        qx: &scratch.qx,
-        out: Out {
-            ptr: out.as_mut_ptr(),
-            ld: w.rows,
-            n_tok,
-        },
-    };
+    let job = Job { w, x, qx: &scratch.qx, out: Out { ptr: out.as_mut_ptr(), ld: w.rows, n_tok } };
     run_split(be, &job);
 }
 
@@ -289,11 +270,7 @@ pub(crate) trait Tile {
 }
 
 /// Walks `rows` × `0..n_tok` in `R` × `T` tiles; leftover rows and tokens take 1-wide tiles.
-pub(crate) fn drive<K: Tile, const R: usize, const T: usize>(
-    k: &K,
-    rows: Range<usize>,
-    n_tok: usize,
-) {
+pub(crate) fn drive<K: Tile, const R: usize, const T: usize>(k: &K, rows: Range<usize>, n_tok: usize) {
     let tokens = |k: &K, r| {
         let mut t = 0;
         while t + T <= n_tok {

@@ -40,11 +40,7 @@ fn q8_block(x: &[f32], qs: &mut [i8]) -> f16 {
 /// # Panics
 /// If `x.len() != 32 · out.len()`.
 pub fn quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
-    assert_eq!(
-        x.len(),
-        out.len() * QK,
-        "quantize_q8_0: x must hold 32 values per block"
-    );
+    assert_eq!(x.len(), out.len() * QK, "quantize_q8_0: x must hold 32 values per block");
     for (blk, xb) in out.iter_mut().zip(x.chunks_exact(QK)) {
         blk.d = q8_block(xb, &mut blk.qs);
     }
@@ -55,11 +51,7 @@ pub fn quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
 /// # Panics
 /// If `x.len() != 32 · out.len()`.
 pub fn quantize_q4_0(x: &[f32], out: &mut [BlockQ4_0]) {
-    assert_eq!(
-        x.len(),
-        out.len() * QK,
-        "quantize_q4_0: x must hold 32 values per block"
-    );
+    assert_eq!(x.len(), out.len() * QK, "quantize_q4_0: x must hold 32 values per block");
     for (blk, xb) in out.iter_mut().zip(x.chunks_exact(QK)) {
         let (mut amax, mut max) = (0.0f32, 0.0f32);
         for &v in xb {
@@ -107,11 +99,7 @@ fn dequant_q4(blocks: &[BlockQ4_0], out: &mut [f32]) {
 /// # Panics
 /// If `out.len() != e.len()`.
 pub fn dequantize(e: &Elems, out: &mut [f32]) {
-    assert_eq!(
-        out.len(),
-        e.len(),
-        "dequantize: out must hold every element"
-    );
+    assert_eq!(out.len(), e.len(), "dequantize: out must hold every element");
     match *e {
         Elems::F32(v) => out.copy_from_slice(v),
         Elems::F16(v) => v.convert_to_f32_slice(out),
@@ -141,14 +129,7 @@ pub fn dequantize_row(out: &mut [f32], w: &Matrix, r: usize) {
 
 /// X (n_tok, cols) -> `qx`: each row quantised to Q8_0 as [`quantize_q8_0`], stored split (values,
 /// f32 scales) and, for the AVX-512 kernels, with the offset corrections `-k · Σ q` per 4 bytes.
-pub(crate) fn quantize_x(
-    be: Backend,
-    x: &[f32],
-    cols: usize,
-    n_tok: usize,
-    k: i32,
-    qx: &mut QuantX,
-) {
+pub(crate) fn quantize_x(be: Backend, x: &[f32], cols: usize, n_tok: usize, k: i32, qx: &mut QuantX) {
     debug_assert_eq!(cols % QK, 0);
     let nb = cols / QK;
     let n = n_tok * cols;

@@ -14,12 +14,7 @@ pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 fn dot_q8(w: &[BlockQ8_0], qs: &[i8], d: &[f32]) -> f32 {
     let mut sum = 0.0f32;
     for ((wb, xq), &dx) in w.iter().zip(qs.chunks_exact(QK)).zip(d) {
-        let sumi: i32 = wb
-            .qs
-            .iter()
-            .zip(xq)
-            .map(|(&a, &b)| a as i32 * b as i32)
-            .sum();
+        let sumi: i32 = wb.qs.iter().zip(xq).map(|(&a, &b)| a as i32 * b as i32).sum();
         sum += sumi as f32 * (wb.d.to_f32() * dx);
     }
     sum
@@ -42,10 +37,7 @@ fn dot_q4(w: &[BlockQ4_0], qs: &[i8], d: &[f32]) -> f32 {
 /// Token `t`'s quantised activations: (values, scales).
 pub(crate) fn qx_tok(qx: &QuantX, t: usize) -> (&[i8], &[f32]) {
     let nb = qx.nb;
-    (
-        &qx.qs[t * nb * QK..(t + 1) * nb * QK],
-        &qx.d[t * nb..(t + 1) * nb],
-    )
+    (&qx.qs[t * nb * QK..(t + 1) * nb * QK], &qx.d[t * nb..(t + 1) * nb])
 }
 
 /// out[t, r] = W[r, :] · X[t, :] for r in `rows`, every token.
@@ -57,16 +49,10 @@ pub(crate) fn run_rows(job: &Job, rows: Range<usize>) {
             let x = &job.x[t * cols..(t + 1) * cols];
             let v = match job.w.elems {
                 Elems::F32(w) => dot_f32(&w[r * cols..(r + 1) * cols], x),
-                Elems::F16(w) => w[r * cols..(r + 1) * cols]
-                    .iter()
-                    .zip(x)
-                    .map(|(a, b)| a.to_f32() * b)
-                    .sum(),
-                Elems::BF16(w) => w[r * cols..(r + 1) * cols]
-                    .iter()
-                    .zip(x)
-                    .map(|(a, b)| a.to_f32() * b)
-                    .sum(),
+                Elems::F16(w) => w[r * cols..(r + 1) * cols].iter().zip(x).map(|(a, b)| a.to_f32() * b).sum(),
+                Elems::BF16(w) => {
+                    w[r * cols..(r + 1) * cols].iter().zip(x).map(|(a, b)| a.to_f32() * b).sum()
+                }
                 Elems::Q8_0(w) => {
                     let (qs, d) = qx_tok(job.qx, t);
                     dot_q8(q8_row(w, nb, r), qs, d)

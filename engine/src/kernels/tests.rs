@@ -43,18 +43,12 @@ impl Owned {
             // Weights may hold -128 (ggml's quantiser never writes it, but files could).
             GgmlType::Q8_0 => Self::Q8(
                 (0..n / QK)
-                    .map(|_| BlockQ8_0 {
-                        d: scale(rng),
-                        qs: std::array::from_fn(|_| rng.i8()),
-                    })
+                    .map(|_| BlockQ8_0 { d: scale(rng), qs: std::array::from_fn(|_| rng.i8()) })
                     .collect(),
             ),
             GgmlType::Q4_0 => Self::Q4(
                 (0..n / QK)
-                    .map(|_| BlockQ4_0 {
-                        d: scale(rng),
-                        qs: std::array::from_fn(|_| rng.i8() as u8),
-                    })
+                    .map(|_| BlockQ4_0 { d: scale(rng), qs: std::array::from_fn(|_| rng.i8() as u8) })
                     .collect(),
             ),
         }
@@ -71,13 +65,7 @@ impl Owned {
     }
 }
 
-const ALL: [GgmlType; 5] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q8_0,
-    GgmlType::Q4_0,
-];
+const ALL: [GgmlType; 5] = [GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0];
 
 /// Σ |w|·|x| per output, the scale the float tolerance is relative to.
 fn magnitude(w: &Matrix, x: &[f32], n_tok: usize) -> Vec<f32> {
@@ -86,10 +74,7 @@ fn magnitude(w: &Matrix, x: &[f32], n_tok: usize) -> Vec<f32> {
     let mut m = vec![0.0; n_tok * w.rows];
     for t in 0..n_tok {
         for r in 0..w.rows {
-            let (wr, xt) = (
-                &wf[r * w.cols..(r + 1) * w.cols],
-                &x[t * w.cols..(t + 1) * w.cols],
-            );
+            let (wr, xt) = (&wf[r * w.cols..(r + 1) * w.cols], &x[t * w.cols..(t + 1) * w.cols]);
             m[t * w.rows + r] = wr.iter().zip(xt).map(|(a, b)| (a * b).abs()).sum();
         }
     }
@@ -99,11 +84,7 @@ fn magnitude(w: &Matrix, x: &[f32], n_tok: usize) -> Vec<f32> {
 fn check_close(what: &str, got: &[f32], want: &[f32], mag: &[f32]) {
     for (i, ((g, w), m)) in got.iter().zip(want).zip(mag).enumerate() {
         let tol = 1e-5 * m + 1e-30;
-        assert!(
-            (g - w).abs() <= tol,
-            "{what}: out[{i}] = {g}, scalar {w}, |diff| {} > {tol}",
-            (g - w).abs()
-        );
+        assert!((g - w).abs() <= tol, "{what}: out[{i}] = {g}, scalar {w}, |diff| {} > {tol}", (g - w).abs());
     }
 }
 
@@ -120,10 +101,7 @@ fn q8_0_quantiser_matches_ggml_by_hand() {
     x[2 * QK] = -254.0;
     x[2 * QK + 1] = 5.0;
     x[2 * QK + 2] = 3.0;
-    let mut q = [BlockQ8_0 {
-        d: f16::ZERO,
-        qs: [0; QK],
-    }; 3];
+    let mut q = [BlockQ8_0 { d: f16::ZERO, qs: [0; QK] }; 3];
     quantize_q8_0(&x, &mut q);
     assert_eq!(q[0].d, f16::ONE);
     assert_eq!(&q[0].qs[..6], &[127, 3, -3, 0, -127, 0]);
@@ -138,10 +116,7 @@ fn q8_0_quantiser_matches_ggml_by_hand() {
     assert_eq!(&y[2 * QK..2 * QK + 3], &[-254.0, 6.0, 4.0]);
     // A general block: d = amax / 127 rounded to f16.
     let x: Vec<f32> = (0..QK).map(|i| i as f32 * 0.1 - 1.0).collect();
-    let mut q = [BlockQ8_0 {
-        d: f16::ZERO,
-        qs: [0; QK],
-    }];
+    let mut q = [BlockQ8_0 { d: f16::ZERO, qs: [0; QK] }];
     quantize_q8_0(&x, &mut q);
     let d = 2.1f32 / 127.0;
     assert_eq!(q[0].d, f16::from_f32(d));
@@ -160,10 +135,7 @@ fn q4_0_quantiser_matches_ggml_by_hand() {
     x[3] = 1.0; // -0.5 + 8.5 = 8
     x[16] = -16.0; // 8 + 8.5 = 16.5 -> 16 -> clamped to 15
     x[17] = 0.9; // -0.45 + 8.5 = 8.05 -> 8
-    let mut q = [BlockQ4_0 {
-        d: f16::ZERO,
-        qs: [0; QK / 2],
-    }];
+    let mut q = [BlockQ4_0 { d: f16::ZERO, qs: [0; QK / 2] }];
     quantize_q4_0(&x, &mut q);
     assert_eq!(q[0].d.to_f32(), -2.0);
     // Byte j: element j low nibble, element j + 16 high nibble; zero -> 8.
@@ -197,11 +169,7 @@ fn dequantize_row_matches_dequantize() {
     for ty in ALL {
         let (rows, cols) = (5, 96);
         let w = Owned::random(ty, rows * cols, &mut rng);
-        let m = Matrix {
-            rows,
-            cols,
-            elems: w.elems(),
-        };
+        let m = Matrix { rows, cols, elems: w.elems() };
         let mut all = vec![0.0; rows * cols];
         dequantize(&m.elems, &mut all);
         let mut row = vec![0.0; cols];
@@ -225,11 +193,7 @@ fn matmul_backends_agree_with_scalar() {
         };
         for &cols in col_set {
             for rows in [1, 3, 4, 5, 9, 17] {
-                let n_toks: &[usize] = if cols >= 4096 {
-                    &[1, 5]
-                } else {
-                    &[1, 2, 3, 4, 5, 6, 7, 8, 9]
-                };
+                let n_toks: &[usize] = if cols >= 4096 { &[1, 5] } else { &[1, 2, 3, 4, 5, 6, 7, 8, 9] };
                 for &n_tok in n_toks {
                     // One element of padding in front so that x and F32 weights are misaligned.
                     let xbuf: Vec<f32> = (0..n_tok * cols + 1).map(|_| rng.f()).collect();
@@ -269,29 +233,18 @@ fn quantised_dots_are_exact() {
         for rows in [1, 2, 5, 7] {
             for n_tok in 1..=9 {
                 // Integer activations with ±127 in each block: d_x = 1 exactly, q_x = x.
-                let mut x: Vec<f32> = (0..n_tok * cols)
-                    .map(|_| (rng.i8() as i32).clamp(-127, 127) as f32)
-                    .collect();
+                let mut x: Vec<f32> =
+                    (0..n_tok * cols).map(|_| (rng.i8() as i32).clamp(-127, 127) as f32).collect();
                 for b in x.chunks_mut(QK) {
-                    b[(rng.next() % 32) as usize] = if rng.next().is_multiple_of(2) {
-                        127.0
-                    } else {
-                        -127.0
-                    };
+                    b[(rng.next() % 32) as usize] = if rng.next().is_multiple_of(2) { 127.0 } else { -127.0 };
                 }
                 // Power-of-two weight scales; small Q8 weights keep every sum below 2^24.
                 let d = |rng: &mut Rng| f16::from_f32([0.5, 1.0, 2.0][(rng.next() % 3) as usize]);
                 let q8: Vec<BlockQ8_0> = (0..rows * cols / QK)
-                    .map(|_| BlockQ8_0 {
-                        d: d(&mut rng),
-                        qs: std::array::from_fn(|_| rng.i8() >> 4),
-                    })
+                    .map(|_| BlockQ8_0 { d: d(&mut rng), qs: std::array::from_fn(|_| rng.i8() >> 4) })
                     .collect();
                 let q4: Vec<BlockQ4_0> = (0..rows * cols / QK)
-                    .map(|_| BlockQ4_0 {
-                        d: d(&mut rng),
-                        qs: std::array::from_fn(|_| rng.i8() as u8),
-                    })
+                    .map(|_| BlockQ4_0 { d: d(&mut rng), qs: std::array::from_fn(|_| rng.i8() as u8) })
                     .collect();
                 for elems in [Elems::Q8_0(&q8), Elems::Q4_0(&q4)] {
                     let m = Matrix { rows, cols, elems };
@@ -300,12 +253,7 @@ fn quantised_dots_are_exact() {
                     for &be in &backends[1..] {
                         let mut got = vec![f32::NAN; n_tok * rows];
                         matmul_with(be, &mut got, &m, &x, n_tok, &mut scratch);
-                        assert_eq!(
-                            got,
-                            want,
-                            "{be:?} {} rows {rows} cols {cols} n_tok {n_tok}",
-                            elems.ty()
-                        );
+                        assert_eq!(got, want, "{be:?} {} rows {rows} cols {cols} n_tok {n_tok}", elems.ty());
                     }
                 }
             }
@@ -324,10 +272,7 @@ fn dot_f32_backends_agree() {
             let mag: f32 = a.iter().zip(b).map(|(a, b)| (a * b).abs()).sum();
             for be in Backend::available() {
                 let got = dot_f32_with(be, a, b);
-                assert!(
-                    (got - want).abs() <= 1e-5 * mag + 1e-30,
-                    "{be:?} n {n}: {got} vs {want}"
-                );
+                assert!((got - want).abs() <= 1e-5 * mag + 1e-30, "{be:?} n {n}: {got} vs {want}");
             }
         }
     }
@@ -337,51 +282,27 @@ fn dot_f32_backends_agree() {
 #[test]
 fn matmul_known_values() {
     // W (2, 32) @ x (32,): row 0 all ones, row 1 = 0..32; x all 0.5.
-    let w: Vec<f32> = (0..32)
-        .map(|_| 1.0)
-        .chain((0..32).map(|i| i as f32))
-        .collect();
+    let w: Vec<f32> = (0..32).map(|_| 1.0).chain((0..32).map(|i| i as f32)).collect();
     let x = [0.5f32; 32];
-    let m = Matrix {
-        rows: 2,
-        cols: 32,
-        elems: Elems::F32(&w),
-    };
+    let m = Matrix { rows: 2, cols: 32, elems: Elems::F32(&w) };
     let mut out = [0.0; 2];
     let mut s = Scratch::new(32, 1);
     matmul(&mut out, &m, &x, 1, &mut s);
     assert_eq!(out, [16.0, 248.0]);
     // The same through Q8_0: x quantises exactly (d = 0.5/127 in f16 is inexact, so compare
     // within rounding of the scale).
-    let mut q = vec![
-        BlockQ8_0 {
-            d: f16::ZERO,
-            qs: [0; QK]
-        };
-        2
-    ];
+    let mut q = vec![BlockQ8_0 { d: f16::ZERO, qs: [0; QK] }; 2];
     quantize_q8_0(&w, &mut q);
-    let m = Matrix {
-        rows: 2,
-        cols: 32,
-        elems: Elems::Q8_0(&q),
-    };
+    let m = Matrix { rows: 2, cols: 32, elems: Elems::Q8_0(&q) };
     matmul(&mut out, &m, &x, 1, &mut s);
-    assert!(
-        (out[0] - 16.0).abs() < 0.02 && (out[1] - 248.0).abs() < 0.3,
-        "{out:?}"
-    );
+    assert!((out[0] - 16.0).abs() < 0.02 && (out[1] - 248.0).abs() < 0.3, "{out:?}");
 }
 
 #[test]
 #[should_panic(expected = "matmul: x is not")]
 fn matmul_rejects_bad_shapes() {
     let w = [0.0f32; 64];
-    let m = Matrix {
-        rows: 2,
-        cols: 32,
-        elems: Elems::F32(&w),
-    };
+    let m = Matrix { rows: 2, cols: 32, elems: Elems::F32(&w) };
     matmul(&mut [0.0; 2], &m, &[0.0; 31], 1, &mut Scratch::new(32, 1));
 }
 
@@ -397,18 +318,11 @@ fn backend_name_is_known() {
 #[test]
 fn threaded_matmul_matches_single_thread() {
     let mut rng = Rng(5);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(3)
-        .build()
-        .unwrap();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
     let (rows, cols) = (1003, 256);
     for ty in ALL {
         let w = Owned::random(ty, rows * cols, &mut rng);
-        let m = Matrix {
-            rows,
-            cols,
-            elems: w.elems(),
-        };
+        let m = Matrix { rows, cols, elems: w.elems() };
         for n_tok in [1, 7] {
             let x: Vec<f32> = (0..n_tok * cols).map(|_| rng.f()).collect();
             let mut s = Scratch::new(cols, n_tok);
@@ -424,10 +338,7 @@ fn threaded_matmul_matches_single_thread() {
 /// [`matmul`] forced onto one thread.
 #[cfg(feature = "threads")]
 fn quant_and_run_single(out: &mut [f32], w: &Matrix, x: &[f32], n_tok: usize, s: &mut Scratch) {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     pool.install(|| matmul(out, w, x, n_tok, s));
 }
 
@@ -442,19 +353,14 @@ fn bench_matvec() {
         let mut s = Scratch::new(cols, 512);
         for ty in ALL {
             let w = Owned::random(ty, rows * cols, &mut rng);
-            let m = Matrix {
-                rows,
-                cols,
-                elems: w.elems(),
-            };
+            let m = Matrix { rows, cols, elems: w.elems() };
             let bytes = ty.row_bytes(cols as u64).unwrap() as usize * rows;
             for n_tok in [1, 64] {
                 let x: Vec<f32> = (0..n_tok * cols).map(|_| rng.f()).collect();
                 let mut out = vec![0.0; n_tok * rows];
                 // Best of many single calls: the host may be shared, and the fastest call is the
                 // one that ran undisturbed.
-                let iters =
-                    ((1e9 / (bytes as f64 * n_tok.max(8) as f64 / 8.0)) as usize).clamp(5, 400);
+                let iters = ((1e9 / (bytes as f64 * n_tok.max(8) as f64 / 8.0)) as usize).clamp(5, 400);
                 matmul(&mut out, &m, &x, n_tok, &mut s);
                 let mut dt = f64::INFINITY;
                 for _ in 0..iters {
@@ -493,20 +399,11 @@ fn bench_cycles() {
     };
     println!("backend {} ~{ghz:.2} GHz", backend_name());
     let mut rng = Rng(9);
-    let env = |k: &str, d: usize| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
+    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
     let (rows, cols) = (env("ROWS", 512), env("COLS", 768));
     for ty in ALL {
         let w = Owned::random(ty, rows * cols, &mut rng);
-        let m = Matrix {
-            rows,
-            cols,
-            elems: w.elems(),
-        };
+        let m = Matrix { rows, cols, elems: w.elems() };
         for be in Backend::available() {
             let mut line = format!("{ty:<5} {be:<8?}");
             for n_tok in [1, 4, 16, 64] {
@@ -530,24 +427,8 @@ fn bench_cycles() {
 #[test]
 fn round_away_matches_roundf() {
     let mut rng = Rng(13);
-    let specials = [
-        0.5f32,
-        -0.5,
-        1.5,
-        -1.5,
-        2.5,
-        0.49999997,
-        -0.49999997,
-        126.5,
-        -126.5,
-        127.0,
-        0.0,
-        -0.0,
-    ];
-    for v in specials
-        .into_iter()
-        .chain((0..100_000).map(|_| rng.f() * 130.0))
-    {
+    let specials = [0.5f32, -0.5, 1.5, -1.5, 2.5, 0.49999997, -0.49999997, 126.5, -126.5, 127.0, 0.0, -0.0];
+    for v in specials.into_iter().chain((0..100_000).map(|_| rng.f() * 130.0)) {
         assert_eq!(quant::round_away(v), v.round() as i32, "{v}");
     }
 }
@@ -578,13 +459,7 @@ fn quantize_x_backends_match_reference() {
     // Exact halves after scaling (amax 127 -> id 1), zeros, and a zero block.
     x[..8].copy_from_slice(&[127.0, 0.5, -0.5, 1.5, -2.5, 126.5, -0.0, 0.49999997]);
     x[64..96].fill(0.0);
-    let mut want = vec![
-        BlockQ8_0 {
-            d: f16::ZERO,
-            qs: [0; QK]
-        };
-        x.len() / QK
-    ];
+    let mut want = vec![BlockQ8_0 { d: f16::ZERO, qs: [0; QK] }; x.len() / QK];
     quantize_q8_0(&x, &mut want);
     for be in Backend::available() {
         let mut qx = QuantX::default();

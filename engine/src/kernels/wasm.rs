@@ -17,11 +17,7 @@ pub(crate) fn run_rows(job: &Job, rows: Range<usize>) {
     let n_tok = job.out.n_tok;
     macro_rules! go {
         ($k:expr, $r:literal, $t:literal) => {
-            if n_tok == 1 {
-                drive::<_, $r, 1>(&$k, rows, 1)
-            } else {
-                drive::<_, $r, $t>(&$k, rows, n_tok)
-            }
+            if n_tok == 1 { drive::<_, $r, 1>(&$k, rows, 1) } else { drive::<_, $r, $t>(&$k, rows, n_tok) }
         };
     }
     match job.w.elems {
@@ -51,12 +47,7 @@ fn widen(v: v128) -> [v128; 2] {
 fn load32_i16(p: &[i8]) -> [v128; 4] {
     assert!(p.len() >= 32);
     // SAFETY: 32 bytes readable (assert); v128 loads need no alignment.
-    let (a, b) = unsafe {
-        (
-            v128_load(p.as_ptr().cast()),
-            v128_load(p.as_ptr().add(16).cast()),
-        )
-    };
+    let (a, b) = unsafe { (v128_load(p.as_ptr().cast()), v128_load(p.as_ptr().add(16).cast())) };
     let ([a0, a1], [b0, b1]) = (widen(a), widen(b));
     [a0, a1, b0, b1]
 }
@@ -106,8 +97,7 @@ impl<B: QBlock> Tile for QTile<'_, B> {
         let qx: &QuantX = self.job.qx;
         let nb = qx.nb;
         let w: [&[B]; R] = std::array::from_fn(|i| B::row(self.w, nb, r0 + i));
-        let xq: [&[i8]; T] =
-            std::array::from_fn(|j| &qx.qs[(t0 + j) * nb * QK..(t0 + j + 1) * nb * QK]);
+        let xq: [&[i8]; T] = std::array::from_fn(|j| &qx.qs[(t0 + j) * nb * QK..(t0 + j + 1) * nb * QK]);
         let xd: [&[f32]; T] = std::array::from_fn(|j| &qx.d[(t0 + j) * nb..(t0 + j + 1) * nb]);
         let mut acc = [[f32x4_splat(0.0); T]; R];
         for b in 0..nb {
@@ -207,8 +197,7 @@ impl<W: FloatW> Tile for FTile<'_, W> {
     fn tile<const R: usize, const T: usize>(&self, r0: usize, t0: usize) {
         let cols = self.job.w.cols;
         let w: [&[W]; R] = std::array::from_fn(|i| &self.w[(r0 + i) * cols..(r0 + i + 1) * cols]);
-        let x: [&[f32]; T] =
-            std::array::from_fn(|j| &self.job.x[(t0 + j) * cols..(t0 + j + 1) * cols]);
+        let x: [&[f32]; T] = std::array::from_fn(|j| &self.job.x[(t0 + j) * cols..(t0 + j + 1) * cols]);
         let mut acc = [[f32x4_splat(0.0); T]; R];
         let mut c = 0;
         while c + 4 <= cols {
@@ -256,9 +245,7 @@ pub(crate) fn quantize_q8(x: &[f32], qs: &mut [i8], d: &mut [f32]) {
     let (half, one) = (f32x4_splat(0.5), f32x4_splat(1.0));
     for ((xb, qb), d) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(d) {
         let v: [v128; 8] = std::array::from_fn(|k| f32::load4(&xb[4 * k..]));
-        let m = v
-            .iter()
-            .fold(f32x4_splat(0.0), |m, &v| f32x4_max(m, f32x4_abs(v)));
+        let m = v.iter().fold(f32x4_splat(0.0), |m, &v| f32x4_max(m, f32x4_abs(v)));
         let m = f32x4_max(m, i32x4_shuffle::<2, 3, 0, 1>(m, m));
         let amax = f32x4_extract_lane::<0>(m).max(f32x4_extract_lane::<1>(m));
         let dd = amax / 127.0;
@@ -273,14 +260,8 @@ pub(crate) fn quantize_q8(x: &[f32], qs: &mut [i8], d: &mut [f32]) {
             let dn = v128_and(f32x4_le(f, f32x4_neg(half)), one);
             i32x4_trunc_sat_f32x4(f32x4_add(t, f32x4_sub(up, dn)))
         });
-        let lo = i8x16_narrow_i16x8(
-            i16x8_narrow_i32x4(q[0], q[1]),
-            i16x8_narrow_i32x4(q[2], q[3]),
-        );
-        let hi = i8x16_narrow_i16x8(
-            i16x8_narrow_i32x4(q[4], q[5]),
-            i16x8_narrow_i32x4(q[6], q[7]),
-        );
+        let lo = i8x16_narrow_i16x8(i16x8_narrow_i32x4(q[0], q[1]), i16x8_narrow_i32x4(q[2], q[3]));
+        let hi = i8x16_narrow_i16x8(i16x8_narrow_i32x4(q[4], q[5]), i16x8_narrow_i32x4(q[6], q[7]));
         // SAFETY: qb is 32 bytes; v128 stores need no alignment.
         unsafe {
             v128_store(qb.as_mut_ptr().cast(), lo);

@@ -23,9 +23,7 @@ use std::ops::Range;
 
 /// AVX2, FMA and F16C are present.
 pub(crate) fn has_avx2() -> bool {
-    is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
 }
 
 /// Everything the AVX-512 kernels use is present.
@@ -43,11 +41,7 @@ pub(crate) fn run_rows(avx512: bool, job: &Job, rows: Range<usize>) {
     let n_tok = job.out.n_tok;
     macro_rules! go {
         ($k:expr, $r:literal, $t:literal) => {
-            if n_tok == 1 {
-                drive::<_, $r, 1>(&$k, rows, 1)
-            } else {
-                drive::<_, $r, $t>(&$k, rows, n_tok)
-            }
+            if n_tok == 1 { drive::<_, $r, 1>(&$k, rows, 1) } else { drive::<_, $r, $t>(&$k, rows, n_tok) }
         };
     }
     match job.w.elems {
@@ -118,10 +112,7 @@ impl QBlock for BlockQ8_0 {
             let hi = _mm256_loadu_si256(b.qs.as_ptr().cast());
             // w + 128 as u8 = w with its sign bit flipped.
             let q = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
-            (
-                _mm512_xor_si512(q, _mm512_set1_epi8(-128)),
-                scale2(a.d, b.d),
-            )
+            (_mm512_xor_si512(q, _mm512_set1_epi8(-128)), scale2(a.d, b.d))
         }
     }
     #[inline(always)]
@@ -152,10 +143,7 @@ impl QBlock for BlockQ8_0 {
             let b = _mm512_maskz_loadu_epi8(0xF, p.cast::<i8>().add(64));
             let q = _mm512_permutex2var_epi8(a, _mm512_loadu_si512(QS.as_ptr().cast()), b);
             let d = _mm512_permutexvar_epi16(_mm512_loadu_si512(D.as_ptr().cast()), a);
-            (
-                _mm512_xor_si512(q, _mm512_set1_epi8(-128)),
-                _mm512_cvtph_ps(_mm512_castsi512_si256(d)),
-            )
+            (_mm512_xor_si512(q, _mm512_set1_epi8(-128)), _mm512_cvtph_ps(_mm512_castsi512_si256(d)))
         }
     }
     fn row(w: &[Self], nb: usize, r: usize) -> &[Self] {
@@ -173,12 +161,8 @@ impl QBlock for BlockQ4_0 {
         unsafe {
             let raw = _mm_loadu_si128(self.qs.as_ptr().cast());
             // Low nibbles are elements 0..16, high nibbles 16..32.
-            let both =
-                _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(raw), _mm_srli_epi16::<4>(raw));
-            _mm256_sub_epi8(
-                _mm256_and_si256(both, _mm256_set1_epi8(0x0F)),
-                _mm256_set1_epi8(8),
-            )
+            let both = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(raw), _mm_srli_epi16::<4>(raw));
+            _mm256_sub_epi8(_mm256_and_si256(both, _mm256_set1_epi8(0x0F)), _mm256_set1_epi8(8))
         }
     }
     #[inline(always)]
@@ -193,10 +177,7 @@ impl QBlock for BlockQ4_0 {
             // 128-bit lanes [a, a, b, b]; shift lanes 1 and 3 so they hold the high nibbles.
             let z = _mm512_shuffle_i64x2::<0x50>(z, z);
             let z = _mm512_mask_srli_epi16::<4>(z, 0xFF00_FF00, z);
-            (
-                _mm512_and_si512(z, _mm512_set1_epi8(0x0F)),
-                scale2(a.d, b.d),
-            )
+            (_mm512_and_si512(z, _mm512_set1_epi8(0x0F)), scale2(a.d, b.d))
         }
     }
     #[inline(always)]
@@ -231,10 +212,7 @@ impl QBlock for BlockQ4_0 {
             // Lanes 1 and 3 hold the high nibbles (elements 16..32 of each block).
             let z = _mm512_mask_srli_epi16::<4>(z, 0xFF00_FF00, z);
             let d = _mm512_permutexvar_epi16(_mm512_loadu_si512(D.as_ptr().cast()), a);
-            (
-                _mm512_and_si512(z, _mm512_set1_epi8(0x0F)),
-                _mm512_cvtph_ps(_mm512_castsi512_si256(d)),
-            )
+            (_mm512_and_si512(z, _mm512_set1_epi8(0x0F)), _mm512_cvtph_ps(_mm512_castsi512_si256(d)))
         }
     }
     fn row(w: &[Self], nb: usize, r: usize) -> &[Self] {
@@ -256,12 +234,10 @@ impl<B: QBlock> Tile for QTile<'_, B> {
         let nb = qx.nb;
         // Slicing checks that every row and token the tile reads exists.
         let w: [&[B]; R] = std::array::from_fn(|i| B::row(self.w, nb, r0 + i));
-        let xq: [&[i8]; T] =
-            std::array::from_fn(|j| &qx.qs[(t0 + j) * nb * QK..(t0 + j + 1) * nb * QK]);
+        let xq: [&[i8]; T] = std::array::from_fn(|j| &qx.qs[(t0 + j) * nb * QK..(t0 + j + 1) * nb * QK]);
         let xd: [&[f32]; T] = std::array::from_fn(|j| &qx.d[(t0 + j) * nb..(t0 + j + 1) * nb]);
         let v = if self.avx512 {
-            let xc: [&[i32]; T] =
-                std::array::from_fn(|j| &qx.corr[(t0 + j) * nb * 8..(t0 + j + 1) * nb * 8]);
+            let xc: [&[i32]; T] = std::array::from_fn(|j| &qx.corr[(t0 + j) * nb * 8..(t0 + j + 1) * nb * 8]);
             // SAFETY: the backend was picked because the CPU has AVX-512 (`has_avx512`); every slice
             // holds `nb` blocks' worth of data, which is what the tile reads.
             unsafe {
@@ -321,10 +297,7 @@ unsafe fn q_tile_avx2<B: QBlock, const R: usize, const T: usize>(
         for j in 0..T {
             // SAFETY: b < nb: 32 bytes at xq[j] + 32b and one scale at xd[j] + b are in bounds.
             let (xv, dx) = unsafe {
-                (
-                    _mm256_loadu_si256(xq[j].add(b * QK).cast()),
-                    _mm256_broadcast_ss(&*xd[j].add(b)),
-                )
+                (_mm256_loadu_si256(xq[j].add(b * QK).cast()), _mm256_broadcast_ss(&*xd[j].add(b)))
             };
             for i in 0..R {
                 // Σ pairs |w|·(±x) in i16, then pairs of those in i32: 8 lanes of 4 products.
@@ -368,11 +341,8 @@ unsafe fn q_step_512<B: QBlock, const R: usize, const T: usize, const ONE: bool>
         let mut wu = [_mm512_setzero_si512(); R];
         let mut dw = [_mm512_setzero_ps(); R];
         for i in 0..R {
-            (wu[i], dw[i]) = if ONE {
-                B::offset512(&*w[i].add(b), &*w[i].add(b1))
-            } else {
-                B::pair512(w[i].add(b))
-            };
+            (wu[i], dw[i]) =
+                if ONE { B::offset512(&*w[i].add(b), &*w[i].add(b1)) } else { B::pair512(w[i].add(b)) };
         }
         for j in 0..T {
             let (xv, c) = if ONE {
@@ -382,10 +352,7 @@ unsafe fn q_step_512<B: QBlock, const R: usize, const T: usize, const ONE: bool>
                     _mm512_maskz_loadu_epi32(0x00FF, xc[j].add(b * 8)),
                 )
             } else {
-                (
-                    _mm512_loadu_si512(xq[j].add(b * QK).cast()),
-                    _mm512_loadu_si512(xc[j].add(b * 8).cast()),
-                )
+                (_mm512_loadu_si512(xq[j].add(b * QK).cast()), _mm512_loadu_si512(xc[j].add(b * 8).cast()))
             };
             let d0 = _mm256_castps_pd(_mm256_broadcast_ss(&*xd[j].add(b)));
             let d1 = _mm256_castps_pd(_mm256_broadcast_ss(&*xd[j].add(b1)));
@@ -495,18 +462,17 @@ impl FloatW for BF16 {
     unsafe fn load8(p: *const u8) -> __m256 {
         // SAFETY: the caller's contract. bf16 is the top half of an f32.
         unsafe {
-            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
-                _mm_loadu_si128(p.cast()),
-            )))
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast()))))
         }
     }
     #[inline(always)]
     unsafe fn load16(p: *const u8, m: __mmask16) -> __m512 {
         // SAFETY: the caller's contract.
         unsafe {
-            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
-                _mm256_maskz_loadu_epi16(m, p.cast()),
-            )))
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(
+                m,
+                p.cast(),
+            ))))
         }
     }
 }
@@ -524,14 +490,7 @@ struct FTile<'a, W> {
 
 impl<'a, W> FTile<'a, W> {
     fn new(w: *const u8, len: usize, job: &'a Job<'a>, avx512: bool) -> Self {
-        Self {
-            w,
-            len,
-            cols: job.w.cols,
-            job,
-            avx512,
-            _w: std::marker::PhantomData,
-        }
+        Self { w, len, cols: job.w.cols, job, avx512, _w: std::marker::PhantomData }
     }
 }
 
@@ -541,8 +500,7 @@ impl<W: FloatW> Tile for FTile<'_, W> {
         let cols = self.cols;
         assert!((r0 + R) * cols <= self.len && (t0 + T) * cols <= self.job.x.len());
         // SAFETY (pointer arithmetic): rows r0..r0+R are inside the weights by the assert.
-        let w: [*const u8; R] =
-            std::array::from_fn(|i| unsafe { self.w.add((r0 + i) * cols * W::SIZE) });
+        let w: [*const u8; R] = std::array::from_fn(|i| unsafe { self.w.add((r0 + i) * cols * W::SIZE) });
         let x: [*const f32; T] = std::array::from_fn(|j| self.job.x[(t0 + j) * cols..].as_ptr());
         let v = if self.avx512 {
             // SAFETY: AVX-512 present (`has_avx512`); each row and token has `cols` elements (assert).
@@ -606,13 +564,7 @@ unsafe fn f_tile_avx2<W: FloatW, const R: usize, const T: usize>(
         let mut xb = [[0f32; 8]; T];
         for i in 0..R {
             // SAFETY: n elements remain behind w[i] at offset c.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    w[i].add(c * W::SIZE),
-                    wb[i].as_mut_ptr(),
-                    n * W::SIZE,
-                )
-            };
+            unsafe { std::ptr::copy_nonoverlapping(w[i].add(c * W::SIZE), wb[i].as_mut_ptr(), n * W::SIZE) };
         }
         for j in 0..T {
             // SAFETY: n elements remain behind x[j] at offset c.
@@ -643,11 +595,7 @@ unsafe fn f_step_512<W: FloatW, const R: usize, const T: usize, const MASK: bool
     unsafe {
         let wv: [__m512; R] = std::array::from_fn(|i| W::load16(w[i], if MASK { m } else { !0 }));
         for j in 0..T {
-            let xv = if MASK {
-                _mm512_maskz_loadu_ps(m, x[j])
-            } else {
-                _mm512_loadu_ps(x[j])
-            };
+            let xv = if MASK { _mm512_maskz_loadu_ps(m, x[j]) } else { _mm512_loadu_ps(x[j]) };
             for i in 0..R {
                 acc[i][j] = _mm512_fmadd_ps(wv[i], xv, acc[i][j]);
             }
@@ -716,13 +664,7 @@ unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
         i += 32;
     }
     while i + 8 <= n {
-        unsafe {
-            acc[0] = _mm256_fmadd_ps(
-                _mm256_loadu_ps(pa.add(i)),
-                _mm256_loadu_ps(pb.add(i)),
-                acc[0],
-            )
-        };
+        unsafe { acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]) };
         i += 8;
     }
     let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
@@ -774,17 +716,12 @@ unsafe fn quantize_q8_avx2(x: &[f32], qs: &mut [i8], d: &mut [f32]) {
             let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(y);
             let f = _mm256_sub_ps(y, t);
             let up = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(f, half), one);
-            let dn = _mm256_and_ps(
-                _mm256_cmp_ps::<_CMP_LE_OQ>(f, _mm256_sub_ps(_mm256_setzero_ps(), half)),
-                one,
-            );
+            let dn =
+                _mm256_and_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(f, _mm256_sub_ps(_mm256_setzero_ps(), half)), one);
             _mm256_cvtps_epi32(_mm256_add_ps(t, _mm256_sub_ps(up, dn)))
         });
         // Pack i32 -> i8 (per 128-bit lane), then put the 4-byte groups back in order.
-        let q = _mm256_packs_epi16(
-            _mm256_packs_epi32(q[0], q[1]),
-            _mm256_packs_epi32(q[2], q[3]),
-        );
+        let q = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
         let q = _mm256_permutevar8x32_epi32(q, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         // SAFETY: 32 bytes of block b are inside qs.
         unsafe { _mm256_storeu_si256(qs.as_mut_ptr().add(b * QK).cast(), q) };
@@ -802,20 +739,13 @@ pub(crate) fn offset_corrections(qs: &[i8], k: i32, corr: &mut [i32]) {
 /// Needs AVX2; `qs.len() == 4 · corr.len()`, a multiple of 32.
 #[target_feature(enable = "avx2")]
 unsafe fn offset_corrections_avx2(qs: &[i8], k: i32, corr: &mut [i32]) {
-    let (ones8, ones16, mk) = (
-        _mm256_set1_epi8(1),
-        _mm256_set1_epi16(1),
-        _mm256_set1_epi32(-k),
-    );
+    let (ones8, ones16, mk) = (_mm256_set1_epi8(1), _mm256_set1_epi16(1), _mm256_set1_epi32(-k));
     for b in 0..qs.len() / QK {
         // SAFETY: block b is inside qs (32 bytes) and corr (8 lanes).
         unsafe {
             let q = _mm256_loadu_si256(qs.as_ptr().add(b * QK).cast());
             let s = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, q), ones16);
-            _mm256_storeu_si256(
-                corr.as_mut_ptr().add(b * 8).cast(),
-                _mm256_mullo_epi32(s, mk),
-            );
+            _mm256_storeu_si256(corr.as_mut_ptr().add(b * 8).cast(), _mm256_mullo_epi32(s, mk));
         }
     }
 }

@@ -50,11 +50,7 @@ const CHAR_TO_BYTE: [i16; CHAR_LIMIT] = {
 /// The byte that `c` stands for in a byte-level vocabulary string, if any.
 pub(crate) fn char_to_byte(c: char) -> Option<u8> {
     let cp = c as usize;
-    if cp < CHAR_LIMIT {
-        u8::try_from(CHAR_TO_BYTE[cp]).ok()
-    } else {
-        None
-    }
+    if cp < CHAR_LIMIT { u8::try_from(CHAR_TO_BYTE[cp]).ok() } else { None }
 }
 
 /// Undoes the byte-level mapping of a vocabulary string, appending the raw bytes to `out`.

@@ -290,9 +290,8 @@ impl Tokenizer {
         if n == 0 {
             return Err(TokenizerError::EmptyVocab);
         }
-        let text_of = |id: u32| {
-            &text.as_bytes()[text_offs[id as usize] as usize..text_offs[id as usize + 1] as usize]
-        };
+        let text_of =
+            |id: u32| &text.as_bytes()[text_offs[id as usize] as usize..text_offs[id as usize + 1] as usize];
 
         let mut lookup = StrTable::with_capacity(n);
         for id in 0..n as u32 {
@@ -308,25 +307,18 @@ impl Tokenizer {
         let mut types = vec![TokenType::Normal; n];
         if let Some(raw) = vocab.token_types {
             if raw.len() < n {
-                return Err(TokenizerError::TokenTypesTooShort {
-                    found: raw.len(),
-                    expected: n,
-                });
+                return Err(TokenizerError::TokenTypesTooShort { found: raw.len(), expected: n });
             }
             for (id, (&value, ty)) in raw.iter().zip(types.iter_mut()).enumerate() {
-                *ty = TokenType::from_gguf(value).ok_or(TokenizerError::InvalidTokenType {
-                    id: id as u32,
-                    value,
-                })?;
+                *ty = TokenType::from_gguf(value)
+                    .ok_or(TokenizerError::InvalidTokenType { id: id as u32, value })?;
             }
         }
 
         let check = |which: &'static str, id: Option<TokenId>| match id {
-            Some(t) if t.index() >= n => Err(TokenizerError::SpecialOutOfRange {
-                which,
-                id: t.0,
-                n_vocab: n,
-            }),
+            Some(t) if t.index() >= n => {
+                Err(TokenizerError::SpecialOutOfRange { which, id: t.0, n_vocab: n })
+            }
             _ => Ok(id),
         };
         let bos = check("bos", vocab.bos)?;
@@ -410,10 +402,7 @@ impl Tokenizer {
         let mut special: Vec<TokenId> = (0..n as u32)
             .map(TokenId)
             .filter(|t| {
-                matches!(
-                    types[t.index()],
-                    TokenType::Control | TokenType::UserDefined | TokenType::Unknown
-                )
+                matches!(types[t.index()], TokenType::Control | TokenType::UserDefined | TokenType::Unknown)
             })
             .collect();
         let len_of = |t: &TokenId| text_offs[t.index() + 1] - text_offs[t.index()];
@@ -537,10 +526,7 @@ impl Tokenizer {
 
     /// A token's type ([`TokenType::Undefined`] for ids outside the vocabulary).
     pub fn token_type(&self, id: TokenId) -> TokenType {
-        self.types
-            .get(id.index())
-            .copied()
-            .unwrap_or(TokenType::Undefined)
+        self.types.get(id.index()).copied().unwrap_or(TokenType::Undefined)
     }
 
     /// Number of tokens.
@@ -593,11 +579,7 @@ impl Tokenizer {
 
     /// Summed lengths of the special tokens taking part in partitioning.
     pub(crate) fn lookahead(&self, parse_special: bool) -> usize {
-        if parse_special {
-            self.lookahead_all
-        } else {
-            self.lookahead_user
-        }
+        if parse_special { self.lookahead_all } else { self.lookahead_user }
     }
 }
 

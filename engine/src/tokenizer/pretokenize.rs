@@ -50,9 +50,7 @@ impl PreTokenizer {
             None | Some("default") => Some(Self::Default),
             // llama.cpp's LLAMA_VOCAB_PRE_TYPE_GPT2 names that need no other setting.
             Some("gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es")
-            | Some("jina-v2-de" | "a.x-4.0" | "mellum" | "modern-bert" | "mpt" | "olmo") => {
-                Some(Self::Gpt2)
-            }
+            | Some("jina-v2-de" | "a.x-4.0" | "mellum" | "modern-bert" | "mpt" | "olmo") => Some(Self::Gpt2),
             Some(_) => None,
         }
     }
@@ -65,10 +63,7 @@ impl PreTokenizer {
         ws.run(self, false);
         let mut out = Vec::new();
         for p in &ws.pieces {
-            let (a, b) = (
-                ws.offs[p.start as usize] as usize,
-                ws.offs[p.end as usize] as usize,
-            );
+            let (a, b) = (ws.offs[p.start as usize] as usize, ws.offs[p.end as usize] as usize);
             let mut a = a;
             while b - a > MAX_PIECE_BYTES {
                 let cut = chunk_end(text, a);
@@ -135,11 +130,7 @@ impl PreScratch {
     pub fn run(&mut self, pre: PreTokenizer, open: bool) {
         self.pieces.clear();
         let n = self.chars.len() as u32;
-        let all = Piece {
-            start: 0,
-            end: n,
-            open,
-        };
+        let all = Piece { start: 0, end: n, open };
         match pre {
             PreTokenizer::Gpt2 => gpt2(&self.chars, &self.cls, all, &mut self.pieces),
             PreTokenizer::Default => {
@@ -178,11 +169,7 @@ fn runs(cls: &[u8], bit: u8, parent: Piece, out: &mut Vec<Piece>) {
             i += 1;
         }
         // A run that reaches the parent's end would continue with the parent.
-        out.push(Piece {
-            start: start as u32,
-            end: i as u32,
-            open: parent.open && i == e,
-        });
+        out.push(Piece { start: start as u32, end: i as u32, open: parent.open && i == e });
     }
 }
 
@@ -194,17 +181,9 @@ fn digit_triples(cls: &[u8], parent: Piece, out: &mut Vec<Piece>) {
     while i + 3 <= e {
         if digit(i) && digit(i + 1) && digit(i + 2) {
             if gap < i {
-                out.push(Piece {
-                    start: gap as u32,
-                    end: i as u32,
-                    open: false,
-                });
+                out.push(Piece { start: gap as u32, end: i as u32, open: false });
             }
-            out.push(Piece {
-                start: i as u32,
-                end: (i + 3) as u32,
-                open: false,
-            });
+            out.push(Piece { start: i as u32, end: (i + 3) as u32, open: false });
             i += 3;
             gap = i;
         } else {
@@ -213,11 +192,7 @@ fn digit_triples(cls: &[u8], parent: Piece, out: &mut Vec<Piece>) {
     }
     if gap < e {
         // The remainder has no match yet; more text could complete one.
-        out.push(Piece {
-            start: gap as u32,
-            end: e as u32,
-            open: parent.open,
-        });
+        out.push(Piece { start: gap as u32, end: e as u32, open: parent.open });
     }
 }
 
@@ -250,11 +225,7 @@ fn gpt2(chars: &[char], cls: &[u8], parent: Piece, out: &mut Vec<Piece>) {
     let e = parent.end as usize;
     let mut pos = parent.start as usize;
     while pos < e {
-        let mut cur = Cursor {
-            cls,
-            end: e,
-            touched_end: false,
-        };
+        let mut cur = Cursor { cls, end: e, touched_end: false };
         let c = chars[pos];
         let end = 'piece: {
             // 's|'t|'re|'ve|'m|'ll|'d (case-sensitive)
@@ -270,11 +241,7 @@ fn gpt2(chars: &[char], cls: &[u8], parent: Piece, out: &mut Vec<Piece>) {
                 }
             }
             let lead = usize::from(c == ' ');
-            let first = if c == ' ' {
-                cur.get(pos + 1)
-            } else {
-                Some(cls[pos])
-            };
+            let first = if c == ' ' { cur.get(pos + 1) } else { Some(cls[pos]) };
             if let Some(f) = first {
                 //  ?\p{L}+ |  ?\p{N}+ |  ?[^\s\p{L}\p{N}]+
                 for (want, class) in [(true, LETTER), (true, NUMBER), (false, WORD)] {
@@ -300,11 +267,7 @@ fn gpt2(chars: &[char], cls: &[u8], parent: Piece, out: &mut Vec<Piece>) {
                 pos + 1 // no match (unreachable: every code point matches something)
             }
         };
-        out.push(Piece {
-            start: pos as u32,
-            end: end as u32,
-            open: parent.open && cur.touched_end,
-        });
+        out.push(Piece { start: pos as u32, end: end as u32, open: parent.open && cur.touched_end });
         pos = end;
     }
 }
@@ -322,23 +285,11 @@ mod tests {
         let got: Vec<_> = ws
             .pieces
             .iter()
-            .map(|p| {
-                (
-                    &text[ws.offs[p.start as usize] as usize..ws.offs[p.end as usize] as usize],
-                    p.open,
-                )
-            })
+            .map(|p| (&text[ws.offs[p.start as usize] as usize..ws.offs[p.end as usize] as usize], p.open))
             .collect();
         assert_eq!(
             got,
-            [
-                ("ab", false),
-                (" ", false),
-                (" cd", false),
-                (" 12", false),
-                ("'", true),
-                ("r", true)
-            ]
+            [("ab", false), (" ", false), (" cd", false), (" 12", false), ("'", true), ("r", true)]
         );
     }
 }

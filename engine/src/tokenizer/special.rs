@@ -15,15 +15,8 @@ use crate::TokenId;
 /// A fragment of the text: byte range `start..end`, either raw text or one special token.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Frag {
-    Raw {
-        start: usize,
-        end: usize,
-    },
-    Token {
-        id: TokenId,
-        start: usize,
-        end: usize,
-    },
+    Raw { start: usize, end: usize },
+    Token { id: TokenId, start: usize, end: usize },
 }
 
 impl Tokenizer {
@@ -47,10 +40,7 @@ impl Tokenizer {
         if text.is_empty() {
             return;
         }
-        frags.push(Frag::Raw {
-            start: 0,
-            end: text.len(),
-        });
+        frags.push(Frag::Raw { start: 0, end: text.len() });
         for (id, special) in self.specials(parse_special) {
             if !text.contains(special) {
                 continue;
@@ -67,11 +57,7 @@ impl Tokenizer {
                     if at < a {
                         tmp.push(Frag::Raw { start: at, end: a });
                     }
-                    tmp.push(Frag::Token {
-                        id,
-                        start: a,
-                        end: b,
-                    });
+                    tmp.push(Frag::Token { id, start: a, end: b });
                     at = b;
                 }
                 if at < end {

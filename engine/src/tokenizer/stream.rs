@@ -28,10 +28,7 @@ impl StreamDecoder {
 
     /// A decoder that, with `render_special`, renders control tokens as their text.
     pub fn with_special(render_special: bool) -> Self {
-        Self {
-            render_special,
-            ..Self::default()
-        }
+        Self { render_special, ..Self::default() }
     }
 
     /// Adds a token; returns the text it completes (possibly empty).
@@ -159,11 +156,7 @@ impl StreamEncoder {
         if text.is_empty() {
             return;
         }
-        let stable = if last {
-            text.len()
-        } else {
-            tok.special_stable_end(text, self.parse_special)
-        };
+        let stable = if last { text.len() } else { tok.special_stable_end(text, self.parse_special) };
         let ws = &mut self.ws;
         tok.partition(text, self.parse_special, &mut ws.frags, &mut ws.frags_tmp);
         let frags = std::mem::take(&mut ws.frags);
@@ -178,8 +171,8 @@ impl StreamEncoder {
                     done = end;
                 }
                 Frag::Raw { start, end } => {
-                    let closed = last
-                        || matches!(frags.get(i + 1), Some(Frag::Token { start: s, .. }) if *s < stable);
+                    let closed =
+                        last || matches!(frags.get(i + 1), Some(Frag::Token { start: s, .. }) if *s < stable);
                     if closed {
                         done = tok.encode_raw(text, start..end, false, ws, out);
                         continue;

@@ -59,9 +59,7 @@ pub(crate) struct StrTable {
 
 impl StrTable {
     pub fn with_capacity(n: usize) -> Self {
-        Self {
-            slots: vec![0; capacity_for(n)],
-        }
+        Self { slots: vec![0; capacity_for(n)] }
     }
 
     /// Finds the id whose text equals the concatenation of `parts`.
@@ -81,12 +79,7 @@ impl StrTable {
     }
 
     /// Inserts `id` under `text`, or returns the id already there.
-    pub fn insert<'t>(
-        &mut self,
-        text: &[u8],
-        id: u32,
-        text_of: impl Fn(u32) -> &'t [u8],
-    ) -> Result<(), u32> {
+    pub fn insert<'t>(&mut self, text: &[u8], id: u32, text_of: impl Fn(u32) -> &'t [u8]) -> Result<(), u32> {
         let mask = self.slots.len() - 1;
         let mut i = hash_parts(&[text]) as usize & mask;
         loop {
@@ -130,10 +123,7 @@ fn pair_key(left: u32, right: u32) -> u64 {
 
 impl PairMap {
     pub fn with_capacity(n: usize) -> Self {
-        Self {
-            slots: vec![(EMPTY, 0); capacity_for(n)],
-            len: 0,
-        }
+        Self { slots: vec![(EMPTY, 0); capacity_for(n)], len: 0 }
     }
 
     fn slot(&self, key: u64) -> usize {

@@ -60,8 +60,7 @@ pub struct TensorSpec {
 pub fn tensor_size(dims: &[u64], ty: u32) -> Option<u64> {
     let ty = GgmlType::from_id(ty)?;
     let (&ne0, rest) = dims.split_first()?;
-    rest.iter()
-        .try_fold(ty.row_bytes(ne0)?, |n, &d| n.checked_mul(d))
+    rest.iter().try_fold(ty.row_bytes(ne0)?, |n, &d| n.checked_mul(d))
 }
 
 /// A GGUF file under construction.
@@ -138,13 +137,7 @@ impl Builder {
     pub fn tensor_at(mut self, name: &str, dims: &[u64], ty: u32, offset: u64) -> Self {
         let n_dims = dims.len() as u32;
         let name = name.as_bytes().to_vec();
-        self.tensors.push(TensorSpec {
-            name,
-            n_dims,
-            dims: dims.to_vec(),
-            ty,
-            offset,
-        });
+        self.tensors.push(TensorSpec { name, n_dims, dims: dims.to_vec(), ty, offset });
         self
     }
 
