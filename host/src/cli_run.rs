@@ -210,6 +210,7 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
     } else {
         writeln!(out)?;
     }
+    out.flush()?;
     let n = generator.produced();
     eprintln!(
         "prefill: {} tokens in {} ({}) | decode: {} tokens in {} ({}) | kernels: {}",

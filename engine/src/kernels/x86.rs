@@ -366,6 +366,9 @@ unsafe fn q_step_512<B: QBlock, const R: usize, const T: usize, const ONE: bool>
     }
 }
 
+/// How far ahead (in blocks) the AVX-512 quantised tiles prefetch each weight row.
+const PREFETCH_BLOCKS: usize = 32;
+
 /// Tile of Σ_b d_w·d_x · (w_b · x_b), AVX-512 VNNI, two blocks per step.
 ///
 /// # Safety
@@ -382,6 +385,12 @@ unsafe fn q_tile_512<B: QBlock, const R: usize, const T: usize>(
     let mut acc = [[_mm512_setzero_ps(); T]; R];
     let mut b = 0;
     while b + 2 <= nb {
+        // Ask for each row's data ~1 KiB ahead: the rows are separate streams, and a decode
+        // step reads every weight once, from DRAM, with little compute to hide the latency.
+        // A prefetch is only a hint: past the end of the matrix it does nothing.
+        for wi in &w {
+            _mm_prefetch::<_MM_HINT_T0>(wi.wrapping_add(b + PREFETCH_BLOCKS).cast());
+        }
         // SAFETY: b + 1 < nb; the caller's contract covers the rest.
         unsafe { q_step_512::<B, R, T, false>(&mut acc, &w, &xq, &xd, &xc, b) };
         b += 2;
