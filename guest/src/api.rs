@@ -232,16 +232,24 @@ pub fn check_request(
     };
     let max_tokens = match integer(map, key)? {
         None => default.min(MAX_TOKENS_CAP),
-        Some(n) if n < 1 => return Err(ApiError::invalid(Some(key), format!("'{key}' must be at least 1 (got {n})"))),
+        Some(n) if n < 1 => {
+            return Err(ApiError::invalid(Some(key), format!("'{key}' must be at least 1 (got {n})")));
+        }
         Some(n) if n as u64 > MAX_TOKENS_CAP as u64 => {
-            return Err(ApiError::invalid(Some(key), format!("'{key}' must be at most {MAX_TOKENS_CAP} (got {n})")));
+            return Err(ApiError::invalid(
+                Some(key),
+                format!("'{key}' must be at most {MAX_TOKENS_CAP} (got {n})"),
+            ));
         }
         Some(n) => n as usize,
     };
 
     let temperature = number(map, "temperature")?.unwrap_or(1.0);
     if temperature < 0.0 {
-        return Err(ApiError::invalid(Some("temperature"), format!("'temperature' must be >= 0 (got {temperature})")));
+        return Err(ApiError::invalid(
+            Some("temperature"),
+            format!("'temperature' must be >= 0 (got {temperature})"),
+        ));
     }
     let top_p = number(map, "top_p")?.unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
@@ -258,7 +266,10 @@ pub fn check_request(
     }
     let repetition_penalty = number(map, "repetition_penalty")?.unwrap_or(1.0);
     if repetition_penalty <= 0.0 {
-        return Err(ApiError::invalid(Some("repetition_penalty"), "'repetition_penalty' must be > 0 (1 = off)"));
+        return Err(ApiError::invalid(
+            Some("repetition_penalty"),
+            "'repetition_penalty' must be > 0 (1 = off)",
+        ));
     }
     let seed = match integer(map, "seed")? {
         None => seed,
@@ -272,23 +283,28 @@ pub fn check_request(
             if items.len() > MAX_STOP {
                 return Err(ApiError::invalid(Some("stop"), format!("at most {MAX_STOP} stop sequences")));
             }
-            items
-                .iter()
-                .map(|v| v.as_str().map(str::to_owned))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| ApiError::invalid(Some("stop"), "'stop' must be a string or an array of strings"))?
+            items.iter().map(|v| v.as_str().map(str::to_owned)).collect::<Option<Vec<_>>>().ok_or_else(
+                || ApiError::invalid(Some("stop"), "'stop' must be a string or an array of strings"),
+            )?
         }
-        Some(_) => return Err(ApiError::invalid(Some("stop"), "'stop' must be a string or an array of strings")),
+        Some(_) => {
+            return Err(ApiError::invalid(Some("stop"), "'stop' must be a string or an array of strings"));
+        }
     };
     if stop.iter().any(|s| s.len() > MAX_STOP_BYTES) {
-        return Err(ApiError::invalid(Some("stop"), format!("a stop sequence is longer than {MAX_STOP_BYTES} bytes")));
+        return Err(ApiError::invalid(
+            Some("stop"),
+            format!("a stop sequence is longer than {MAX_STOP_BYTES} bytes"),
+        ));
     }
 
     let stream = boolean(map, "stream")?.unwrap_or(false);
     let include_usage = match map.get("stream_options") {
         None | Some(Value::Null) => false,
         Some(Value::Object(o)) => boolean(o, "include_usage")?.unwrap_or(false),
-        Some(_) => return Err(ApiError::invalid(Some("stream_options"), "'stream_options' must be an object")),
+        Some(_) => {
+            return Err(ApiError::invalid(Some("stream_options"), "'stream_options' must be an object"));
+        }
     };
 
     Ok(Request {
@@ -387,7 +403,9 @@ impl Meta {
     pub fn chunk(&self, text: &str, first: bool, finish: Option<FinishReason>) -> String {
         let finish = finish.map(FinishReason::as_str);
         let choice = match self.endpoint {
-            Endpoint::Completions => json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish}),
+            Endpoint::Completions => {
+                json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish})
+            }
             Endpoint::Chat => {
                 let mut delta = Map::new();
                 if first {
@@ -495,14 +513,22 @@ mod tests {
     #[test]
     fn error_body_has_openai_shape() {
         let v: Value = serde_json::from_str(&ApiError::invalid(Some("top_p"), "bad").body()).unwrap();
-        assert_eq!(v, json!({"error": {"message": "bad", "type": "invalid_request_error", "param": "top_p", "code": null}}));
+        assert_eq!(
+            v,
+            json!({"error": {"message": "bad", "type": "invalid_request_error", "param": "top_p", "code": null}})
+        );
     }
 
     #[test]
     fn response_shapes() {
         let m = Meta::new(Endpoint::Chat, "m", 1, 2);
         assert!(m.id.starts_with("chatcmpl-"));
-        let v: Value = serde_json::from_str(&m.completion("hi", FinishReason::Length, Usage { prompt: 3, completion: 2 })).unwrap();
+        let v: Value = serde_json::from_str(&m.completion(
+            "hi",
+            FinishReason::Length,
+            Usage { prompt: 3, completion: 2 },
+        ))
+        .unwrap();
         assert_eq!(v["choices"][0]["message"]["content"], "hi");
         assert_eq!(v["choices"][0]["finish_reason"], "length");
         assert_eq!(v["usage"]["total_tokens"], 5);

@@ -12,8 +12,7 @@ use serde_json::{Map, Value};
 use crate::api::ApiError;
 
 /// The template used when the GGUF has no `tokenizer.chat_template`.
-pub const FALLBACK_TEMPLATE: &str =
-    "{% for message in messages %}{{ message.role }}: {{ message.content }}\n{% endfor %}\
+pub const FALLBACK_TEMPLATE: &str = "{% for message in messages %}{{ message.role }}: {{ message.content }}\n{% endfor %}\
      {% if add_generation_prompt %}assistant:{% endif %}";
 
 /// Most messages in one chat request.
@@ -91,13 +90,19 @@ pub fn messages(map: &Map<String, Value>) -> Result<Vec<Message>, ApiError> {
                 None | Some(Value::Null) => String::new(),
                 Some(Value::Array(parts)) => parts
                     .iter()
-                    .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
-                        (Some("text"), Some(t)) => Ok(t),
-                        _ => Err(bad(&format!("messages[{i}].content: only text parts are supported"))),
+                    .map(|p| {
+                        match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                            (Some("text"), Some(t)) => Ok(t),
+                            _ => Err(bad(&format!("messages[{i}].content: only text parts are supported"))),
+                        }
                     })
                     .collect::<Result<Vec<_>, _>>()?
                     .concat(),
-                Some(_) => return Err(bad(&format!("messages[{i}].content must be a string or an array of text parts"))),
+                Some(_) => {
+                    return Err(bad(&format!(
+                        "messages[{i}].content must be a string or an array of text parts"
+                    )));
+                }
             };
             Ok(Message { role: role.to_owned(), content })
         })
@@ -130,7 +135,8 @@ mod tests {
         let t = ChatTemplate::new(Some(src), "<s>".into(), "</s>".into()).unwrap();
         let m = msgs(serde_json::json!({"messages": [{"role": "user", "content": " hi "}]})).unwrap();
         assert_eq!(t.render(&m).unwrap(), "<s><|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
-        let t = ChatTemplate::new(Some("{{ raise_exception('no system') }}"), String::new(), String::new()).unwrap();
+        let t = ChatTemplate::new(Some("{{ raise_exception('no system') }}"), String::new(), String::new())
+            .unwrap();
         assert_eq!(t.render(&m).unwrap_err().status, 400);
     }
 

@@ -42,6 +42,7 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
         };
         return respond_error(out, &ApiError::method_not_allowed(name, &path, allow), &[("allow", allow)]);
     }
+    crate::model::init();
     let e = match engine() {
         Ok(e) => e,
         Err(msg) => return respond_error(out, &ApiError::internal(msg), &[]),
@@ -69,7 +70,11 @@ fn complete(e: &'static Engine, req: IncomingRequest, out: ResponseOutparam, end
 }
 
 /// Reads and checks the request, tokenises and prefills the prompt.
-fn prepare(e: &'static Engine, req: IncomingRequest, endpoint: Endpoint) -> Result<(Sequence, api::Request), ApiError> {
+fn prepare(
+    e: &'static Engine,
+    req: IncomingRequest,
+    endpoint: Endpoint,
+) -> Result<(Sequence, api::Request), ApiError> {
     let (nonce_secs, nonce) = now();
     let seed = api::mix(nonce ^ nonce_secs);
     let scan_err = |err: crate::json_stream::ScanError| match err {
@@ -87,7 +92,9 @@ fn prepare(e: &'static Engine, req: IncomingRequest, endpoint: Endpoint) -> Resu
             let request = api::check_request(&fields, endpoint, e.id, seed)?;
             if !scanned.streamed {
                 return Err(match fields.get("prompt") {
-                    None | Some(serde_json::Value::Null) => ApiError::invalid(Some("prompt"), "'prompt' is required"),
+                    None | Some(serde_json::Value::Null) => {
+                        ApiError::invalid(Some("prompt"), "'prompt' is required")
+                    }
                     Some(_) => ApiError::invalid(Some("prompt"), "'prompt' must be a string"),
                 });
             }
@@ -117,7 +124,13 @@ fn prepare(e: &'static Engine, req: IncomingRequest, endpoint: Endpoint) -> Resu
 }
 
 /// Generates and answers, streamed or whole.
-fn run(e: &'static Engine, mut seq: Sequence, request: api::Request, out: ResponseOutparam, endpoint: Endpoint) {
+fn run(
+    e: &'static Engine,
+    mut seq: Sequence,
+    request: api::Request,
+    out: ResponseOutparam,
+    endpoint: Endpoint,
+) {
     let prompt_tokens = seq.prompt_tokens();
     let (created, nonce) = now();
     let meta = Meta::new(endpoint, e.id, created, nonce ^ request.params.sampler.seed);

@@ -21,12 +21,16 @@ pub fn read_body(
 ) -> Result<(), ApiError> {
     let declared = req.headers().get(&"content-length".to_owned());
     if let Some(v) = declared.first()
-        && std::str::from_utf8(v).ok().and_then(|s| s.trim().parse::<u64>().ok()).is_some_and(|n| n > cap as u64)
+        && std::str::from_utf8(v)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > cap as u64)
     {
         return Err(ApiError::too_large(cap));
     }
     let body = req.consume().map_err(|()| ApiError::internal("the request body was already taken"))?;
-    let stream = body.stream().map_err(|()| ApiError::internal("the request body stream was already taken"))?;
+    let stream =
+        body.stream().map_err(|()| ApiError::internal("the request body stream was already taken"))?;
     let mut total = 0usize;
     let result = loop {
         match stream.blocking_read(READ_CHUNK) {
@@ -41,7 +45,10 @@ pub fn read_body(
             }
             Err(StreamError::Closed) => break Ok(()),
             Err(StreamError::LastOperationFailed(e)) => {
-                break Err(ApiError::invalid(None, format!("reading the request body failed: {}", e.to_debug_string())));
+                break Err(ApiError::invalid(
+                    None,
+                    format!("reading the request body failed: {}", e.to_debug_string()),
+                ));
             }
         }
     };
@@ -64,7 +71,12 @@ pub struct BodyWriter {
 
 impl BodyWriter {
     /// Sends the status and headers; the body follows with [`BodyWriter::write`].
-    pub fn start(out: ResponseOutparam, status: u16, content_type: &str, extra: &[(&str, &str)]) -> Option<Self> {
+    pub fn start(
+        out: ResponseOutparam,
+        status: u16,
+        content_type: &str,
+        extra: &[(&str, &str)],
+    ) -> Option<Self> {
         let resp = OutgoingResponse::new(headers(content_type, extra));
         let _ = resp.set_status_code(status);
         let body = resp.body().ok()?;

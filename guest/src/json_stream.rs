@@ -177,7 +177,11 @@ impl BodyScanner {
         match self.st {
             St::End => {
                 self.fields.push('}');
-                Ok(Scanned { fields: self.fields, streamed: self.streamed, streamed_bytes: self.streamed_bytes })
+                Ok(Scanned {
+                    fields: self.fields,
+                    streamed: self.streamed,
+                    streamed_bytes: self.streamed_bytes,
+                })
             }
             St::Start => Err(ScanError::Syntax("the body is empty; expected a JSON object")),
             _ => Err(ScanError::Syntax("the body ends before the JSON object does")),
@@ -353,7 +357,11 @@ impl BodyScanner {
                 St::Copied { depth, in_str, esc } => {
                     if in_str {
                         // Copy a run up to the next quote or backslash.
-                        let n = if esc { 1 } else { s.iter().position(|&c| c == b'"' || c == b'\\').unwrap_or(s.len()) };
+                        let n = if esc {
+                            1
+                        } else {
+                            s.iter().position(|&c| c == b'"' || c == b'\\').unwrap_or(s.len())
+                        };
                         if n > 0 {
                             let (run, tail) = s.split_at(n);
                             if run.iter().any(|&c| c < 0x20) {

@@ -23,7 +23,7 @@
 
 pub mod api;
 pub mod chat;
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", not(test)))]
 mod http;
 pub mod json_stream;
 pub mod model;

@@ -44,9 +44,24 @@ pub fn engine() -> Result<&'static Engine, &'static str> {
     ENGINE.get_or_init(build).as_ref().map_err(String::as_str)
 }
 
-/// Builds the engine now; run by `wasmtime wizer` before the snapshot.
+/// Heap grown once at start-up and left free, so that a request's allocations (bounded by
+/// the limits in [`crate::api`]) come from it and the linear-memory peak is the same for every
+/// completion request, whatever its prompt or output length. Untouched pages cost nothing.
+pub const HEAP_HEADROOM: usize = 1 << 20;
+
+/// Builds the engine, a warmed-up spare sequence and the heap headroom, once; run by
+/// `wasmtime wizer` before the snapshot (and by the first request of an instance that was not
+/// pre-initialised).
 pub fn init() {
-    let _ = engine();
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(init_now);
+}
+
+fn init_now() {
+    if let Ok(e) = engine() {
+        crate::prompt::Sequence::prepare_spare(e);
+    }
+    drop(std::hint::black_box(Vec::<u8>::with_capacity(HEAP_HEADROOM)));
 }
 
 /// Name of the model when the GGUF has no `general.name`.
