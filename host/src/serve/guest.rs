@@ -85,13 +85,15 @@ impl Guest {
 
     /// A fresh store for one request. `permit` and the active-instance count are held by the
     /// store, so both are released exactly when the instance is dropped. `memory_growth`
-    /// overrides the configured allowance (test faults only).
+    /// overrides the configured allowance and `inject_trap` traps the guest as soon as it runs
+    /// (test faults only).
     pub fn new_store(
         &self,
         stats: Arc<RequestStats>,
         permit: OwnedSemaphorePermit,
         metrics: Arc<Metrics>,
         memory_growth: Option<u64>,
+        inject_trap: bool,
     ) -> Store<RequestState> {
         metrics.active_instances.fetch_add(1, Ordering::Relaxed);
         let state = RequestState {
@@ -105,8 +107,12 @@ impl Guest {
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.meter);
         let deadline = Instant::now() + self.limits.deadline;
-        store.set_epoch_deadline(1);
+        // An injected trap fires at the guest's first epoch check.
+        store.set_epoch_deadline(if inject_trap { 0 } else { 1 });
         store.epoch_deadline_callback(move |_| {
+            if inject_trap {
+                return Err(InjectedTrap.into());
+            }
             Ok(if Instant::now() >= deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
         });
         store
@@ -148,6 +154,11 @@ fn engine_config(limits: InstanceLimits) -> Config {
     }
     config
 }
+
+/// The error an injected trap (`--test-faults`) unwinds the guest with.
+#[derive(Debug, thiserror::Error)]
+#[error("trap injected by x-tinystate-test-fault")]
+pub struct InjectedTrap;
 
 /// Holds what must be released when a request's store is dropped.
 struct Alive {

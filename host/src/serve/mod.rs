@@ -94,8 +94,8 @@ pub struct ServeArgs {
     /// exits anyway, in seconds.
     #[arg(long, default_value = "30", value_parser = parse_seconds)]
     pub shutdown_grace: Duration,
-    /// Tests only: honour `x-tinystate-test-memory-limit: BYTES` on a request, to make the
-    /// guest fail on purpose. Never on a public server.
+    /// Tests only: honour `x-tinystate-test-memory-limit: BYTES` and `x-tinystate-test-fault:
+    /// trap` on a request, to make the guest fail on purpose. Never on a public server.
     #[arg(long, hide = true)]
     pub test_faults: bool,
 }

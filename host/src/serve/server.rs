@@ -56,6 +56,9 @@ pub struct App {
 
 /// Request header honoured with `--test-faults`: this request's memory allowance in bytes.
 const TEST_MEMORY_LIMIT: &str = "x-tinystate-test-memory-limit";
+/// Request header honoured with `--test-faults`: `trap` traps the guest at its first epoch
+/// check, as a real trap would (the instance unwinds and is dropped).
+const TEST_FAULT: &str = "x-tinystate-test-fault";
 
 impl App {
     /// Serves `guest` with at most `max_concurrency` live instances and `deadline` per request.
@@ -110,7 +113,10 @@ impl App {
             true => req.headers().get(TEST_MEMORY_LIMIT).and_then(|v| v.to_str().ok()?.parse().ok()),
             false => None,
         };
-        let mut store = self.guest.new_store(stats.clone(), permit, self.metrics.clone(), memory_override);
+        let inject_trap =
+            self.test_faults && req.headers().get(TEST_FAULT).is_some_and(|v| v.as_bytes() == b"trap");
+        let mut store =
+            self.guest.new_store(stats.clone(), permit, self.metrics.clone(), memory_override, inject_trap);
         let (tx, rx) = oneshot::channel();
         let resources = {
             let mut http = store.data_mut().http();
@@ -213,7 +219,7 @@ fn describe(e: &wasmtime::Error) -> String {
     tracing::debug!("guest error in full: {e:?}");
     match e.downcast_ref::<Trap>() {
         Some(trap) => format!("wasm trap: {trap}"),
-        None => format!("{e}"),
+        None => format!("{e:#}"),
     }
 }
 
