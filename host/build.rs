@@ -77,5 +77,29 @@ fn build_guest(root: &Path) -> PathBuf {
     );
     let wasm = target_dir.join("wasm32-wasip2/release/tinystate_guest.wasm");
     assert!(wasm.exists(), "the guest build made no {}", wasm.display());
-    wasm
+    wizer(&wasm).unwrap_or(wasm)
+}
+
+/// Pre-initialises the guest as guest/build.sh does (`wasmtime wizer`: the exported
+/// `wizer-initialize` builds the tokenizer tables and tensor views once, and the snapshot keeps
+/// them), so no request repeats that work. Without a `wasmtime` CLI the plain component is
+/// embedded, with a warning: it works, each instance then initialises itself.
+fn wizer(wasm: &Path) -> Option<PathBuf> {
+    let out = wasm.with_file_name("tinystate-guest.wizer.wasm");
+    let status = Command::new("wasmtime")
+        .args(["wizer", "-S", "cli", "-S", "http", "--keep-init-func=true", "-o"])
+        .arg(&out)
+        .arg(wasm)
+        .stdout(std::io::stderr())
+        .status();
+    match status {
+        Ok(s) if s.success() => Some(out),
+        Ok(s) => panic!("wasmtime wizer failed ({s}) on {}", wasm.display()),
+        Err(e) => {
+            println!(
+                "cargo::warning=no `wasmtime` CLI ({e}): embedding the guest without pre-initialisation"
+            );
+            None
+        }
+    }
 }
