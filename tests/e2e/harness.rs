@@ -159,7 +159,9 @@ impl Client {
         body: &[u8],
     ) -> std::io::Result<Streaming> {
         let mut tcp = TcpStream::connect(self.addr)?;
-        tcp.set_read_timeout(Some(Duration::from_secs(300)))?;
+        // Long enough for a 256 KB prompt's prefill on a slow machine; the server's own
+        // deadline (--timeout) bounds every request anyway.
+        tcp.set_read_timeout(Some(Duration::from_secs(1800)))?;
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\nte: trailers\r\n\
              content-length: {}\r\n",
