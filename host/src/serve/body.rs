@@ -71,6 +71,16 @@ pub struct RequestRecord {
     pub bytes_out: u64,
     /// How the response ended, if it did not simply complete.
     pub failure: Option<String>,
+    /// Logged and counted already.
+    pub finished: bool,
+}
+
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        // Dropped unfinished: hyper dropped the request's future or body because the client
+        // went away (before the response head when `status` is still 0).
+        self.finish("client_gone");
+    }
 }
 
 impl RequestRecord {
@@ -84,8 +94,17 @@ impl RequestRecord {
         }
     }
 
-    /// Counts and logs the request. `outcome` is "complete", "client_gone" or "error".
-    pub fn finish(self, outcome: &str) {
+    /// Counts and logs the request, once. `outcome` is "complete", "client_gone", "error" or a
+    /// host error code. A client gone before the response head is counted as status 499 (as
+    /// nginx does).
+    pub fn finish(&mut self, outcome: &str) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        if self.status == 0 {
+            self.status = 499;
+            self.metrics.count_status(499);
+        }
         let m = &self.metrics;
         let peak = self.stats.memory_bytes.load(Ordering::Relaxed);
         let inst_us = self.stats.instantiate_us.load(Ordering::Relaxed);
@@ -155,7 +174,7 @@ impl Metered {
     }
 
     fn finish(&mut self, outcome: &str, failure: Option<String>) {
-        if let Some(mut r) = self.record.take() {
+        if let Some(r) = &mut self.record {
             if failure.is_some() {
                 r.failure = failure;
             }
@@ -240,8 +259,8 @@ impl Body for Metered {
 
 impl Drop for Metered {
     fn drop(&mut self) {
-        // Still holding the record: hyper dropped the body before its end, so the client went
-        // away (or the connection failed). The task is aborted right after, by `_task`.
+        // Not finished yet: hyper dropped the body before its end, so the client went away (or
+        // the connection failed). The task is aborted right after, by `_task`.
         self.finish("client_gone", None);
     }
 }

@@ -96,6 +96,7 @@ impl App {
             first_byte: None,
             bytes_out: 0,
             failure: None,
+            finished: false,
         };
 
         let Ok(permit) = self.slots.clone().try_acquire_owned() else {

@@ -1,6 +1,6 @@
 //! What the host does whatever the guest: traps, memory cap, deadline, concurrency limit,
 //! client disconnects, metrics, trailers, graceful shutdown. Driven through the probe guest
-//! (tests/fixtures/probe-guest), which can trap, grow memory, spin and stream on request.
+//! (host/tests/fixtures/probe-guest), which can trap, grow memory, spin and stream on request.
 
 use std::time::{Duration, Instant};
 
@@ -208,4 +208,23 @@ fn no_guest_and_bad_guest_fail_at_start() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read guest"));
+}
+
+#[test]
+fn client_gone_before_the_response_head_drops_the_instance() {
+    let s = probe(&[]);
+    let addr = s.addr;
+    let t0 = Instant::now();
+    let h = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        let req = format!("GET /spin?ms=5000 HTTP/1.1\r\nhost: {addr}\r\n\r\n");
+        tcp.write_all(req.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        // Dropped: the connection closes while the guest is still computing.
+    });
+    h.join().unwrap();
+    s.wait_metric("tinystate_active_instances", Duration::from_secs(3), |v| v == 0.0);
+    assert!(t0.elapsed() < Duration::from_secs(3), "instance lived {:?}", t0.elapsed());
+    s.wait_metric("tinystate_requests_total{status=\"499\"}", Duration::from_secs(3), |v| v == 1.0);
 }

@@ -414,13 +414,13 @@ fn cargo_wasm_build(manifest: &Path, target_dir: &Path) {
     assert!(status.success(), "building {} for wasm32-wasip2 failed", manifest.display());
 }
 
-/// The probe guest (tests/fixtures/probe-guest), built once per test run.
+/// The probe guest (host/tests/fixtures/probe-guest), built once per test run.
 pub fn probe_guest() -> &'static str {
     static WASM: OnceLock<String> = OnceLock::new();
     WASM.get_or_init(|| {
         let root = root();
         let target = root.join("target/fixtures");
-        cargo_wasm_build(&root.join("tests/fixtures/probe-guest/Cargo.toml"), &target);
+        cargo_wasm_build(&root.join("host/tests/fixtures/probe-guest/Cargo.toml"), &target);
         target.join("wasm32-wasip2/release/probe_guest.wasm").display().to_string()
     })
 }
