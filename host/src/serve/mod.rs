@@ -21,8 +21,10 @@
 //! `x-tinystate-instantiate-us` (this request's instantiation time).
 //!
 //! Trailers added by the host when the client sends `TE: trailers` (the response is then
-//! chunked): `x-tinystate-peak-memory-bytes` (the instance's peak linear memory: sum of all its
-//! memories, which never shrink) and `x-tinystate-instantiate-us`.
+//! chunked, and announces them in a `Trailer` header as HTTP/1.1 requires):
+//! `x-tinystate-peak-memory-bytes` (the instance's peak linear memory: the sum of all its
+//! memories, which never shrink, including the memory image) and `x-tinystate-instantiate-us`.
+//! This is the per-request figure the constant-memory tests compare.
 //!
 //! Token counts, **to be provided by the guest**: `x-tinystate-prompt-tokens` and
 //! `x-tinystate-completion-tokens`, as response headers (non-streaming, when known before the
@@ -35,11 +37,16 @@
 //! `memory_limit_exceeded`, `guest_no_response`, `instantiation_failed`; 504 `timeout` past
 //! `--timeout`. A failure after the response headers went out cuts the body short instead.
 //!
-//! Metrics (all prefixed `tinystate_`): `requests_total{status}`, `requests_finished_total`,
+//! Metrics (all prefixed `tinystate_`): `requests_total{status}` (499: the client went away
+//! before the response head), `requests_finished_total`,
 //! `rejected_total`, `guest_traps_total`, `prompt_tokens_total`, `completion_tokens_total`,
 //! `active_instances`, `last_request_peak_memory_bytes` (set when a response ends, before
 //! `requests_finished_total` is incremented), and histograms `instantiate_seconds`,
 //! `time_to_first_byte_seconds`, `request_duration_seconds`, `request_peak_memory_bytes`.
+//!
+//! `--test-faults` (hidden; tests only) makes the host honour two request headers:
+//! `x-tinystate-test-fault: trap` (the guest traps at its first epoch check) and
+//! `x-tinystate-test-memory-limit: BYTES` (this request's growth allowance).
 //!
 //! Logs: `tracing` to stderr, filter from `RUST_LOG` (default `info`); one `request` line per
 //! guest request with id, method, path, status, outcome, instantiate_us, ttfb_ms, duration_ms,
