@@ -1,7 +1,8 @@
-//! `tinystate`: run, inspect and (later) serve tiny-state language models.
+//! `tinystate`: run, inspect and serve tiny-state language models.
 
 mod cli_run;
 mod model_file;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +29,8 @@ enum Command {
     Info(ModelArgs),
     /// Measure prefill and decode tokens/s (one JSON line), as the llama.cpp peer script does.
     Bench(cli_run::BenchArgs),
+    /// Serve the wasm guest over HTTP (OpenAI-compatible API), one fresh instance per request.
+    Serve(serve::ServeArgs),
 }
 
 /// Which model file to load, and how many threads to compute with.
@@ -43,11 +46,12 @@ pub struct ModelArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Run(a) => cli_run::run(&a),
-        Command::Logits(a) => cli_run::logits(&a),
-        Command::Info(a) => cli_run::info(&a),
-        Command::Bench(a) => cli_run::bench(&a),
+    let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
+        Command::Run(a) => cli_run::run(&a).map_err(Into::into),
+        Command::Logits(a) => cli_run::logits(&a).map_err(Into::into),
+        Command::Info(a) => cli_run::info(&a).map_err(Into::into),
+        Command::Bench(a) => cli_run::bench(&a).map_err(Into::into),
+        Command::Serve(a) => serve::run(&a).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
