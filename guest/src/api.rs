@@ -198,7 +198,8 @@ pub fn check_request(
                 Some("model"),
                 format!("the model '{m}' does not exist; this server has '{model_id}'"),
             )
-            .with_code("model_not_found"));
+            .with_code("model_not_found")
+            .with_status(404));
         }
         Some(_) => return Err(ApiError::invalid(Some("model"), "'model' must be a string")),
     }
@@ -299,6 +300,8 @@ pub fn check_request(
     }
 
     let stream = boolean(map, "stream")?.unwrap_or(false);
+    // Extension (as llama.cpp's server): keep generating past end-of-text tokens.
+    let ignore_eos = boolean(map, "ignore_eos")?.unwrap_or(false);
     let include_usage = match map.get("stream_options") {
         None | Some(Value::Null) => false,
         Some(Value::Object(o)) => boolean(o, "include_usage")?.unwrap_or(false),
@@ -320,7 +323,7 @@ pub fn check_request(
                 seed,
             },
             stop,
-            ignore_eos: false,
+            ignore_eos,
         },
         stream,
         include_usage,
@@ -503,7 +506,9 @@ mod tests {
         ];
         for (body, param) in cases {
             let e = check(body).unwrap_err();
-            assert_eq!(e.status, 400, "{body}");
+            // OpenAI answers an unknown model with 404 (`model_not_found`); the rest is 400.
+            let want = if body.contains("gpt-4") { 404 } else { 400 };
+            assert_eq!(e.status, want, "{body}");
             assert_eq!(e.param.as_deref(), *param, "{body}");
         }
         assert_eq!(parse_fields("[1]").unwrap_err().status, 400);

@@ -141,7 +141,12 @@ fn run(
             Ok(())
         });
         let body = meta.completion(&text, finish, Usage { prompt: prompt_tokens, completion: n });
-        return respond(out, 200, "application/json", &[], body.as_bytes());
+        // The host's token metrics read these (contract in host/src/serve/mod.rs). Streamed
+        // responses do not report them yet (they would go in trailers).
+        let (p, c) = (prompt_tokens.to_string(), n.to_string());
+        let counts =
+            [("x-tinystate-prompt-tokens", p.as_str()), ("x-tinystate-completion-tokens", c.as_str())];
+        return respond(out, 200, "application/json", &counts, body.as_bytes());
     }
     let Some(mut w) = BodyWriter::start(
         out,
