@@ -361,7 +361,8 @@ impl<'a> Mamba<'a> {
             let xdb = &s.xdb[i * xl..(i + 1) * xl];
             let (b, cc) = xdb[r..].split_at(ns);
             let y = &mut s.y[i * di..(i + 1) * di];
-            ops::selective_scan_step(y, ssm, &s.u[i * di..(i + 1) * di], dt, w.a, b, cc, w.d);
+            let inp = ops::ScanInputs { x: &s.u[i * di..(i + 1) * di], dt, a: w.a, b, c: cc, d_skip: w.d };
+            ops::selective_scan_step(y, ssm, &inp);
             let z = &s.xz[i * 2 * di + di..(i + 1) * 2 * di];
             for (yv, &zv) in y.iter_mut().zip(z) {
                 *yv *= ops::silu(zv);

@@ -111,73 +111,92 @@ pub fn conv_step(out: &mut [f32], window: &mut [f32], x: &[f32], w: &[f32], b: &
     }
 }
 
+/// The read-only inputs of one selective-scan step for one token.
+/// Shapes: a (D, N); x, dt, d_skip (D,); b, c (N,).
+#[derive(Clone, Copy)]
+pub struct ScanInputs<'a> {
+    /// Conv + SiLU output u (D,).
+    pub x: &'a [f32],
+    /// Δ (D,).
+    pub dt: &'a [f32],
+    /// A = −exp(A_log) (D, N).
+    pub a: &'a [f32],
+    /// B (N,).
+    pub b: &'a [f32],
+    /// C (N,).
+    pub c: &'a [f32],
+    /// Skip connection D (D,).
+    pub d_skip: &'a [f32],
+}
+
 /// One step of the selective scan (Mamba, Gu & Dao 2023, Eqn 2a/2b with ZOH on A, Euler on B):
 /// h\[d,n\] ← e^(Δ\[d\]·A\[d,n\]) · h\[d,n\] + Δ\[d\] · B\[n\] · x\[d\];
 /// y\[d\] = Σ_n h\[d,n\] · C\[n\] + D\[d\] · x\[d\]
 ///
-/// Shapes: h, a (D, N); x, dt, d_skip, y (D,); b, c (N,).
-#[allow(clippy::too_many_arguments)]
-pub fn selective_scan_step(
-    y: &mut [f32],
-    h: &mut [f32],
-    x: &[f32],
-    dt: &[f32],
-    a: &[f32],
-    b: &[f32],
-    c: &[f32],
-    d_skip: &[f32],
-) {
-    dispatch_scan(y, h, x, dt, a, b, c, d_skip)
+/// Shapes: h (D, N); y (D,).
+pub fn selective_scan_step(y: &mut [f32], h: &mut [f32], inp: &ScanInputs<'_>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        fn avx512(y: &mut [f32], h: &mut [f32], inp: &ScanInputs<'_>) {
+            scan_generic(y, h, inp)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2(y: &mut [f32], h: &mut [f32], inp: &ScanInputs<'_>) {
+            scan_generic(y, h, inp)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (and so AVX2 and FMA), checked just above.
+            return unsafe { avx512(y, h, inp) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+            return unsafe { avx2(y, h, inp) };
+        }
+    }
+    scan_generic(y, h, inp)
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn scan_generic(
-    y: &mut [f32],
-    h: &mut [f32],
-    x: &[f32],
-    dt: &[f32],
-    a: &[f32],
-    b: &[f32],
-    c: &[f32],
-    d_skip: &[f32],
-) {
+fn scan_generic(y: &mut [f32], h: &mut [f32], inp: &ScanInputs<'_>) {
     // d_state 16 is what every released Mamba uses: a fixed width lets the compiler keep one
     // channel's whole state in registers.
-    if let (Ok(b16), Ok(c16)) = (<&[f32; 16]>::try_from(b), <&[f32; 16]>::try_from(c)) {
-        return scan_fixed::<16>(y, h, x, dt, a, b16, c16, d_skip);
+    if let (Ok(b16), Ok(c16)) = (<&[f32; 16]>::try_from(inp.b), <&[f32; 16]>::try_from(inp.c)) {
+        return scan_fixed::<16>(y, h, inp, b16, c16);
     }
-    let n = b.len();
-    for (((((yi, hi), &xi), &dti), ai), &di) in
-        y.iter_mut().zip(h.chunks_exact_mut(n)).zip(x).zip(dt).zip(a.chunks_exact(n)).zip(d_skip)
+    let n = inp.b.len();
+    for (((((yi, hi), &xi), &dti), ai), &di) in y
+        .iter_mut()
+        .zip(h.chunks_exact_mut(n))
+        .zip(inp.x)
+        .zip(inp.dt)
+        .zip(inp.a.chunks_exact(n))
+        .zip(inp.d_skip)
     {
         let dtx = dti * xi;
         // Two passes so each vectorises: the state update has no loop-carried dependency, and
         // the readout sums into LANES partial sums (a plain `acc +=` chain would not vectorise
         // without reassociation, which Rust never does on its own).
-        for ((hj, &aj), &bj) in hi.iter_mut().zip(ai).zip(b) {
+        for ((hj, &aj), &bj) in hi.iter_mut().zip(ai).zip(inp.b) {
             *hj = *hj * exp(dti * aj) + dtx * bj;
         }
-        *yi = dot_lanes(hi, c) + di * xi;
+        *yi = dot_lanes(hi, inp.c) + di * xi;
     }
 }
 
 /// [`scan_generic`] for a state width known at compile time.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn scan_fixed<const N: usize>(
     y: &mut [f32],
     h: &mut [f32],
-    x: &[f32],
-    dt: &[f32],
-    a: &[f32],
+    inp: &ScanInputs<'_>,
     b: &[f32; N],
     c: &[f32; N],
-    d_skip: &[f32],
 ) {
-    let hs = h.chunks_exact_mut(N);
-    let as_ = a.chunks_exact(N);
-    for (((((yi, hi), &xi), &dti), ai), &di) in y.iter_mut().zip(hs).zip(x).zip(dt).zip(as_).zip(d_skip) {
+    let (hs, as_) = (h.chunks_exact_mut(N), inp.a.chunks_exact(N));
+    for (((((yi, hi), &xi), &dti), ai), &di) in
+        y.iter_mut().zip(hs).zip(inp.x).zip(inp.dt).zip(as_).zip(inp.d_skip)
+    {
         let dtx = dti * xi;
         let mut hv = [0.0f32; N];
         for j in 0..N {
@@ -201,72 +220,6 @@ fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
-}
-
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-fn dispatch_scan(
-    y: &mut [f32],
-    h: &mut [f32],
-    x: &[f32],
-    dt: &[f32],
-    a: &[f32],
-    b: &[f32],
-    c: &[f32],
-    d_skip: &[f32],
-) {
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    fn scan_avx512(
-        y: &mut [f32],
-        h: &mut [f32],
-        x: &[f32],
-        dt: &[f32],
-        a: &[f32],
-        b: &[f32],
-        c: &[f32],
-        d_skip: &[f32],
-    ) {
-        scan_generic(y, h, x, dt, a, b, c, d_skip)
-    }
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    fn scan_avx2(
-        y: &mut [f32],
-        h: &mut [f32],
-        x: &[f32],
-        dt: &[f32],
-        a: &[f32],
-        b: &[f32],
-        c: &[f32],
-        d_skip: &[f32],
-    ) {
-        scan_generic(y, h, x, dt, a, b, c, d_skip)
-    }
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU supports AVX-512F (and so AVX2 and FMA), checked just above.
-        unsafe { scan_avx512(y, h, x, dt, a, b, c, d_skip) }
-    } else if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-        unsafe { scan_avx2(y, h, x, dt, a, b, c, d_skip) }
-    } else {
-        scan_generic(y, h, x, dt, a, b, c, d_skip)
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-fn dispatch_scan(
-    y: &mut [f32],
-    h: &mut [f32],
-    x: &[f32],
-    dt: &[f32],
-    a: &[f32],
-    b: &[f32],
-    c: &[f32],
-    d_skip: &[f32],
-) {
-    scan_generic(y, h, x, dt, a, b, c, d_skip)
 }
 
 #[cfg(test)]
@@ -347,7 +300,11 @@ mod tests {
         let (x, dt, dsk) = ([0.5f32, -1.0, 2.0], [0.1f32, 0.5, 1.5], [1.0f32, 0.5, -0.5]);
         let (b, c) = ([1.0f32, 0.0, -1.0, 0.5], [0.2f32, 0.3, 0.4, -0.5]);
         let mut y = [0.0f32; 3];
-        selective_scan_step(&mut y, &mut h, &x, &dt, &a, &b, &c, &dsk);
+        selective_scan_step(
+            &mut y,
+            &mut h,
+            &ScanInputs { x: &x, dt: &dt, a: &a, b: &b, c: &c, d_skip: &dsk },
+        );
         for d in 0..dim {
             let mut acc = 0.0f64;
             for j in 0..n {
