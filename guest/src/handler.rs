@@ -141,12 +141,10 @@ fn run(
             Ok(())
         });
         let body = meta.completion(&text, finish, Usage { prompt: prompt_tokens, completion: n });
-        // The host's token metrics read these (contract in host/src/serve/mod.rs). Streamed
-        // responses do not report them yet (they would go in trailers).
+        // The host's token metrics read these (contract in host/src/serve/mod.rs): headers
+        // here, trailers when streaming.
         let (p, c) = (prompt_tokens.to_string(), n.to_string());
-        let counts =
-            [("x-tinystate-prompt-tokens", p.as_str()), ("x-tinystate-completion-tokens", c.as_str())];
-        return respond(out, 200, "application/json", &counts, body.as_bytes());
+        return respond(out, 200, "application/json", &token_counts(&p, &c), body.as_bytes());
     }
     let Some(mut w) = BodyWriter::start(
         out,
@@ -183,6 +181,12 @@ fn run(
     }
     buf.extend_from_slice(sse::DONE);
     if w.write(&buf).is_ok() {
-        w.finish();
+        let (p, c) = (prompt_tokens.to_string(), n.to_string());
+        w.finish_with_trailers(&token_counts(&p, &c));
     }
+}
+
+/// The token-count fields the host reads (`x-tinystate-*-tokens`), from decimal strings.
+fn token_counts<'a>(prompt: &'a str, completion: &'a str) -> [(&'static str, &'a str); 2] {
+    [("x-tinystate-prompt-tokens", prompt), ("x-tinystate-completion-tokens", completion)]
 }

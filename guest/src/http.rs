@@ -58,9 +58,17 @@ pub fn read_body(
 }
 
 fn headers(content_type: &str, extra: &[(&str, &str)]) -> Fields {
-    let mut list = vec![("content-type".to_owned(), content_type.as_bytes().to_vec())];
-    list.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec())));
-    Fields::from_list(&list).unwrap_or_else(|_| Fields::new())
+    let mut list = vec![("content-type", content_type)];
+    list.extend_from_slice(extra);
+    field_list(&list)
+}
+
+/// Header or trailer fields; names and values here are ours, so a refusal is a bug that costs
+/// only the fields, not the response.
+fn field_list(list: &[(&str, &str)]) -> Fields {
+    let owned: Vec<(String, Vec<u8>)> =
+        list.iter().map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec())).collect();
+    Fields::from_list(&owned).unwrap_or_else(|_| Fields::new())
 }
 
 /// A response body being written.
@@ -95,10 +103,16 @@ impl BodyWriter {
     }
 
     /// Ends the body.
-    pub fn finish(mut self) {
+    pub fn finish(self) {
+        self.finish_with_trailers(&[]);
+    }
+
+    /// Ends the body with trailers (none when `trailers` is empty).
+    pub fn finish_with_trailers(mut self, trailers: &[(&str, &str)]) {
         self.stream.take();
         if let Some(body) = self.body.take() {
-            let _ = OutgoingBody::finish(body, None);
+            let fields = (!trailers.is_empty()).then(|| field_list(trailers));
+            let _ = OutgoingBody::finish(body, fields);
         }
     }
 }

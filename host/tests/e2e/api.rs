@@ -103,6 +103,20 @@ fn streaming_completion_matches_non_streaming() {
     assert_eq!(last, "[DONE]");
     assert_eq!(pieces, whole);
     assert!(finish.is_some(), "no event carried finish_reason");
+
+    // The streamed response reports its token counts in trailers, and the host counts them.
+    let trailer = |name: &str| st.trailers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let usage = &v["usage"];
+    assert_eq!(
+        trailer("x-tinystate-prompt-tokens"),
+        Some(usage["prompt_tokens"].to_string()),
+        "{:?}",
+        st.trailers
+    );
+    assert_eq!(trailer("x-tinystate-completion-tokens"), Some("24".to_owned()), "{:?}", st.trailers);
+    let both = 2.0 * usage["prompt_tokens"].as_f64().unwrap();
+    s.wait_metric("tinystate_prompt_tokens_total", Duration::from_secs(5), |n| n == both);
+    s.wait_metric("tinystate_completion_tokens_total", Duration::from_secs(5), |n| n == 48.0);
 }
 
 #[test]

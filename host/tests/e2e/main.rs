@@ -7,7 +7,9 @@
 //! - `api`: the OpenAI-compatible API of the real guest and the default model. The guest is the
 //!   one built into the binary, or `TINYSTATE_TEST_GUEST=path.wasm`; the model for the
 //!   `tinystate run` comparison is models/default-q8_0.gguf or `TINYSTATE_TEST_MODEL`.
+//! - `browser`: the playground page in headless Chromium (Playwright), against the real guest.
 
 mod api;
+mod browser;
 mod harness;
 mod host;
