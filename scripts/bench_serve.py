@@ -10,11 +10,12 @@ usage: scripts/bench_serve.py [--model models/default-q8_0.gguf] [--runs 3] [--d
    warm): the host's instantiation time (`x-tinystate-instantiate-us`) and the client's time to
    first byte, for `GET /health` and for a 1-token completion.
 2. Decode: a streamed greedy completion of `--decode` tokens with `ignore_eos` (tokens/s between
-   the first and the last token event) against `tinystate bench` (native, 1 thread) and
+   the first and the last token event) against the engine alone under `wasmtime run`
+   (engine/examples/decode_speed.rs), `tinystate bench` (native, 1 thread) and
    llama.cpp (1 thread, when llama-cpp-python is installed) on the same GGUF, interleaved,
    `--runs` times each; medians.
 3. Load: `hey` (Debian package) POSTs `--requests` completions of `--max-tokens` tokens at each
-   concurrency level; requests/s and p50/p99 latency as hey reports them.
+   concurrency level; requests/s over the whole run and p50/p99 of hey's per-request latencies.
 
 Prints Markdown for BENCHMARKS.md. Needs a release build (done here) and `hey` on PATH.
 """
@@ -121,6 +122,15 @@ def native_decode(model_path, n):
     return json.loads(out.stdout)["decode_tok_s_median"]
 
 
+def wasm_engine_decode(model_path, n):
+    """The engine alone (engine/examples/decode_speed.rs) under the wasmtime CLI: no server, no
+    guest, no epoch checks; separates the cost of wasm itself from the cost of serving."""
+    wasm = ROOT / "target/wasm32-wasip2/release/examples/decode_speed.wasm"
+    out = subprocess.run(["wasmtime", "run", "-W", "simd=y", "--dir", "/::/", str(wasm), str(Path(model_path).resolve()),
+                          str(n)], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)["decode_tok_s"]
+
+
 def llama_decode(model_path, n):
     try:
         out = subprocess.run([sys.executable, "-c", LLAMA_CPP_DECODE, str(model_path), str(n)], check=True,
@@ -131,16 +141,21 @@ def llama_decode(model_path, n):
 
 
 def hey(host, port, model, requests, conc, max_tokens):
+    """requests/s, p50 and p99 latency (ms) and status counts of `requests` completions at `conc`."""
     body = json.dumps({"model": model, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0,
                        "ignore_eos": True})
+    t0 = time.perf_counter()
     out = subprocess.run(["hey", "-n", str(requests), "-c", str(conc), "-m", "POST", "-T", "application/json",
-                          "-d", body, f"http://{host}:{port}/v1/completions"], check=True, capture_output=True,
-                         text=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = float(re.search(r"50%+ in ([\d.]+) secs", out).group(1))
-    p99 = float(re.search(r"99%+ in ([\d.]+) secs", out).group(1))
-    codes = dict(re.findall(r"\[(\d+)\]\s+(\d+) responses", out))
-    return rps, p50 * 1e3, p99 * 1e3, codes
+                          "-d", body, "-o", "csv", f"http://{host}:{port}/v1/completions"], check=True,
+                         capture_output=True, text=True).stdout
+    wall = time.perf_counter() - t0
+    # CSV: response-time,DNS+dialup,DNS,Request-write,Response-delay,Response-read,status-code,offset
+    rows = [line.split(",") for line in out.splitlines()[1:] if line]
+    lat = [float(r[0]) * 1e3 for r in rows]
+    codes = {}
+    for r in rows:
+        codes[r[6]] = codes.get(r[6], 0) + 1
+    return len(rows) / wall, pct(lat, 0.5), pct(lat, 0.99), codes
 
 
 def main():
@@ -157,6 +172,8 @@ def main():
 
     print("building tinystate (release)", file=sys.stderr)
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "tinystate"], check=True, cwd=ROOT)
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "tinystate-engine", "--example", "decode_speed",
+                    "--target", "wasm32-wasip2"], check=True, cwd=ROOT)
     server, host, port = start_server(["--max-concurrency", "64"])
     try:
         c = http.client.HTTPConnection(host, port)
@@ -165,9 +182,10 @@ def main():
         c.close()
 
         start = startup(host, port, model, a.probes)
-        dec = {"guest": [], "native": [], "llama.cpp": []}
+        dec = {"guest": [], "wasm engine": [], "native": [], "llama.cpp": []}
         for run in range(a.runs):
             dec["guest"].append(guest_decode(host, port, model, a.decode))
+            dec["wasm engine"].append(wasm_engine_decode(a.model, a.decode))
             dec["native"].append(native_decode(a.model, a.decode))
             ll = llama_decode(a.model, a.decode)
             if ll is not None:
@@ -194,7 +212,9 @@ def main():
     print("| engine | decode tok/s | guest ÷ this |")
     print("|---|---|---|")
     print(f"| wasm guest in `tinystate serve` (simd128) | {g:.1f} | 1.00× |")
-    print(f"| native engine (`tinystate bench`) | {n:.1f} | **{g / n:.2f}×** |")
+    we = m(dec["wasm engine"])
+    print(f"| engine alone in `wasmtime run` (simd128, no server) | {we:.1f} | {g / we:.2f}× |")
+    print(f"| native engine (`tinystate bench`, AVX-512 VNNI) | {n:.1f} | **{g / n:.2f}×** |")
     if dec["llama.cpp"]:
         ll = m(dec["llama.cpp"])
         print(f"| llama.cpp (llama-cpp-python) | {ll:.1f} | **{g / ll:.2f}×** |")
