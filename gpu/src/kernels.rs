@@ -73,7 +73,12 @@ impl Pipelines {
             layout: None,
             module: &module,
             entry_point: Some("main"),
-            compilation_options: Default::default(),
+            // Every kernel writes its workgroup memory before reading it, so the zero fill WGSL
+            // semantics would otherwise add at the start of every workgroup is wasted work.
+            compilation_options: wgpu::PipelineCompilationOptions {
+                zero_initialize_workgroup_memory: false,
+                ..Default::default()
+            },
             cache: None,
         });
         if let Some(e) = pollster::block_on(scope.pop()) {

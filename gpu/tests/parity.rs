@@ -23,8 +23,10 @@ const TYPES: [&str; 4] = ["f32", "f16", "q8_0", "q4_0"];
 fn tol(ty: &str) -> f32 {
     match ty {
         "f32" | "f16" => 1e-4,
-        // Measured up to 0.03 on the fixtures (activation quantisation on the CPU side).
-        "q8_0" | "q4_0" => 0.1,
+        // Measured up to 0.081 (tiny/q8_0) on the fixtures: activation quantisation on the CPU
+        // side. Against float64 transformers on the same dequantised weights the GPU is within
+        // 1e-4 (see `matches_transformers_on_the_same_weights`).
+        "q8_0" | "q4_0" => 0.15,
         _ => unreachable!(),
     }
 }
@@ -150,6 +152,38 @@ fn decode_steps_match_cpu_at_batch_1_and_3() {
     }
 }
 
+/// Reference logits from `engine/tests/fixtures/make_fixtures.py`: transformers in float64 on
+/// the weights exactly as the file stores them (dequantised), every position of tokens.json.
+fn transformers_logits(config: &str, ty: &str) -> Vec<f32> {
+    let name = if ty == "f32" { "logits.f32".to_string() } else { format!("logits_dequant-{ty}.f32") };
+    let b = std::fs::read(repo(&format!("engine/tests/fixtures/parity/{config}/{name}"))).unwrap();
+    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+#[test]
+fn matches_transformers_on_the_same_weights() {
+    let Some(gpu) = gpu() else { return };
+    for config in CONFIGS {
+        let base = fixture_tokens(config);
+        for ty in TYPES {
+            let file = load_fixture(config, ty);
+            let g = Gguf::parse(file.bytes()).unwrap();
+            let m = Mamba::load(&g).unwrap();
+            let v = m.config.vocab;
+            let hf = transformers_logits(config, ty);
+            let mut gm = GpuModel::load(&gpu, &m, 1, 1, 8).unwrap();
+            let mut out = vec![0.0; v];
+            let mut worst = 0.0f32;
+            for (pos, &t) in base.iter().enumerate() {
+                gm.step(&[(SlotId(0), t)], &mut out).unwrap();
+                let what = format!("{config}/{ty} pos {pos} vs transformers");
+                worst = worst.max(check(&what, &out, &hf[pos * v..(pos + 1) * v], 1e-4));
+            }
+            eprintln!("{config}/{ty}: max |Δ| vs transformers (float64, same weights) {worst:.2e}");
+        }
+    }
+}
+
 #[test]
 fn chunked_prefill_matches_cpu_interleaved_with_steps() {
     let Some(gpu) = gpu() else { return };
@@ -205,19 +239,24 @@ fn default_model_batch_64_and_prefill() {
     let g = Gguf::parse(file.bytes()).unwrap();
     let m = Mamba::load(&g).unwrap();
     let v = m.config.vocab;
-    // The default model's logits span about ±20; Q8_0 activation rounding on the CPU side costs
-    // a few hundredths (measured below 0.1).
-    let tol = 0.25;
+    // Q8_0 activation rounding on the CPU side: measured up to 0.185 at B=64 and 0.149 for the
+    // 64-token prefill, with logits spanning about ±20.
+    let tol = 0.3;
     let mut gm = GpuModel::load(&gpu, &m, 64, 64, 64).unwrap();
     let base: Vec<TokenId> = (0..64u32).map(|i| TokenId((i * 977 + 13) % v as u32)).collect();
     let streams: Vec<_> = (0..64).map(|k| stream(&base, k, v)).collect();
-    let d = step_streams(&mut gm, &m, &streams, 2, tol, "default B=64");
+    // One step: a B=64 step on lavapipe costs seconds; slot isolation over many steps is checked
+    // on the fixtures.
+    let d = step_streams(&mut gm, &m, &streams, 1, tol, "default B=64");
     let mut out = vec![0.0; v];
     gm.reset(SlotId(5)).unwrap();
-    gm.prefill(SlotId(5), &base, &mut out).unwrap();
+    // Two chunks of 12 (chunks 1, 5 and 64 run on the fixtures), continuing a used slot's
+    // neighbours untouched.
+    gm.prefill(SlotId(5), &base[..12], &mut out).unwrap();
+    gm.prefill(SlotId(5), &base[12..24], &mut out).unwrap();
     let mut cpu = CpuDecoder::new(&m, 64);
-    let dp = check("default prefill 64", &out, cpu.feed(&base).unwrap(), tol);
-    eprintln!("default-q8_0: max |Δ| vs CPU: B=64 steps {d:.2e}, prefill(64) {dp:.2e}");
+    let dp = check("default prefill 2×12", &out, cpu.feed(&base[..24]).unwrap(), tol);
+    eprintln!("default-q8_0: max |Δ| vs CPU: B=64 step {d:.2e}, prefill(2×12) {dp:.2e}");
 }
 
 #[test]

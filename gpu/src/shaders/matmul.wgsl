@@ -22,7 +22,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> out: array<f32>; // (n, o_stride)
 
 const WG: u32 = 64u;
-const R: u32 = 4u;
+const R: u32 = 4u; // the four w0..w3 loads in main
 const TT: u32 = 8u;
 
 var<workgroup> part: array<f32, 2048>; // (R·TT, WG) partial sums; also the prologue's scratch
@@ -40,24 +40,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let tn = select(0u, min(TT, nt - t0), t0 < nt);
     prologue(wid.x, lid, xrow0 + t0, tn);
 
-    var acc: array<f32, 32>; // (R, TT)
+    // acc[t] holds token t's partial sums for the R = 4 rows in its components: one dynamic
+    // index per token, and the token loop stops at tn (1 for a single decode row).
+    var acc: array<vec4<f32>, 8>; // (TT,) of (R,)
+    let last = p.rows - 1u;
     for (var g = lid; g < p.groups; g += WG) {
-        var xv: array<vec4<f32>, 8>; // (TT,)
-        for (var t = 0u; t < TT; t++) {
-            xv[t] = vec4<f32>(0.0);
-            if t < tn {
-                xv[t] = load_x(t, xrow0 + t0 + t, g);
-            }
-        }
-        for (var r = 0u; r < R; r++) {
-            let wv = load_w(min(r0 + r, p.rows - 1u), g, p.groups);
-            for (var t = 0u; t < TT; t++) {
-                acc[r * TT + t] += dot(wv, xv[t]);
-            }
+        let w0 = load_w(min(r0, last), g, p.groups);
+        let w1 = load_w(min(r0 + 1u, last), g, p.groups);
+        let w2 = load_w(min(r0 + 2u, last), g, p.groups);
+        let w3 = load_w(min(r0 + 3u, last), g, p.groups);
+        for (var t = 0u; t < tn; t++) {
+            let xv = load_x(t, xrow0 + t0 + t, g);
+            acc[t] += vec4<f32>(dot(w0, xv), dot(w1, xv), dot(w2, xv), dot(w3, xv));
         }
     }
-    for (var i = 0u; i < R * TT; i++) {
-        part[i * WG + lid] = acc[i];
+    for (var t = 0u; t < TT; t++) {
+        for (var r = 0u; r < R; r++) {
+            part[(r * TT + t) * WG + lid] = acc[t][r];
+        }
     }
     workgroupBarrier();
     if lid < R * TT {
