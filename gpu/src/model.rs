@@ -252,6 +252,14 @@ impl GpuModel {
         let lim = gpu.device.limits();
         let limit = lim.max_storage_buffer_binding_size.min(lim.max_buffer_size);
         let max_tok = max_batch.max(max_chunk);
+        // The embed kernel's grid has one row per token, the scan's one per sequence.
+        let max_grid = lim.max_compute_workgroups_per_dimension;
+        if max_tok > max_grid {
+            return Err(GpuError::TooLarge {
+                what: format!("max_batch/max_chunk {max_tok}"),
+                limit: max_grid.into(),
+            });
+        }
         let mut b = Builder { dev: &gpu.device, limit, pipes: Pipelines::default() };
         let acts = Self::acts(&b, &c, max_tok, max_batch)?;
         let states = Self::states(&b, &c, slots)?;
