@@ -1,0 +1,146 @@
+//! WGSL kernels: each pipeline's source is composed from `common.wgsl`, one weight-format file
+//! (`weights_*.wgsl`, defining `load_w`) and the op's files; pipelines are cached under a typed
+//! key. The `#[repr(C)]` parameter structs mirror each shader's `Params` field for field.
+
+use crate::GpuError;
+use crate::weights::Format;
+use std::collections::HashMap;
+
+/// A compute op; together with a weight [`Format`] it names one pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Op {
+    /// Embedding rows for the token ids (`embed.wgsl`).
+    Embed,
+    /// out (+)= X · Wᵀ with X as is (`in_plain.wgsl` + `matmul.wgsl`).
+    MatPlain,
+    /// out = RMSNorm(X)·w · Wᵀ (`in_rmsnorm.wgsl` + `matmul.wgsl`).
+    MatNorm,
+    /// out = SiLU(conv1d(X)) · Wᵀ, storing the conv output (`in_conv.wgsl` + `matmul.wgsl`).
+    MatConv,
+    /// Δ projection, selective scan, gate and conv window shift (`scan.wgsl`).
+    Scan,
+}
+
+/// Workgroup tile of `matmul.wgsl`: output rows and tokens per workgroup.
+pub(crate) const MM_ROWS: u32 = 4;
+/// Tokens per `matmul.wgsl` workgroup.
+pub(crate) const MM_TOKENS: u32 = 8;
+/// Threads per workgroup in every shader.
+pub(crate) const WG: u32 = 64;
+
+const COMMON: &str = include_str!("shaders/common.wgsl");
+const MATMUL: &str = include_str!("shaders/matmul.wgsl");
+
+fn source(op: Op, f: Format) -> String {
+    let parts: &[&str] = match op {
+        Op::Embed => &[include_str!("shaders/embed.wgsl")],
+        Op::MatPlain => &[include_str!("shaders/in_plain.wgsl"), MATMUL],
+        Op::MatNorm => &[include_str!("shaders/in_rmsnorm.wgsl"), MATMUL],
+        Op::MatConv => &[include_str!("shaders/in_conv.wgsl"), MATMUL],
+        Op::Scan => &[include_str!("shaders/scan.wgsl")],
+    };
+    let mut s = String::from(COMMON);
+    s.push_str(f.shader());
+    parts.iter().for_each(|p| s.push_str(p));
+    s
+}
+
+/// Compiled pipelines, built on first use.
+#[derive(Default)]
+pub(crate) struct Pipelines {
+    map: HashMap<(Op, Format), wgpu::ComputePipeline>,
+}
+
+impl Pipelines {
+    /// The pipeline for `op` over weights in format `f`; a shader the device rejects is an error.
+    pub(crate) fn get(
+        &mut self,
+        dev: &wgpu::Device,
+        op: Op,
+        f: Format,
+    ) -> Result<wgpu::ComputePipeline, GpuError> {
+        if let Some(p) = self.map.get(&(op, f)) {
+            return Ok(p.clone());
+        }
+        let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
+        let label = format!("{op:?}/{f:?}");
+        let module = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(&label),
+            source: wgpu::ShaderSource::Wgsl(source(op, f).into()),
+        });
+        let pipe = dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&label),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            // Every kernel writes its workgroup memory before reading it, so the zero fill WGSL
+            // semantics would otherwise add at the start of every workgroup is wasted work.
+            compilation_options: wgpu::PipelineCompilationOptions {
+                zero_initialize_workgroup_memory: false,
+                ..Default::default()
+            },
+            cache: None,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(GpuError::Unsupported { what: format!("pipeline {label}: {e}") });
+        }
+        self.map.insert((op, f), pipe.clone());
+        Ok(pipe)
+    }
+}
+
+/// `embed.wgsl` Params.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct EmbedParams {
+    pub groups: u32,
+    pub cols: u32,
+    pub x_stride: u32,
+    pub _pad: u32,
+}
+
+/// `matmul.wgsl` Params (the meaning of `aux` depends on the prologue).
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct MatParams {
+    pub rows: u32,
+    pub cols: u32,
+    pub groups: u32,
+    pub x_stride: u32,
+    pub o_stride: u32,
+    pub add: u32,
+    pub head: u32,
+    pub layer: u32,
+    pub aux: [u32; 4],
+}
+
+/// `scan.wgsl` Params.
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct ScanParams {
+    pub d_inner: u32,
+    pub n_state: u32,
+    pub dt_rank: u32,
+    pub dt_groups: u32,
+    pub n_layer: u32,
+    pub layer: u32,
+    pub d_conv: u32,
+    pub dbc_rms: u32,
+    pub eps_bits: u32,
+    pub off_dt_bias: u32,
+    pub off_a: u32,
+    pub off_d: u32,
+    pub xdb_stride: u32,
+    pub max_tok: u32,
+    pub _pad: [u32; 2],
+}
+
+/// `common.wgsl` Run: the sizes of one call.
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct Run {
+    pub n_tok: u32,
+    pub n_seq: u32,
+    pub out_row0: u32,
+    pub n_out: u32,
+}

@@ -1,0 +1,7 @@
+// Weight format F32. W (rows, groups·4) as vec4 groups, each row zero-padded to a multiple of 4.
+@group(0) @binding(2) var<storage, read> w: array<vec4<f32>>; // (rows, groups)
+
+// Elements 4g..4g+4 of row `row`.
+fn load_w(row: u32, g: u32, groups: u32) -> vec4<f32> {
+    return w[row * groups + g];
+}

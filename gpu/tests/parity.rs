@@ -1,0 +1,286 @@
+//! GPU vs the engine's CPU decoder on the parity fixtures (every weight type) and the default
+//! model: decode steps at batch 1, 3 and 64 (a different token stream per slot), chunked prefill
+//! (chunks 1, 5, 64) interleaved with other slots' steps, resets, and bad input.
+//!
+//! Tolerances (max |Δlogit| against the CPU engine), by weight type:
+//! - F32, F16: both sides compute in f32 on the same weights; only summation order differs.
+//! - Q8_0, Q4_0: the CPU engine quantises activations to Q8_0 before each product (as llama.cpp
+//!   does); the GPU keeps activations in f32. The difference is that quantisation error.
+//!
+//! Without an adapter the tests print a note and pass, unless `CI` is set: then they fail.
+
+use std::path::{Path, PathBuf};
+use tinystate_engine::TokenId;
+use tinystate_engine::arch::mamba::Mamba;
+use tinystate_engine::generate::{CpuDecoder, Decoder};
+use tinystate_engine::gguf::Gguf;
+use tinystate_gpu::{AdapterChoice, Gpu, GpuError, GpuModel, SlotId};
+
+const CONFIGS: [&str; 2] = ["tiny", "odd"];
+const TYPES: [&str; 4] = ["f32", "f16", "q8_0", "q4_0"];
+
+/// Max |Δlogit| GPU vs CPU allowed for a fixture of weight type `ty`.
+fn tol(ty: &str) -> f32 {
+    match ty {
+        "f32" | "f16" => 1e-4,
+        // Measured up to 0.081 (tiny/q8_0) on the fixtures: activation quantisation on the CPU
+        // side. Against float64 transformers on the same dequantised weights the GPU is within
+        // 1e-4 (see `matches_transformers_on_the_same_weights`).
+        "q8_0" | "q4_0" => 0.15,
+        _ => unreachable!(),
+    }
+}
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+/// A file's bytes, 8-byte aligned so tensors can be viewed in place.
+struct Aligned(Vec<u64>, usize);
+
+impl Aligned {
+    fn read(path: &Path) -> Self {
+        let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut w = vec![0u64; b.len().div_ceil(8)];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut w)[..b.len()].copy_from_slice(&b);
+        Self(w, b.len())
+    }
+    fn bytes(&self) -> &[u8] {
+        &bytemuck::cast_slice::<u64, u8>(&self.0)[..self.1]
+    }
+}
+
+/// The device, or None (test skipped) when there is none and `CI` is unset.
+fn gpu() -> Option<Gpu> {
+    match Gpu::open(AdapterChoice::Any) {
+        Ok(g) => Some(g),
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipping GPU test: {e}");
+            None
+        }
+        Err(e) => panic!("CI is set and no GPU adapter is usable: {e}"),
+    }
+}
+
+fn fixture_tokens(config: &str) -> Vec<TokenId> {
+    let p = repo(&format!("engine/tests/fixtures/parity/{config}/tokens.json"));
+    let s = std::fs::read_to_string(p).unwrap();
+    s.trim().trim_matches(['[', ']']).split(',').map(|v| TokenId(v.trim().parse().unwrap())).collect()
+}
+
+/// Stream k: the fixture tokens rotated by 7k and shifted by k (mod vocab): distinct per slot.
+fn stream(base: &[TokenId], k: usize, vocab: usize) -> Vec<TokenId> {
+    let n = base.len();
+    (0..n).map(|i| TokenId(((base[(i + 7 * k) % n].0 as usize + k) % vocab) as u32)).collect()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn argmax(v: &[f32]) -> usize {
+    (0..v.len()).fold(0, |m, i| if v[i] > v[m] { i } else { m })
+}
+
+/// Largest minus second-largest logit.
+fn margin(v: &[f32]) -> f32 {
+    let m = argmax(v);
+    let second = v.iter().enumerate().filter(|&(i, _)| i != m).map(|(_, &x)| x).fold(f32::MIN, f32::max);
+    v[m] - second
+}
+
+/// Asserts closeness and that the greedy choice agrees unless the CPU's top two are a near-tie.
+fn check(what: &str, gpu: &[f32], cpu: &[f32], tol: f32) -> f32 {
+    let d = max_abs_diff(gpu, cpu);
+    assert!(d <= tol, "{what}: max |Δ| {d} > {tol}");
+    if margin(cpu) > 2.0 * tol {
+        assert_eq!(argmax(gpu), argmax(cpu), "{what}: argmax differs");
+    }
+    d
+}
+
+fn load_fixture(config: &str, ty: &str) -> Aligned {
+    Aligned::read(&repo(&format!("engine/tests/fixtures/parity/{config}/model-{ty}.gguf")))
+}
+
+/// Steps `streams` (one slot each, slots 0..) in lockstep at batch streams.len(); returns max |Δ|.
+fn step_streams(
+    gm: &mut GpuModel,
+    m: &Mamba<'_>,
+    streams: &[Vec<TokenId>],
+    steps: usize,
+    tol: f32,
+    what: &str,
+) -> f32 {
+    let v = m.config.vocab;
+    let mut cpus: Vec<_> = streams.iter().map(|_| CpuDecoder::new(m, 1)).collect();
+    let mut out = vec![0.0; streams.len() * v];
+    let mut worst = 0.0f32;
+    for pos in 0..steps {
+        let rows: Vec<_> = streams.iter().enumerate().map(|(k, s)| (SlotId(k as u32), s[pos])).collect();
+        gm.step(&rows, &mut out).unwrap();
+        for (k, cpu) in cpus.iter_mut().enumerate() {
+            let want = cpu.feed(&[streams[k][pos]]).unwrap();
+            let d = check(&format!("{what} slot {k} pos {pos}"), &out[k * v..(k + 1) * v], want, tol);
+            worst = worst.max(d);
+        }
+    }
+    worst
+}
+
+#[test]
+fn decode_steps_match_cpu_at_batch_1_and_3() {
+    let Some(gpu) = gpu() else { return };
+    eprintln!("adapter: {}", gpu.describe());
+    for config in CONFIGS {
+        let base = fixture_tokens(config);
+        for ty in TYPES {
+            let file = load_fixture(config, ty);
+            let g = Gguf::parse(file.bytes()).unwrap();
+            let m = Mamba::load(&g).unwrap();
+            let mut gm = GpuModel::load(&gpu, &m, 4, 3, 8).unwrap();
+            let streams: Vec<_> = (0..3).map(|k| stream(&base, k, m.config.vocab)).collect();
+            let what = format!("{config}/{ty}");
+            let d3 = step_streams(&mut gm, &m, &streams, base.len(), tol(ty), &format!("{what} B=3"));
+            // Batch 1 on a slot that has not run yet, then on a reset one.
+            let one = [stream(&base, 5, m.config.vocab)];
+            gm.reset(SlotId(0)).unwrap();
+            let d1 = step_streams(&mut gm, &m, &one, base.len(), tol(ty), &format!("{what} B=1 after reset"));
+            eprintln!("{what}: decode max |Δ| vs CPU: B=3 {d3:.2e}, B=1 {d1:.2e}");
+        }
+    }
+}
+
+/// Reference logits from `engine/tests/fixtures/make_fixtures.py`: transformers in float64 on
+/// the weights exactly as the file stores them (dequantised), every position of tokens.json.
+fn transformers_logits(config: &str, ty: &str) -> Vec<f32> {
+    let name = if ty == "f32" { "logits.f32".to_string() } else { format!("logits_dequant-{ty}.f32") };
+    let b = std::fs::read(repo(&format!("engine/tests/fixtures/parity/{config}/{name}"))).unwrap();
+    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+#[test]
+fn matches_transformers_on_the_same_weights() {
+    let Some(gpu) = gpu() else { return };
+    for config in CONFIGS {
+        let base = fixture_tokens(config);
+        for ty in TYPES {
+            let file = load_fixture(config, ty);
+            let g = Gguf::parse(file.bytes()).unwrap();
+            let m = Mamba::load(&g).unwrap();
+            let v = m.config.vocab;
+            let hf = transformers_logits(config, ty);
+            let mut gm = GpuModel::load(&gpu, &m, 1, 1, 8).unwrap();
+            let mut out = vec![0.0; v];
+            let mut worst = 0.0f32;
+            for (pos, &t) in base.iter().enumerate() {
+                gm.step(&[(SlotId(0), t)], &mut out).unwrap();
+                let what = format!("{config}/{ty} pos {pos} vs transformers");
+                worst = worst.max(check(&what, &out, &hf[pos * v..(pos + 1) * v], 1e-4));
+            }
+            eprintln!("{config}/{ty}: max |Δ| vs transformers (float64, same weights) {worst:.2e}");
+        }
+    }
+}
+
+#[test]
+fn chunked_prefill_matches_cpu_interleaved_with_steps() {
+    let Some(gpu) = gpu() else { return };
+    for config in CONFIGS {
+        let base = fixture_tokens(config);
+        for ty in TYPES {
+            let file = load_fixture(config, ty);
+            let g = Gguf::parse(file.bytes()).unwrap();
+            let m = Mamba::load(&g).unwrap();
+            let v = m.config.vocab;
+            let mut gm = GpuModel::load(&gpu, &m, 3, 2, 64).unwrap();
+            for chunk in [1, 5, 64] {
+                let what = format!("{config}/{ty} chunk {chunk}");
+                let mut worst = 0.0f32;
+                for s in 0..3 {
+                    gm.reset(SlotId(s)).unwrap();
+                }
+                // Slot 1 prefills; slots 0 and 2 decode their own streams between its chunks.
+                let others = [stream(&base, 1, v), stream(&base, 2, v)];
+                let mut cpu_others: Vec<_> = others.iter().map(|_| CpuDecoder::new(&m, 1)).collect();
+                let mut out = vec![0.0; v];
+                let mut out2 = vec![0.0; 2 * v];
+                for (i, piece) in base.chunks(chunk).enumerate() {
+                    gm.prefill(SlotId(1), piece, &mut out).unwrap();
+                    let rows = [(SlotId(0), others[0][i]), (SlotId(2), others[1][i])];
+                    gm.step(&rows, &mut out2).unwrap();
+                    for k in 0..2 {
+                        let want = cpu_others[k].feed(&[others[k][i]]).unwrap();
+                        check(
+                            &format!("{what} other {k} step {i}"),
+                            &out2[k * v..(k + 1) * v],
+                            want,
+                            tol(ty),
+                        );
+                    }
+                }
+                let mut cpu = CpuDecoder::new(&m, 64);
+                worst = worst.max(check(&format!("{what} last"), &out, cpu.feed(&base).unwrap(), tol(ty)));
+                // The state after the prefill continues like the CPU's.
+                let next = TokenId(3);
+                gm.prefill(SlotId(1), &[next], &mut out).unwrap();
+                worst = worst.max(check(&format!("{what} next"), &out, cpu.feed(&[next]).unwrap(), tol(ty)));
+                eprintln!("{what}: prefill max |Δ| vs CPU {worst:.2e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn default_model_batch_64_and_prefill() {
+    let Some(gpu) = gpu() else { return };
+    let file = Aligned::read(&repo("models/default-q8_0.gguf"));
+    let g = Gguf::parse(file.bytes()).unwrap();
+    let m = Mamba::load(&g).unwrap();
+    let v = m.config.vocab;
+    // Q8_0 activation rounding on the CPU side: measured up to 0.185 at B=64 and 0.149 for the
+    // 64-token prefill, with logits spanning about ±20.
+    let tol = 0.3;
+    let mut gm = GpuModel::load(&gpu, &m, 64, 64, 64).unwrap();
+    let base: Vec<TokenId> = (0..64u32).map(|i| TokenId((i * 977 + 13) % v as u32)).collect();
+    let streams: Vec<_> = (0..64).map(|k| stream(&base, k, v)).collect();
+    // One step: a B=64 step on lavapipe costs seconds; slot isolation over many steps is checked
+    // on the fixtures.
+    let d = step_streams(&mut gm, &m, &streams, 1, tol, "default B=64");
+    let mut out = vec![0.0; v];
+    gm.reset(SlotId(5)).unwrap();
+    // Two chunks of 12 (chunks 1, 5 and 64 run on the fixtures), continuing a used slot's
+    // neighbours untouched.
+    gm.prefill(SlotId(5), &base[..12], &mut out).unwrap();
+    gm.prefill(SlotId(5), &base[12..24], &mut out).unwrap();
+    let mut cpu = CpuDecoder::new(&m, 64);
+    let dp = check("default prefill 2×12", &out, cpu.feed(&base[..24]).unwrap(), tol);
+    eprintln!("default-q8_0: max |Δ| vs CPU: B=64 step {d:.2e}, prefill(2×12) {dp:.2e}");
+}
+
+#[test]
+fn bad_input_is_an_error_not_a_panic() {
+    let Some(gpu) = gpu() else { return };
+    let file = load_fixture("tiny", "f32");
+    let g = Gguf::parse(file.bytes()).unwrap();
+    let m = Mamba::load(&g).unwrap();
+    let v = m.config.vocab;
+    let mut gm = GpuModel::load(&gpu, &m, 2, 2, 4).unwrap();
+    let mut out = vec![0.0; 2 * v];
+    let bad = |r: Result<(), GpuError>| assert!(matches!(r, Err(GpuError::BadInput(_))), "{r:?}");
+    bad(gm.step(&[(SlotId(2), TokenId(1))], &mut out[..v]));
+    bad(gm.step(&[(SlotId(0), TokenId(v as u32))], &mut out[..v]));
+    bad(gm.step(&[(SlotId(0), TokenId(1)), (SlotId(0), TokenId(2))], &mut out));
+    bad(gm.step(&[(SlotId(0), TokenId(1)); 3], &mut vec![0.0; 3 * v]));
+    bad(gm.step(&[], &mut out));
+    bad(gm.step(&[(SlotId(0), TokenId(1))], &mut out));
+    bad(gm.prefill(SlotId(0), &[], &mut out[..v]));
+    bad(gm.prefill(SlotId(0), &[TokenId(1); 5], &mut out[..v]));
+    bad(gm.prefill(SlotId(9), &[TokenId(1)], &mut out[..v]));
+    bad(gm.reset(SlotId(2)));
+    bad(GpuModel::load(&gpu, &m, 0, 1, 1).map(|_| ()));
+    // Still usable afterwards.
+    gm.step(&[(SlotId(1), TokenId(1))], &mut out[..v]).unwrap();
+    assert!(out[..v].iter().all(|x| x.is_finite()));
+}
