@@ -145,7 +145,7 @@ def hey(host, port, model, requests, conc, max_tokens):
     body = json.dumps({"model": model, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0,
                        "ignore_eos": True})
     t0 = time.perf_counter()
-    out = subprocess.run(["hey", "-n", str(requests), "-c", str(conc), "-m", "POST", "-T", "application/json",
+    out = subprocess.run(["hey", "-n", str(requests), "-c", str(conc), "-t", "300", "-m", "POST", "-T", "application/json",
                           "-d", body, "-o", "csv", f"http://{host}:{port}/v1/completions"], check=True,
                          capture_output=True, text=True).stdout
     wall = time.perf_counter() - t0
@@ -155,6 +155,8 @@ def hey(host, port, model, requests, conc, max_tokens):
     codes = {}
     for r in rows:
         codes[r[6]] = codes.get(r[6], 0) + 1
+    if len(rows) < requests:  # hey leaves failed requests (e.g. its 20 s client timeout) out of the CSV
+        codes["client error"] = requests - len(rows)
     return len(rows) / wall, pct(lat, 0.5), pct(lat, 0.99), codes
 
 
