@@ -11,3 +11,4 @@
 mod api;
 mod harness;
 mod host;
+mod nn;
