@@ -50,7 +50,9 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
     match path.as_str() {
         "/" => respond(out, 200, "text/html; charset=utf-8", &[], PLAYGROUND.as_bytes()),
         "/health" => respond(out, 200, "application/json", &[], br#"{"status":"ok"}"#),
-        "/v1/models" => respond(out, 200, "application/json", &[], api::models(e.id, now().0).as_bytes()),
+        "/v1/models" => {
+            respond(out, 200, "application/json", &[], api::models(&e.served_id(), now().0).as_bytes())
+        }
         "/v1/completions" => complete(e, req, out, Endpoint::Completions),
         _ => complete(e, req, out, Endpoint::Chat),
     }
@@ -89,7 +91,7 @@ fn prepare(
             read_body(req, api::MAX_BODY_BYTES, |bytes| scanner.push(bytes, &mut sink).map_err(scan_err))?;
             let scanned = scanner.finish(&mut sink).map_err(scan_err)?;
             let fields = api::parse_fields(&scanned.fields)?;
-            let request = api::check_request(&fields, endpoint, e.id, seed)?;
+            let request = api::check_request(&fields, endpoint, &e.served_id(), seed)?;
             if !scanned.streamed {
                 return Err(match fields.get("prompt") {
                     None | Some(serde_json::Value::Null) => {
@@ -108,7 +110,7 @@ fn prepare(
             })?;
             let scanned = scanner.finish(&mut |_| {}).map_err(scan_err)?;
             let fields = api::parse_fields(&scanned.fields)?;
-            let request = api::check_request(&fields, endpoint, e.id, seed)?;
+            let request = api::check_request(&fields, endpoint, &e.served_id(), seed)?;
             let messages = chat::messages(&fields)?;
             drop(fields);
             let prompt = e.chat.render(&messages)?;
@@ -133,13 +135,17 @@ fn run(
 ) {
     let prompt_tokens = seq.prompt_tokens();
     let (created, nonce) = now();
-    let meta = Meta::new(endpoint, e.id, created, nonce ^ request.params.sampler.seed);
+    let meta = Meta::new(endpoint, &e.served_id(), created, nonce ^ request.params.sampler.seed);
     if !request.stream {
         let mut text = String::new();
-        let (finish, n) = seq.generate(&request.params, |piece, _| {
+        let generated = seq.generate(&request.params, |piece, _| {
             text.push_str(piece);
             Ok(())
         });
+        let (finish, n) = match generated {
+            Ok(r) => r,
+            Err(err) => return respond_error(out, &err, &[]),
+        };
         let body = meta.completion(&text, finish, Usage { prompt: prompt_tokens, completion: n });
         // The host's token metrics read these (contract in host/src/serve/mod.rs): headers
         // here, trailers when streaming.
@@ -164,7 +170,7 @@ fn run(
             return;
         }
     }
-    let (_, n) = seq.generate(&request.params, |piece, finish| {
+    let generated = seq.generate(&request.params, |piece, finish| {
         buf.clear();
         if !piece.is_empty() || first {
             sse::event(&mut buf, &meta.chunk(piece, first, None));
@@ -176,6 +182,17 @@ fn run(
         if buf.is_empty() { Ok(()) } else { w.write(&buf) }
     });
     buf.clear();
+    let n = match generated {
+        Ok((_, n)) => n,
+        Err(err) => {
+            // The status went out already: an error event (as OpenAI streams them), no [DONE].
+            sse::event(&mut buf, &err.body());
+            if w.write(&buf).is_ok() {
+                w.finish();
+            }
+            return;
+        }
+    };
     if request.include_usage {
         sse::event(&mut buf, &meta.usage_chunk(Usage { prompt: prompt_tokens, completion: n }));
     }

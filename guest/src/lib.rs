@@ -18,6 +18,9 @@
 //! output is written as it is generated. Chat requests are capped at [`api::MAX_CHAT_BYTES`]
 //! and rendered whole. Bad input gets a 4xx with OpenAI's error body, never a trap.
 //!
+//! With the `nn` feature the component holds only the model's tokenizer and asks the host's
+//! wasi-nn for logits ([`nn`]); the API is the same.
+//!
 //! What it does not do: more than one choice (`n`), `echo`, `logprobs`, tools.
 #![deny(missing_docs)]
 
@@ -27,6 +30,8 @@ pub mod chat;
 mod http;
 pub mod json_stream;
 pub mod model;
+#[cfg(feature = "nn")]
+pub mod nn;
 pub mod prompt;
 pub mod sse;
 

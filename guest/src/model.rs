@@ -8,14 +8,27 @@
 //! `wizer-initialize`) and snapshots the result into the component's memory image, so a fresh
 //! instance starts with the tokenizer already built: no per-request work grows with the
 //! vocabulary. Without the snapshot the first request of each instance builds it lazily.
+//!
+//! The `nn` build bakes in only the model's metadata (see `build.rs`): it has no weights and no
+//! [`Mamba`]; its [`Dec`] asks the host's wasi-nn for logits ([`crate::nn`]).
 
 use std::sync::OnceLock;
 
-use tinystate_engine::arch::mamba::Mamba;
+#[cfg(not(feature = "nn"))]
+use tinystate_engine::arch::mamba::{DEFAULT_MAX_CHUNK, Mamba};
+use tinystate_engine::generate::DecodeError;
 use tinystate_engine::gguf::Gguf;
 use tinystate_engine::tokenizer::Tokenizer;
 
+use crate::api::ApiError;
 use crate::chat::ChatTemplate;
+
+/// One sequence's decoder: the engine in-process, or (`nn`) the host's wasi-nn.
+#[cfg(not(feature = "nn"))]
+pub type Dec = tinystate_engine::generate::CpuDecoder<'static, 'static>;
+/// One sequence's decoder: the engine in-process, or (`nn`) the host's wasi-nn.
+#[cfg(feature = "nn")]
+pub type Dec = crate::nn::NnDecoder;
 
 /// Aligns its contents to 64 bytes so tensors can be read in place.
 #[repr(C, align(64))]
@@ -24,9 +37,18 @@ struct Aligned<T: ?Sized>(T);
 /// The GGUF file, chosen at build time (`TINYSTATE_MODEL`, see `build.rs`).
 static MODEL: &Aligned<[u8]> = &Aligned(*include_bytes!(env!("TINYSTATE_MODEL")));
 
+/// The nn build's metadata again, as a custom section the host reads at start-up to check
+/// that each of its models has this tokenizer (`tinystate serve`, `NN_META_SECTION`).
+#[cfg(all(feature = "nn", target_arch = "wasm32"))]
+#[unsafe(link_section = "tinystate-nn-meta")]
+#[used]
+static META_SECTION: [u8; include_bytes!(env!("TINYSTATE_MODEL")).len()] =
+    *include_bytes!(env!("TINYSTATE_MODEL"));
+
 /// Everything a request needs from the model, built once.
 pub struct Engine {
     /// The decoder: weights are views into [`MODEL`].
+    #[cfg(not(feature = "nn"))]
     pub model: Mamba<'static>,
     /// The tokenizer built from `tokenizer.ggml.*`.
     pub tokenizer: Tokenizer,
@@ -34,6 +56,31 @@ pub struct Engine {
     pub chat: ChatTemplate,
     /// The name served in `/v1/models` and accepted in `model`.
     pub id: &'static str,
+}
+
+impl Engine {
+    /// A fresh decoder for one sequence.
+    pub fn decoder(&'static self) -> Dec {
+        #[cfg(not(feature = "nn"))]
+        return Dec::new(&self.model, DEFAULT_MAX_CHUNK);
+        #[cfg(feature = "nn")]
+        return Dec::new();
+    }
+
+    /// The name clients see in `/v1/models` and `model`: the embedded model's id, or in the `nn`
+    /// build the name of the host's model it decodes with ([`crate::nn::model_name`]).
+    pub fn served_id(&self) -> String {
+        #[cfg(not(feature = "nn"))]
+        return self.id.to_owned();
+        #[cfg(feature = "nn")]
+        return crate::nn::model_name();
+    }
+}
+
+impl From<DecodeError> for ApiError {
+    fn from(e: DecodeError) -> Self {
+        ApiError::internal(format!("decoding failed: {e}"))
+    }
 }
 
 static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
@@ -69,8 +116,10 @@ const FALLBACK_ID: &str = "tinystate";
 
 fn build() -> Result<Engine, String> {
     let g = Gguf::parse(&MODEL.0).map_err(|e| format!("embedded model: {e}"))?;
-    let model = Mamba::load(&g).map_err(|e| format!("embedded model: {e}"))?;
     let tokenizer = Tokenizer::from_gguf(&g).map_err(|e| format!("embedded model tokenizer: {e}"))?;
+    #[cfg(not(feature = "nn"))]
+    let model = Mamba::load(&g).map_err(|e| format!("embedded model: {e}"))?;
+    #[cfg(not(feature = "nn"))]
     if tokenizer.vocab_size() > model.config.vocab {
         return Err(format!(
             "embedded model: the tokenizer has {} tokens but the model only {}",
@@ -92,5 +141,11 @@ fn build() -> Result<Engine, String> {
         token("tokenizer.ggml.eos_token_id").unwrap_or_default(),
     )
     .map_err(|e| format!("embedded model chat template: {e}"))?;
-    Ok(Engine { model, tokenizer, chat, id })
+    Ok(Engine {
+        #[cfg(not(feature = "nn"))]
+        model,
+        tokenizer,
+        chat,
+        id,
+    })
 }

@@ -3,17 +3,18 @@
 //! Text goes through [`StreamEncoder`] (which holds back at most the last pre-token piece);
 //! tokens collect in `pending` and whole chunks of [`DEFAULT_MAX_CHUNK`] are run through the
 //! model as soon as they are known, always keeping the last token back so the final chunk
-//! yields the logits. So memory holds the recurrent state, the chunk scratch, one piece of text
-//! and at most a chunk plus one piece's tokens, whatever the prompt's length.
+//! yields the logits. So memory holds the decoder (recurrent state and chunk scratch, or in the
+//! `nn` build a handle to the host's), one piece of text, one logits vector and at most a chunk
+//! plus one piece's tokens, whatever the prompt's length.
 
 use tinystate_engine::TokenId;
-use tinystate_engine::arch::mamba::{DEFAULT_MAX_CHUNK, Scratch, State};
-use tinystate_engine::generate::{FinishReason, GenerateParams, Generator};
+use tinystate_engine::arch::mamba::DEFAULT_MAX_CHUNK;
+use tinystate_engine::generate::{Decoder, FinishReason, GenerateParams, Generator};
 use tinystate_engine::tokenizer::StreamEncoder;
 
 use crate::api::{ApiError, MAX_PROMPT_TOKENS};
 use crate::json_stream::OUT_CHUNK;
-use crate::model::Engine;
+use crate::model::{Dec, Engine};
 
 /// A sequence built and warmed up before the snapshot (see [`Sequence::prepare_spare`]): each
 /// instance takes it from its own copy of memory, so a request allocates no state or scratch
@@ -33,10 +34,10 @@ pub struct Sequence {
     pending: Vec<TokenId>,
     /// The last prompt tokens, oldest first (at most 2 × [`RECENT`]).
     recent: Vec<TokenId>,
-    /// (recurrent state) per layer: conv window and SSM state.
-    state: State,
-    /// Working memory for chunks of up to [`DEFAULT_MAX_CHUNK`] tokens.
-    scratch: Scratch,
+    /// The model's side: recurrent state and working memory (or the host's, `nn`).
+    dec: Dec,
+    /// Logits (vocab,) after the prompt's last token, set by [`Sequence::finish`].
+    logits: Vec<f32>,
     tokens: usize,
     bytes: u64,
     error: Option<ApiError>,
@@ -61,15 +62,14 @@ impl Sequence {
     /// A sequence whose encoders have already taken pieces of [`OUT_CHUNK`] bytes, so their
     /// buffers do not grow with the first request's piece sizes.
     fn warmed(e: &'static Engine) -> Self {
-        let c = &e.model.config;
         let mut s = Self {
             e,
             enc: [StreamEncoder::new(false), StreamEncoder::new(true)],
             special: false,
             pending: Vec::with_capacity(2 * DEFAULT_MAX_CHUNK + OUT_CHUNK),
             recent: Vec::with_capacity(2 * RECENT),
-            state: State::new(c),
-            scratch: Scratch::new(c, DEFAULT_MAX_CHUNK),
+            dec: e.decoder(),
+            logits: Vec::with_capacity(e.tokenizer.vocab_size()),
             tokens: 0,
             bytes: 0,
             error: None,
@@ -90,7 +90,7 @@ impl Sequence {
     /// Back to an empty prompt.
     fn reset(&mut self, parse_special: bool) {
         self.special = parse_special;
-        self.state.reset();
+        self.dec.reset();
         self.pending.clear();
         self.recent.clear();
         self.tokens = 0;
@@ -137,7 +137,10 @@ impl Sequence {
         // Run whole chunks, keeping at least one token back.
         let ready = (self.pending.len().saturating_sub(1) / DEFAULT_MAX_CHUNK) * DEFAULT_MAX_CHUNK;
         if ready > 0 {
-            self.e.model.forward(&mut self.state, &mut self.scratch, &self.pending[..ready], false);
+            if let Err(e) = self.dec.feed(&self.pending[..ready]) {
+                self.error = Some(e.into());
+                return;
+            }
             self.pending.drain(..ready);
         }
     }
@@ -159,6 +162,10 @@ impl Sequence {
         if self.pending.is_empty() {
             return Err(ApiError::invalid(Some("prompt"), "the prompt encodes to no tokens"));
         }
+        let logits = self.dec.feed(&self.pending)?;
+        self.logits.clear();
+        self.logits.extend_from_slice(logits);
+        self.pending.clear();
         Ok(Usage { prompt: self.tokens })
     }
 
@@ -174,32 +181,26 @@ impl Sequence {
 
     /// Generates after [`Sequence::finish`]: `each(text, finish)` gets every piece of text; it
     /// returns `Err` to stop early (client gone). Returns the finish reason and the number of
-    /// tokens generated.
+    /// tokens generated, or why decoding failed.
     pub fn generate(
         &mut self,
         params: &GenerateParams,
         mut each: impl FnMut(&str, Option<FinishReason>) -> Result<(), ()>,
-    ) -> (FinishReason, usize) {
+    ) -> Result<(FinishReason, usize), ApiError> {
         let e = self.e;
-        let mut generator = Generator::new(&e.tokenizer, e.model.config.vocab, params);
+        let mut generator = Generator::new(&e.tokenizer, self.logits.len(), params);
         generator.observe_prompt(&self.recent);
-        let last = std::mem::take(&mut self.pending);
-        let Some(mut logits) = e.model.forward(&mut self.state, &mut self.scratch, &last, true) else {
-            return (FinishReason::Stop, 0);
-        };
+        let mut logits: &mut [f32] = &mut self.logits;
         loop {
             let p = generator.next(logits);
             let (token, finish) = (p.token, p.finish);
             if each(p.text, finish).is_err() {
-                return (finish.unwrap_or(FinishReason::Stop), generator.produced());
+                return Ok((finish.unwrap_or(FinishReason::Stop), generator.produced()));
             }
             if let Some(f) = finish {
-                return (f, generator.produced());
+                return Ok((f, generator.produced()));
             }
-            match e.model.forward(&mut self.state, &mut self.scratch, &[token], true) {
-                Some(l) => logits = l,
-                None => return (FinishReason::Stop, generator.produced()),
-            }
+            logits = self.dec.feed(&[token])?;
         }
     }
 }
@@ -238,10 +239,12 @@ mod tests {
         }
         let usage = seq.finish().unwrap();
         let mut out = String::new();
-        let (_, produced) = seq.generate(&greedy(n), |t, _| {
-            out.push_str(t);
-            Ok(())
-        });
+        let (_, produced) = seq
+            .generate(&greedy(n), |t, _| {
+                out.push_str(t);
+                Ok(())
+            })
+            .unwrap();
         assert_eq!(produced, n);
         (usage.prompt, out)
     }

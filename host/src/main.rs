@@ -2,6 +2,7 @@
 
 mod cli_run;
 mod model_file;
+mod nn;
 mod serve;
 
 use std::path::PathBuf;

@@ -87,6 +87,8 @@ pub struct Gguf<'a> {
     version: u32,
     alignment: u64,
     data_offset: u64,
+    /// Byte offset where the metadata ends (and the tensor table starts).
+    metadata_end: u64,
     /// Metadata in file order.
     kv: Vec<(&'a str, Value<'a>)>,
     /// Key → index into `kv`.
@@ -103,6 +105,7 @@ impl<'a> Gguf<'a> {
         let mut cur = Cursor::new(bytes);
         let (version, n_tensors, n_kv) = read_header(&mut cur)?;
         let (kv, kv_index) = read_metadata(&mut cur, n_kv)?;
+        let metadata_end = cur.pos();
         let alignment = alignment(kv_index.get(ALIGNMENT_KEY).and_then(|&i| kv.get(i)))?;
         let (entries, tensor_index) = read_tensor_table(&mut cur, n_tensors, alignment)?;
         // Pad to the alignment; `pos` ≤ the file length, so this only overflows on a
@@ -110,7 +113,7 @@ impl<'a> Gguf<'a> {
         let data_offset = cur.pos().div_ceil(alignment).saturating_mul(alignment);
         let data = usize::try_from(data_offset).ok().and_then(|o| bytes.get(o..)).unwrap_or_default();
         let tensors = tensor_info::place(entries, data)?;
-        Ok(Self { version, alignment, data_offset, kv, kv_index, tensors, tensor_index })
+        Ok(Self { version, alignment, data_offset, metadata_end, kv, kv_index, tensors, tensor_index })
     }
 
     /// The format version (2 or 3).
@@ -128,6 +131,13 @@ impl<'a> Gguf<'a> {
     /// without tensors may end before this offset.
     pub fn data_offset(&self) -> u64 {
         self.data_offset
+    }
+
+    /// Byte offset where the metadata section ends: header and metadata are `bytes[..this]`.
+    /// A copy of that prefix with the header's tensor count set to 0 is a valid GGUF holding
+    /// the metadata alone (the wasi-nn guest embeds its tokenizer that way).
+    pub fn metadata_end(&self) -> u64 {
+        self.metadata_end
     }
 
     /// Every metadata entry, in file order.

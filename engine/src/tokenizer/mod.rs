@@ -529,6 +529,21 @@ impl Tokenizer {
         self.types.get(id.index()).copied().unwrap_or(TokenType::Undefined)
     }
 
+    /// A 64-bit FNV-1a hash of every token's string and type, in id order: two tokenizers with
+    /// the same vocabulary size and fingerprint map text to the same ids. (Merges are not
+    /// hashed; a vocabulary change almost always comes with its own token list.)
+    pub fn fingerprint(&self) -> u64 {
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |b: u8| h = (h ^ u64::from(b)).wrapping_mul(PRIME);
+        for i in 0..self.vocab_size() {
+            self.token_text(TokenId(i as u32)).bytes().for_each(&mut eat);
+            eat(0xff); // not UTF-8: separates tokens
+            eat(self.types[i] as u8);
+        }
+        h
+    }
+
     /// Number of tokens.
     pub fn vocab_size(&self) -> usize {
         self.types.len()

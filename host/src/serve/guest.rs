@@ -32,6 +32,8 @@ use wasmtime_wasi_http::{
 
 use super::limits::{MemoryMeter, RequestStats};
 use super::metrics::Metrics;
+use crate::nn::Models;
+use crate::nn::wit::{NnCtx, NnView};
 
 /// How often the engine's epoch advances: the granularity of deadlines and of yielding.
 pub const TICK: Duration = Duration::from_millis(10);
@@ -51,17 +53,24 @@ pub struct InstanceLimits {
 pub struct Guest {
     pre: ProxyPre<RequestState>,
     limits: InstanceLimits,
+    /// The models wasi-nn serves (none for a self-contained guest).
+    models: Arc<Models>,
     ticker_stop: Arc<AtomicBool>,
 }
 
 impl Guest {
-    /// Compiles `wasm` (a component, binary) and links it against WASI and wasi:http.
-    pub fn new(wasm: &[u8], limits: InstanceLimits) -> wasmtime::Result<Self> {
+    /// Compiles `wasm` (a component, binary) and links it against WASI, wasi:http and wasi-nn
+    /// (serving `models`).
+    pub fn new(wasm: &[u8], limits: InstanceLimits, models: Arc<Models>) -> wasmtime::Result<Self> {
         let engine = Engine::new(&engine_config(limits))?;
         let component = Component::new(&engine, wasm)?;
         let mut linker = Linker::<RequestState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        crate::nn::wit::add_to_linker(&mut linker, |s: &mut RequestState| NnView {
+            ctx: &mut s.nn,
+            table: &mut s.table,
+        })?;
         let pre = ProxyPre::new(linker.instantiate_pre(&component)?)?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
@@ -75,7 +84,7 @@ impl Guest {
                 }
             })
             .map_err(wasmtime::Error::from)?;
-        Ok(Self { pre, limits, ticker_stop })
+        Ok(Self { pre, limits, models, ticker_stop })
     }
 
     /// The pre-instantiated component.
@@ -96,8 +105,16 @@ impl Guest {
         inject_trap: bool,
     ) -> Store<RequestState> {
         metrics.active_instances.fetch_add(1, Ordering::Relaxed);
+        let mut wasi = WasiCtx::builder();
+        wasi.inherit_stderr();
+        if !self.models.names().is_empty() {
+            // The nn guest's list of models (contract in crate::nn).
+            wasi.env("TINYSTATE_MODELS", self.models.names().join(","));
+        }
+        let nn = NnCtx::new(self.models.clone(), metrics.nn_contexts.clone());
         let state = RequestState {
-            wasi: WasiCtx::builder().inherit_stderr().build(),
+            wasi: wasi.build(),
+            nn,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             hooks: NoOutgoingRequests,
@@ -175,6 +192,7 @@ impl Drop for Alive {
 /// The `T` of each request's `Store<T>`.
 pub struct RequestState {
     wasi: WasiCtx,
+    nn: NnCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
     hooks: NoOutgoingRequests,

@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// A cumulative histogram with fixed upper bounds.
 pub struct Histogram {
@@ -94,6 +94,8 @@ pub struct Metrics {
     pub rejected: AtomicU64,
     /// Guest traps (incl. deadline interrupts and memory-cap failures).
     pub traps: AtomicU64,
+    /// wasi-nn execution contexts alive now (shared with the nn module, which counts them).
+    pub nn_contexts: Arc<AtomicI64>,
 }
 
 impl Metrics {
@@ -112,6 +114,7 @@ impl Metrics {
             active_instances: AtomicI64::new(0),
             rejected: AtomicU64::new(0),
             traps: AtomicU64::new(0),
+            nn_contexts: Arc::new(AtomicI64::new(0)),
         }
     }
 
@@ -176,6 +179,13 @@ impl Metrics {
             "Guest instances (stores) alive now.",
             "gauge",
             self.active_instances.load(Ordering::Relaxed).to_string(),
+        );
+        counter(
+            &mut o,
+            "tinystate_nn_contexts",
+            "wasi-nn execution contexts (sequence states) alive now.",
+            "gauge",
+            self.nn_contexts.load(Ordering::Relaxed).to_string(),
         );
         counter(
             &mut o,

@@ -72,6 +72,16 @@ static EMBEDDED_GUEST: Option<&[u8]> = Some(include_bytes!(env!("TINYSTATE_GUEST
 #[cfg(not(tinystate_embedded_guest))]
 static EMBEDDED_GUEST: Option<&[u8]> = None;
 
+/// The guest's `nn` build (decoding through wasi-nn, no weights inside), served with `--model`.
+#[cfg(tinystate_embedded_nn_guest)]
+static EMBEDDED_NN_GUEST: Option<&[u8]> = Some(include_bytes!(env!("TINYSTATE_NN_GUEST_WASM")));
+#[cfg(not(tinystate_embedded_nn_guest))]
+static EMBEDDED_NN_GUEST: Option<&[u8]> = None;
+
+/// The custom section in which the nn guest carries its model's metadata (a GGUF without
+/// tensors), so the host can check that the tokenizers agree.
+const NN_META_SECTION: &str = "tinystate-nn-meta";
+
 /// Arguments of `tinystate serve`.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -101,6 +111,14 @@ pub struct ServeArgs {
     /// exits anyway, in seconds.
     #[arg(long, default_value = "30", value_parser = parse_seconds)]
     pub shutdown_grace: Duration,
+    /// Serve a model through wasi-nn as NAME (repeatable; the first is the default). With
+    /// `--model`, the built-in guest is the `nn` build, which holds only the tokenizer and asks
+    /// the host for logits; every model's tokenizer must match it.
+    #[arg(long = "model", value_name = "NAME=FILE.gguf")]
+    pub models: Vec<crate::nn::ModelSpec>,
+    /// Where wasi-nn computes: `auto` (a hardware GPU if there is one, else the CPU), `gpu`, `cpu`.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: crate::nn::BackendChoice,
     /// Tests only: honour `x-tinystate-test-memory-limit: BYTES` and `x-tinystate-test-fault:
     /// trap` on a request, to make the guest fail on purpose. Never on a public server.
     #[arg(long, hide = true)]
@@ -120,10 +138,26 @@ pub enum ServeError {
     },
     /// No `--guest` and none built in.
     #[error(
-        "this binary has no built-in guest (guest/ was missing when it was built); \
-         pass --guest PATH.wasm"
+        "this binary has no built-in {0}guest (guest/ was missing, or it was skipped, when it was \
+         built); pass --guest PATH.wasm"
     )]
-    NoGuest,
+    NoGuest(&'static str),
+    /// The models could not be loaded.
+    #[error(transparent)]
+    Models(#[from] crate::nn::LoadError),
+    /// A model's tokenizer is not the one the guest tokenizes with.
+    #[error(
+        "model '{model}' has another tokenizer ({model_id}) than the guest ({guest_id}); \
+         the guest's token ids would mean other tokens to it"
+    )]
+    TokenizerMismatch {
+        /// The model's name.
+        model: String,
+        /// Its tokenizer.
+        model_id: crate::nn::TokenizerId,
+        /// The guest's.
+        guest_id: crate::nn::TokenizerId,
+    },
     /// The component did not compile or link.
     #[error("guest '{what}': {message}")]
     Load {
@@ -140,22 +174,16 @@ pub enum ServeError {
 /// Runs the server until SIGINT/SIGTERM.
 pub fn run(args: &ServeArgs) -> Result<(), ServeError> {
     init_logging();
-    let (what, wasm): (String, std::borrow::Cow<'static, [u8]>) = match (&args.guest, EMBEDDED_GUEST) {
-        (Some(path), _) => {
-            let bytes =
-                std::fs::read(path).map_err(|source| ServeError::ReadGuest { path: path.clone(), source })?;
-            (path.display().to_string(), bytes.into())
-        }
-        (None, Some(bytes)) => ("built-in".into(), bytes.into()),
-        (None, None) => return Err(ServeError::NoGuest),
-    };
+    let (what, wasm) = choose_guest(args)?;
+    let models = Arc::new(crate::nn::Models::load(&args.models, args.backend)?);
+    check_tokenizers(&wasm, &models)?;
     let limits = guest::InstanceLimits {
         max_instances: args.max_concurrency,
         memory_growth: args.memory_limit,
         deadline: args.timeout,
     };
     let t0 = std::time::Instant::now();
-    let guest = guest::Guest::new(&wasm, limits)
+    let guest = guest::Guest::new(&wasm, limits, models)
         .map_err(|e| ServeError::Load { what: what.clone(), message: format!("{e:?}") })?;
     drop(wasm);
     tracing::info!(
@@ -187,6 +215,69 @@ pub fn run(args: &ServeArgs) -> Result<(), ServeError> {
     // In-flight requests past the grace period are dropped with the runtime.
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// The guest to serve: `--guest`, else the built-in `nn` guest with `--model`, else the
+/// built-in self-contained one.
+fn choose_guest(args: &ServeArgs) -> Result<(String, std::borrow::Cow<'static, [u8]>), ServeError> {
+    let nn = !args.models.is_empty();
+    let built_in = if nn { EMBEDDED_NN_GUEST } else { EMBEDDED_GUEST };
+    match (&args.guest, built_in) {
+        (Some(path), _) => {
+            let bytes =
+                std::fs::read(path).map_err(|source| ServeError::ReadGuest { path: path.clone(), source })?;
+            Ok((path.display().to_string(), bytes.into()))
+        }
+        (None, Some(bytes)) => Ok((if nn { "built-in (nn)" } else { "built-in" }.into(), bytes.into())),
+        (None, None) => Err(ServeError::NoGuest(if nn { "nn " } else { "" })),
+    }
+}
+
+/// Refuses models whose tokenizer differs from the one in the guest's [`NN_META_SECTION`]. A
+/// guest without the section (not ours) is served unchecked, with a warning.
+fn check_tokenizers(wasm: &[u8], models: &crate::nn::Models) -> Result<(), ServeError> {
+    if models.names().is_empty() {
+        return Ok(());
+    }
+    let guest_id = match guest_tokenizer(wasm) {
+        Some(Ok(id)) => id,
+        Some(Err(e)) => {
+            return Err(ServeError::Load {
+                what: "guest".into(),
+                message: format!("{NN_META_SECTION}: {e}"),
+            });
+        }
+        None => {
+            tracing::warn!("the guest carries no {NN_META_SECTION} section: tokenizers not checked");
+            return Ok(());
+        }
+    };
+    for m in models.iter() {
+        if m.tokenizer != guest_id {
+            return Err(ServeError::TokenizerMismatch {
+                model: m.name.clone(),
+                model_id: m.tokenizer,
+                guest_id,
+            });
+        }
+    }
+    tracing::info!(tokenizer = %guest_id, "every model's tokenizer matches the guest's");
+    Ok(())
+}
+
+/// The tokenizer of the GGUF metadata in the component's [`NN_META_SECTION`] custom section
+/// (in any of its core modules), if there is one.
+fn guest_tokenizer(wasm: &[u8]) -> Option<Result<crate::nn::TokenizerId, String>> {
+    let section = wasmparser::Parser::new(0).parse_all(wasm).find_map(|p| match p {
+        Ok(wasmparser::Payload::CustomSection(c)) if c.name() == NN_META_SECTION => Some(c.data()),
+        _ => None,
+    })?;
+    let parse = || {
+        let g = tinystate_engine::gguf::Gguf::parse(section).map_err(|e| e.to_string())?;
+        let t = tinystate_engine::tokenizer::Tokenizer::from_gguf(&g).map_err(|e| e.to_string())?;
+        Ok(crate::nn::TokenizerId::of(&t))
+    };
+    Some(parse())
 }
 
 fn init_logging() {

@@ -13,3 +13,4 @@ mod api;
 mod browser;
 mod harness;
 mod host;
+mod nn;

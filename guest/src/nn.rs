@@ -1,0 +1,160 @@
+//! The `nn` build's decoder: the engine's [`Decoder`] over the host's wasi-nn
+//! (`wasi:nn@0.2.0-rc-2024-10-28`, bindings from `wit/wasi-nn.wit`). The contract (tensor
+//! names, shapes, limits) is documented in the host's `host/src/nn/mod.rs`:
+//!
+//! - `load-by-name(NAME)` with NAME = [`model_name`]; `init-execution-context` once per
+//!   sequence, made on the first [`Decoder::feed`] (never during `wizer-initialize`, which
+//!   cannot call imports);
+//! - each `feed` is `compute([("tokens", I32 [n])])` with n ≤ [`MAX_CHUNK`] (longer inputs go in
+//!   several computes) → `[("logits", FP32 [vocab])]`, copied into a buffer reused for every
+//!   step, so memory per request stays constant.
+//!
+//! The state lives in the host, owned by the execution context; dropping the decoder (or the
+//! instance) frees it.
+
+use tinystate_engine::TokenId;
+use tinystate_engine::generate::Decoder;
+
+use crate::api::{ApiError, MODEL_ALIAS};
+
+/// The wasi-nn imports, generated from the interface text.
+mod bindings {
+    #![allow(missing_docs)]
+    wit_bindgen::generate!({
+        path: "../wit/wasi-nn.wit",
+        world: "ml",
+    });
+}
+
+use bindings::wasi::nn::errors::{Error as NnErr, ErrorCode};
+use bindings::wasi::nn::graph::{self, Graph};
+use bindings::wasi::nn::inference::GraphExecutionContext;
+use bindings::wasi::nn::tensor::{Tensor, TensorType};
+
+/// Most tokens per `compute` the host accepts (its `MAX_CHUNK`).
+pub const MAX_CHUNK: usize = 512;
+
+/// The host's environment variable listing its models, comma-separated, default first.
+const MODELS_ENV: &str = "TINYSTATE_MODELS";
+
+/// The host model this guest decodes with: the first name in `TINYSTATE_MODELS` (set by
+/// `tinystate serve`, in `--model` order), else `default`.
+pub fn model_name() -> String {
+    std::env::var(MODELS_ENV)
+        .ok()
+        .and_then(|v| v.split(',').next().map(str::to_owned))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| MODEL_ALIAS.to_owned())
+}
+
+/// A failed wasi-nn call: what was being done, the error code and the host's message.
+#[derive(Debug, thiserror::Error)]
+#[error("wasi-nn {what}: {code:?}: {message}")]
+pub struct NnError {
+    what: &'static str,
+    code: ErrorCode,
+    message: String,
+}
+
+impl NnError {
+    fn from_wasi(what: &'static str, e: NnErr) -> Self {
+        Self { what, code: e.code(), message: e.data() }
+    }
+
+    fn protocol(message: String) -> Self {
+        Self { what: "compute", code: ErrorCode::RuntimeError, message }
+    }
+}
+
+impl From<NnError> for ApiError {
+    fn from(e: NnError) -> Self {
+        match e.code {
+            ErrorCode::NotFound => {
+                ApiError::invalid(Some("model"), e.to_string()).with_code("model_not_found").with_status(404)
+            }
+            ErrorCode::TooLarge => ApiError::internal(e.to_string()).with_status(503),
+            _ => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+/// One sequence whose state lives in the host.
+pub struct NnDecoder {
+    ctx: Option<GraphExecutionContext>,
+    /// The last logits (vocab,), reused.
+    logits: Vec<f32>,
+    /// The tokens of one compute as bytes, reused.
+    bytes: Vec<u8>,
+}
+
+impl NnDecoder {
+    /// A decoder that connects on first use.
+    pub fn new() -> Self {
+        Self { ctx: None, logits: Vec::new(), bytes: Vec::with_capacity(4 * MAX_CHUNK) }
+    }
+
+    /// Back to an empty sequence: the next feed starts a new context.
+    pub fn reset(&mut self) {
+        self.ctx = None;
+    }
+
+    /// Loads the model and makes this sequence's context, if not done yet.
+    pub fn connect(&mut self) -> Result<&GraphExecutionContext, NnError> {
+        if self.ctx.is_none() {
+            let g: Graph =
+                graph::load_by_name(&model_name()).map_err(|e| NnError::from_wasi("load-by-name", e))?;
+            let ctx =
+                g.init_execution_context().map_err(|e| NnError::from_wasi("init-execution-context", e))?;
+            self.ctx = Some(ctx);
+        }
+        self.ctx.as_ref().ok_or_else(|| NnError::protocol("no execution context".into()))
+    }
+
+    /// One compute of at most [`MAX_CHUNK`] tokens; the logits land in `self.logits`.
+    fn compute(&mut self, tokens: &[TokenId]) -> Result<(), NnError> {
+        self.bytes.clear();
+        self.bytes.extend(tokens.iter().flat_map(|t| t.0.to_le_bytes()));
+        let input = Tensor::new(&[tokens.len() as u32], TensorType::I32, &self.bytes);
+        let ctx = self.connect()?;
+        let outputs =
+            ctx.compute(vec![("tokens".to_owned(), input)]).map_err(|e| NnError::from_wasi("compute", e))?;
+        let (_, t) = outputs
+            .into_iter()
+            .find(|(name, _)| name == "logits")
+            .ok_or_else(|| NnError::protocol("the host returned no 'logits' output".into()))?;
+        if t.ty() != TensorType::Fp32 {
+            return Err(NnError::protocol("the host's 'logits' are not FP32".into()));
+        }
+        let data = t.data();
+        if data.is_empty() || data.len() % 4 != 0 {
+            return Err(NnError::protocol(format!("'logits' hold {} bytes", data.len())));
+        }
+        self.logits.clear();
+        self.logits.extend(data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+        Ok(())
+    }
+}
+
+impl Default for NnDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Decoder for NnDecoder {
+    type Error = NnError;
+
+    fn feed(&mut self, tokens: &[TokenId]) -> Result<&mut [f32], NnError> {
+        if tokens.is_empty() {
+            return Err(NnError::protocol("no tokens to feed".into()));
+        }
+        for chunk in tokens.chunks(MAX_CHUNK) {
+            self.compute(chunk)?;
+        }
+        Ok(&mut self.logits)
+    }
+
+    fn vocab(&self) -> usize {
+        self.logits.len()
+    }
+}

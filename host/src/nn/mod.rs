@@ -1,0 +1,435 @@
+//! The host's wasi-nn (`wasi:nn@0.2.0-rc-2024-10-28`): models preloaded by name, one execution
+//! context per request owning that request's recurrent state, and the backends that compute.
+//!
+//! How it works:
+//! 1. At start-up `tinystate serve --model NAME=FILE.gguf …` loads every model once ([`Models`])
+//!    on the chosen backend (`--backend cpu|gpu|auto`, [`BackendChoice`]). Weights are mapped
+//!    from the file, never copied per request.
+//! 2. A guest calls `load-by-name(NAME)` and `graph.init-execution-context()`: the context
+//!    ([`Context`]) owns a fresh sequence state (CPU: a [`State`] and its scratch; GPU: a state
+//!    slot). It is freed when the guest drops the resource or when the instance's store is
+//!    dropped (end of response, or the client went away).
+//! 3. `compute` checks the inputs ([`contract`]), then awaits the backend: the CPU backend runs
+//!    on the blocking thread pool; the GPU backend batches the steps of all live contexts.
+//!    While it waits, other instances run.
+//!
+//! ABI glue (bindings, resource handling) is in [`wit`]; backends in [`cpu`] (and `gpu`).
+//!
+//! # The contract (every name the guest and the host share)
+//!
+//! | what | value |
+//! |---|---|
+//! | graph names | the `NAME`s of `--model NAME=FILE` (`load-by-name`); `load` (weight bytes) is `unsupported-operation` |
+//! | guest environment | `TINYSTATE_MODELS`: the names, comma-separated, in `--model` order (the first is the default) |
+//! | input | exactly one named tensor `"tokens"`: type `I32`, dimensions `[n]` or `[1, n]`, `n` in 1..=[`MAX_CHUNK`], little-endian ids, each in `0..vocab` |
+//! | output | one named tensor `"logits"`: type `FP32`, dimensions `[vocab]`, the logits after the last input token |
+//! | state | carried by the execution context from one `compute` to the next: n > 1 is a prefill chunk, n = 1 a decode step |
+//! | limits | at most [`MAX_CONTEXTS_PER_INSTANCE`] live contexts and [`MAX_TENSOR_BYTES`] of live tensor data per instance |
+//!
+//! Errors (`errors.error-code`): unknown name → `not-found`; wrong tensor name, count, type or
+//! shape, bad data length, token out of range, no tokens → `invalid-argument`; a chunk over
+//! [`MAX_CHUNK`], too many contexts (and, with the GPU backend, no free state slot) → `too-large`; a backend failure (GPU
+//! device lost) → `runtime-error`. The message (`error.data`) says which value and which limit.
+//! A bad input is never a trap; a tensor constructor over [`MAX_TENSOR_BYTES`] is (it cannot
+//! return an error).
+//!
+//! A later extension may add output names (e.g. `"top-k"`); a guest names the outputs it
+//! wants only by reading them, so new names do not break old guests.
+#![deny(missing_docs)]
+
+pub mod contract;
+pub mod cpu;
+pub mod wit;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tinystate_engine::TokenId;
+use tinystate_engine::arch::mamba::Mamba;
+use tinystate_engine::gguf::Gguf;
+use tinystate_engine::tokenizer::Tokenizer;
+
+#[cfg(doc)]
+use tinystate_engine::arch::mamba::State;
+
+use crate::model_file::ModelFile;
+
+#[cfg(doc)]
+use contract::{MAX_CHUNK, MAX_CONTEXTS_PER_INSTANCE, MAX_TENSOR_BYTES};
+
+/// Why a wasi-nn call failed; [`NnError::code`] is the `error-code` the guest sees.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NnError {
+    /// `load-by-name` of a name not loaded.
+    #[error("no model named '{name}' (loaded: {loaded})")]
+    NotFound {
+        /// The name asked for.
+        name: String,
+        /// The names there are, comma-separated.
+        loaded: String,
+    },
+    /// `load` with bytes: models are preloaded by the host.
+    #[error("loading a graph from bytes is not supported; the host preloads models: use load-by-name")]
+    LoadFromBytes,
+    /// The inputs do not follow the contract.
+    #[error("{0}")]
+    Input(String),
+    /// No tokens to compute.
+    #[error("input 'tokens' is empty")]
+    Empty,
+    /// A token id is not below the vocabulary size.
+    #[error("token id {token} at position {position} is outside the vocabulary (size {vocab})")]
+    TokenOutOfRange {
+        /// The id.
+        token: u32,
+        /// Its index in the input.
+        position: usize,
+        /// The vocabulary size.
+        vocab: usize,
+    },
+    /// A chunk longer than [`MAX_CHUNK`].
+    #[error("{n} tokens in one compute; the most is {max}: send the prompt in chunks")]
+    ChunkTooLong {
+        /// Tokens given.
+        n: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Too many live execution contexts in one instance.
+    #[error("this instance already holds {max} execution contexts (the most allowed)")]
+    TooManyContexts {
+        /// The limit.
+        max: usize,
+    },
+    /// The backend failed.
+    #[error("backend: {0}")]
+    Backend(String),
+}
+
+impl NnError {
+    /// The wasi-nn error code for this error.
+    pub fn code(&self) -> wit::ErrorCode {
+        use wit::ErrorCode as C;
+        match self {
+            Self::NotFound { .. } => C::NotFound,
+            Self::LoadFromBytes => C::UnsupportedOperation,
+            Self::Input(_) | Self::Empty | Self::TokenOutOfRange { .. } => C::InvalidArgument,
+            Self::ChunkTooLong { .. } | Self::TooManyContexts { .. } => C::TooLarge,
+            Self::Backend(_) => C::RuntimeError,
+        }
+    }
+}
+
+/// Which backend `--backend` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    /// The GPU if a hardware (non-CPU) adapter exists, else the CPU.
+    Auto,
+    /// The GPU (wgpu); an error if there is no adapter.
+    Gpu,
+    /// The engine natively on the host's cores.
+    Cpu,
+}
+
+/// Why models could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// `--model` is not `NAME=FILE`.
+    #[error("--model '{0}': expected NAME=FILE.gguf")]
+    Spec(String),
+    /// Two `--model`s with one name.
+    #[error("--model: the name '{0}' is given twice")]
+    Duplicate(String),
+    /// The file could not be read.
+    #[error("model '{name}': cannot open {path}: {source}")]
+    Open {
+        /// The name.
+        name: String,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not a usable model.
+    #[error("model '{name}' ({path}): {message}")]
+    Model {
+        /// The name.
+        name: String,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The backend could not be set up.
+    #[error("backend: {0}")]
+    Backend(String),
+}
+
+/// A `--model NAME=FILE` argument.
+#[derive(Clone, Debug)]
+pub struct ModelSpec {
+    /// The name guests load it by.
+    pub name: String,
+    /// The GGUF file.
+    pub path: PathBuf,
+}
+
+impl std::str::FromStr for ModelSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once('=') {
+            Some((name, path)) if valid_name(name) && !path.is_empty() => {
+                Ok(Self { name: name.to_owned(), path: path.into() })
+            }
+            _ => Err(LoadError::Spec(s.to_owned()).to_string()),
+        }
+    }
+}
+
+/// A model name: 1..=64 ASCII letters, digits, `-`, `_`, `.` (no comma: names travel
+/// comma-separated in `TINYSTATE_MODELS`).
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// What identifies a tokenizer: vocabulary size and [`Tokenizer::fingerprint`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenizerId {
+    /// Tokens in the vocabulary.
+    pub vocab: usize,
+    /// Hash of the token list.
+    pub hash: u64,
+}
+
+impl TokenizerId {
+    /// The id of `tokenizer`.
+    pub fn of(tokenizer: &Tokenizer) -> Self {
+        Self { vocab: tokenizer.vocab_size(), hash: tokenizer.fingerprint() }
+    }
+}
+
+impl std::fmt::Display for TokenizerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} tokens, fingerprint {:016x}", self.vocab, self.hash)
+    }
+}
+
+/// One loaded model.
+pub struct Model {
+    /// Its name.
+    pub name: String,
+    /// Logits per position.
+    pub vocab: usize,
+    /// Its tokenizer's identity.
+    pub tokenizer: TokenizerId,
+    backend: Backend,
+}
+
+/// Where a model computes.
+enum Backend {
+    Cpu(Arc<cpu::CpuModel>),
+}
+
+impl Model {
+    /// A fresh sequence on this model.
+    pub fn new_context(&self) -> Result<Context, NnError> {
+        match &self.backend {
+            Backend::Cpu(m) => {
+                Ok(Context { vocab: self.vocab, inner: Inner::Cpu(cpu::CpuContext::new(m.clone())) })
+            }
+        }
+    }
+
+    /// The backend's name, for logs.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Cpu(_) => "cpu",
+        }
+    }
+}
+
+/// One sequence's state on a backend; dropping it frees the state.
+pub struct Context {
+    vocab: usize,
+    inner: Inner,
+}
+
+enum Inner {
+    Cpu(cpu::CpuContext),
+}
+
+impl Context {
+    /// Feeds `tokens` (1..=[`MAX_CHUNK`], each below the vocabulary size) and returns the
+    /// logits (vocab,) after the last one, as little-endian f32 bytes.
+    pub async fn compute(&mut self, tokens: Vec<TokenId>) -> Result<Vec<u8>, NnError> {
+        contract::check_tokens(&tokens, self.vocab)?;
+        match &mut self.inner {
+            Inner::Cpu(c) => c.compute(tokens).await,
+        }
+    }
+}
+
+/// Every model `serve` was given, by name.
+pub struct Models {
+    by_name: BTreeMap<String, Arc<Model>>,
+    /// Names in `--model` order.
+    order: Vec<String>,
+}
+
+impl Models {
+    /// Loads every model in `specs` on the backend `choice` resolves to.
+    pub fn load(specs: &[ModelSpec], choice: BackendChoice) -> Result<Self, LoadError> {
+        let kind = resolve_backend(choice)?;
+        let mut models = Self { by_name: BTreeMap::new(), order: Vec::new() };
+        for spec in specs {
+            if models.by_name.contains_key(&spec.name) {
+                return Err(LoadError::Duplicate(spec.name.clone()));
+            }
+            let model = load_one(spec, kind)?;
+            models.order.push(spec.name.clone());
+            models.by_name.insert(spec.name.clone(), Arc::new(model));
+        }
+        Ok(models)
+    }
+
+    /// The model called `name`.
+    pub fn get(&self, name: &str) -> Result<Arc<Model>, NnError> {
+        self.by_name
+            .get(name)
+            .cloned()
+            .ok_or_else(|| NnError::NotFound { name: name.to_owned(), loaded: self.order.join(",") })
+    }
+
+    /// The names, in `--model` order.
+    pub fn names(&self) -> &[String] {
+        &self.order
+    }
+
+    /// The models, in `--model` order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Model>> {
+        self.order.iter().filter_map(|n| self.by_name.get(n))
+    }
+}
+
+/// The backend a choice comes to on this machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BackendKind {
+    Cpu,
+}
+
+/// `auto` is the GPU when this binary has the GPU backend and a hardware adapter exists,
+/// else the CPU; `gpu` without a GPU backend is an error.
+fn resolve_backend(choice: BackendChoice) -> Result<BackendKind, LoadError> {
+    match choice {
+        BackendChoice::Cpu => {
+            tracing::info!(backend = "cpu", "wasi-nn backend: CPU (--backend cpu)");
+            Ok(BackendKind::Cpu)
+        }
+        BackendChoice::Auto => {
+            tracing::info!(
+                backend = "cpu",
+                "wasi-nn backend: CPU (--backend auto; this binary has no GPU backend)"
+            );
+            Ok(BackendKind::Cpu)
+        }
+        BackendChoice::Gpu => Err(LoadError::Backend(
+            "--backend gpu: this binary was built without the GPU backend; use --backend cpu".into(),
+        )),
+    }
+}
+
+/// Maps, parses and loads one model file; logs the time and bytes.
+fn load_one(spec: &ModelSpec, kind: BackendKind) -> Result<Model, LoadError> {
+    let t0 = Instant::now();
+    let bad =
+        |message: String| LoadError::Model { name: spec.name.clone(), path: spec.path.clone(), message };
+    let file = ModelFile::open(&spec.path).map_err(|source| LoadError::Open {
+        name: spec.name.clone(),
+        path: spec.path.clone(),
+        source,
+    })?;
+    // Served models live as long as the process: the mapping is leaked so the engine's views
+    // into it are `'static` and every context can share them.
+    let file: &'static ModelFile = Box::leak(Box::new(file));
+    let g = Gguf::parse(file.bytes()).map_err(|e| bad(e.to_string()))?;
+    let mamba = Mamba::load(&g).map_err(|e| bad(e.to_string()))?;
+    let tokenizer = Tokenizer::from_gguf(&g).map_err(|e| bad(format!("tokenizer: {e}")))?;
+    let vocab = mamba.config.vocab;
+    let backend = match kind {
+        BackendKind::Cpu => Backend::Cpu(Arc::new(cpu::CpuModel::new(mamba))),
+    };
+    let model = Model { name: spec.name.clone(), vocab, tokenizer: TokenizerId::of(&tokenizer), backend };
+    tracing::info!(
+        model = %spec.name,
+        path = %spec.path.display(),
+        bytes = file.bytes().len(),
+        vocab,
+        backend = model.backend_name(),
+        load_ms = t0.elapsed().as_millis() as u64,
+        "model loaded"
+    );
+    Ok(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> Models {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../engine/tests/fixtures/parity/tiny/model-q8_0.gguf");
+        Models::load(&[ModelSpec { name: "tiny".into(), path }], BackendChoice::Cpu).expect("load tiny")
+    }
+
+    #[tokio::test]
+    async fn cpu_context_computes_and_checks_inputs() {
+        let models = tiny();
+        let m = models.get("tiny").unwrap();
+        let mut ctx = m.new_context().unwrap();
+        let logits = ctx.compute(vec![TokenId(1), TokenId(2)]).await.unwrap();
+        assert_eq!(logits.len(), 4 * m.vocab);
+        // Decode steps continue the same sequence.
+        let step = ctx.compute(vec![TokenId(3)]).await.unwrap();
+        assert_ne!(step, logits);
+        let e = ctx.compute(vec![TokenId(m.vocab as u32)]).await.unwrap_err();
+        assert_eq!(e.code(), wit::ErrorCode::InvalidArgument, "{e}");
+        let e = ctx.compute(vec![]).await.unwrap_err();
+        assert_eq!(e, NnError::Empty);
+        let e = ctx.compute(vec![TokenId(0); contract::MAX_CHUNK + 1]).await.unwrap_err();
+        assert_eq!(e.code(), wit::ErrorCode::TooLarge, "{e}");
+        // A failed compute leaves the context usable.
+        assert_eq!(ctx.compute(vec![TokenId(3)]).await.unwrap().len(), 4 * m.vocab);
+    }
+
+    #[tokio::test]
+    async fn same_tokens_same_logits_in_one_chunk_or_many() {
+        let models = tiny();
+        let m = models.get("tiny").unwrap();
+        let ids: Vec<TokenId> = (0..70).map(|i| TokenId(i % m.vocab as u32)).collect();
+        let whole = m.new_context().unwrap().compute(ids.clone()).await.unwrap();
+        let mut ctx = m.new_context().unwrap();
+        ctx.compute(ids[..50].to_vec()).await.unwrap();
+        let split = ctx.compute(ids[50..].to_vec()).await.unwrap();
+        let f = |b: &[u8]| {
+            b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<_>>()
+        };
+        let diff = f(&whole).iter().zip(f(&split)).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(diff < 1e-3, "max difference {diff}");
+    }
+
+    #[test]
+    fn unknown_names_and_bad_specs() {
+        let models = tiny();
+        let e = models.get("nope").map(|_| ()).unwrap_err();
+        assert_eq!(e.code(), wit::ErrorCode::NotFound);
+        assert!(e.to_string().contains("tiny"), "{e}");
+        assert!("a=b.gguf".parse::<ModelSpec>().is_ok());
+        for bad in ["a", "=x.gguf", "a=", "a,b=x.gguf", "a b=x"] {
+            assert!(bad.parse::<ModelSpec>().is_err(), "{bad}");
+        }
+        assert!(matches!(Models::load(&[], BackendChoice::Gpu), Err(LoadError::Backend(_))));
+    }
+}
