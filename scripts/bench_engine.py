@@ -2,7 +2,7 @@
 """Engine vs llama.cpp, side by side in one run: decode and prefill tokens/s on the same GGUF files.
 
 usage: scripts/bench_engine.py [--types f32,f16,q8_0] [--threads 1,2] [--runs 3] [--decode 128]
-                               [--prefill 256] [--out target/bench]
+                               [--prefill 256] [--out target/bench] [--binary PATH]
 
 Makes Mamba-130m-shaped files with random weights (d_model 768, 24 layers, vocab 50280) with
 models/make_random_mamba.py, builds `tinystate` in release mode, then for every file and thread
@@ -82,13 +82,18 @@ def main():
     p.add_argument("--decode", type=int, default=128)
     p.add_argument("--prefill", type=int, default=256)
     p.add_argument("--out", default=str(ROOT / "target/bench"))
+    p.add_argument("--binary", help="a built `tinystate` to use instead of building one (e.g. on a machine "
+                   "without cargo)")
     a = p.parse_args()
     types = a.types.split(",")
     threads = [int(t) for t in a.threads.split(",")]
 
-    print("building tinystate (release)", file=sys.stderr)
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "tinystate"], check=True, cwd=ROOT)
-    binary = ROOT / "target/release/tinystate"
+    if a.binary:
+        binary = Path(a.binary).resolve()
+    else:
+        print("building tinystate (release)", file=sys.stderr)
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "tinystate"], check=True, cwd=ROOT)
+        binary = ROOT / "target/release/tinystate"
     files = make_models(Path(a.out), types)
 
     rows = []

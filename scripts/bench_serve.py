@@ -49,8 +49,8 @@ print(json.dumps({"decode_tok_s": n / (time.perf_counter() - t)}))
 """
 
 
-def start_server(args):
-    p = subprocess.Popen([str(BIN), "serve", "--addr", "127.0.0.1:0", *args], stdout=subprocess.PIPE,
+def start_server(args, binary=BIN):
+    p = subprocess.Popen([str(binary), "serve", "--addr", "127.0.0.1:0", *args], stdout=subprocess.PIPE,
                          stderr=subprocess.DEVNULL, text=True, env={**os.environ, "RUST_LOG": "warn"})
     line = p.stdout.readline()
     m = re.search(r"http://([\d.]+):(\d+)", line)
@@ -140,12 +140,12 @@ def llama_decode(model_path, n):
     return json.loads(out.stdout)["decode_tok_s"]
 
 
-def hey(host, port, model, requests, conc, max_tokens):
+def hey(host, port, model, requests, conc, max_tokens, hey_bin="hey"):
     """requests/s, p50 and p99 latency (ms) and status counts of `requests` completions at `conc`."""
     body = json.dumps({"model": model, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0,
                        "ignore_eos": True})
     t0 = time.perf_counter()
-    out = subprocess.run(["hey", "-n", str(requests), "-c", str(conc), "-t", "300", "-m", "POST", "-T", "application/json",
+    out = subprocess.run([hey_bin, "-n", str(requests), "-c", str(conc), "-t", "300", "-m", "POST", "-T", "application/json",
                           "-d", body, "-o", "csv", f"http://{host}:{port}/v1/completions"], check=True,
                          capture_output=True, text=True).stdout
     wall = time.perf_counter() - t0

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""The wasi-nn GPU backend through the real HTTP path: `tinystate serve --model NAME=FILE --backend gpu`
+with the nn guest, single-stream decode tokens/s and aggregate tokens/s at several numbers of
+concurrent streams, each with its fraction of the bandwidth bound; the PyTorch CUDA-graph peer in
+the same run when asked.
+
+usage: scripts/bench_gpu_serve.py MODEL.gguf [MODEL.gguf …] [--binary target/release/tinystate]
+           [--concurrency 1,8,64,256] [--max-tokens 64] [--rounds 2] [--hey hey] [--peer PATH.py]
+
+The binary must embed an nn guest built for the models' tokenizer (host/build.rs builds it from
+`TINYSTATE_MODEL`; the server refuses a model whose tokenizer differs). For each model: one
+server; single-stream decode is a streamed greedy completion of 256 tokens (`ignore_eos`), timed
+between its first and last token events; then for each concurrency C, `hey` sends C·rounds
+non-streamed completions of `--max-tokens` tokens (`ignore_eos`) with C clients, and aggregate
+tokens/s is completed requests × max-tokens ÷ wall time (prefill of the short prompt included).
+Bandwidth bound: a batched decode step reads every weight once, so B streams cannot exceed
+B × 4.2 TB/s ÷ (weight bytes) tokens/s (4.2 TB/s: the read bandwidth measured on the H200
+through wgpu, DESIGN.md). Prints Markdown for BENCHMARKS.md.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_serve  # noqa: E402  (scripts/ is not a package)
+
+PEAK = 4.2e12
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def weight_bytes(path):
+    """Bytes of the tensors a decode step reads: every tensor but the embedding table's unused rows
+    (the embedding is read one row per token; when tied it is also the output matrix, read whole)."""
+    sys.path.insert(0, str(ROOT / ".pydeps"))
+    import gguf  # gguf-py, the llama.cpp writer/reader
+
+    r = gguf.GGUFReader(str(path))
+    names = {t.name for t in r.tensors}
+    total = 0
+    for t in r.tensors:
+        if t.name == "token_embd.weight" and "output.weight" in names:
+            continue
+        total += int(t.n_bytes)
+    return total
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("models", nargs="+")
+    p.add_argument("--binary", default=str(ROOT / "target/release/tinystate"))
+    p.add_argument("--concurrency", default="1,8,64,256")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--hey", default="hey")
+    p.add_argument("--peer", help="shared/peers/torch_mamba_graph.py, run after ours")
+    a = p.parse_args()
+    concs = [int(c) for c in a.concurrency.split(",")]
+    rows = []
+    for model in a.models:
+        wb = weight_bytes(model)
+        server, host, port = bench_serve.start_server(
+            ["--model", f"bench={model}", "--backend", "gpu", "--nn-slots", str(max(concs)),
+             "--max-concurrency", str(max(concs) + 8), "--timeout", "600s"], binary=a.binary)
+        try:
+            single = bench_serve.guest_decode(host, port, "bench", 256)
+            print(f"{Path(model).name}: single stream {single:.1f} tok/s", file=sys.stderr)
+            for c in concs:
+                n = c * a.rounds
+                t0 = time.perf_counter()
+                rps, p50, p99, codes = bench_serve.hey(host, port, "bench", n, c, a.max_tokens, a.hey)
+                wall = time.perf_counter() - t0
+                ok = codes.get("200", 0)
+                agg = ok * a.max_tokens / wall
+                bound = c * PEAK / wb
+                rows.append((Path(model).name, wb, c, agg, agg / bound, p50, p99, codes, single))
+                print(f"  C={c}: {agg:.0f} tok/s, codes {codes}", file=sys.stderr)
+        finally:
+            server.terminate()
+            server.wait()
+    print(f"Models: {', '.join(Path(m).name for m in a.models)}; {a.max_tokens} tokens per request, "
+          f"{a.rounds} requests per client; bound = streams × 4.2 TB/s ÷ weight bytes.\n")
+    print("| model | weights (MB) | streams | aggregate tok/s | of bound | p50 request (ms) | p99 (ms) | statuses |")
+    print("|---|---|---|---|---|---|---|---|")
+    seen = set()
+    for name, wb, c, agg, frac, p50, p99, codes, single in rows:
+        if name not in seen:
+            seen.add(name)
+            print(f"| {name} | {wb / 1e6:.1f} | 1 (streamed, 256 tokens) | {single:.0f} | "
+                  f"{single / (PEAK / wb):.2%} | | | |")
+        st = ", ".join(f"{k}: {v}" for k, v in sorted(codes.items()))
+        print(f"| {name} | {wb / 1e6:.1f} | {c} | {agg:.0f} | {frac:.2%} | {p50:.0f} | {p99:.0f} | {st} |")
+    if a.peer:
+        out = subprocess.run([sys.executable, a.peer], capture_output=True, text=True, env=os.environ).stdout
+        print("\nPeer (same run): " + "; ".join(
+            f"B={j['batch']}: {j['tok_s_aggregate']:.0f} tok/s" for j in map(json.loads, out.splitlines())
+            if j.get("batch") is not None))
+
+
+if __name__ == "__main__":
+    main()
