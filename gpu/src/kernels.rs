@@ -15,8 +15,12 @@ pub(crate) enum Op {
     MatPlain,
     /// out = RMSNorm(X)·w · Wᵀ (`in_rmsnorm.wgsl` + `matmul.wgsl`).
     MatNorm,
-    /// out = SiLU(conv1d(X)) · Wᵀ, storing the conv output (`in_conv.wgsl` + `matmul.wgsl`).
-    MatConv,
+    /// u = SiLU(conv1d(X)) (`conv.wgsl`).
+    Conv,
+    /// xn = RMSNorm(x)·w, the GEMM path's input (`rmsnorm.wgsl`).
+    RmsNorm,
+    /// out (+)= X · Wᵀ as a tiled GEMM for batches and prefill chunks (`gemm.wgsl`).
+    Gemm,
     /// Δ projection, selective scan, gate and conv window shift (`scan.wgsl`).
     Scan,
 }
@@ -25,6 +29,13 @@ pub(crate) enum Op {
 pub(crate) const MM_ROWS: u32 = 4;
 /// Tokens per `matmul.wgsl` workgroup.
 pub(crate) const MM_TOKENS: u32 = 8;
+/// Weight rows per `gemm.wgsl` workgroup.
+pub(crate) const GEMM_ROWS: u32 = 32;
+/// Tokens per `gemm.wgsl` workgroup.
+pub(crate) const GEMM_TOKENS: u32 = 32;
+/// Calls with more token rows than this take the GEMM path (`gemm.wgsl`), others the matrix ×
+/// vector path (`matmul.wgsl`).
+pub(crate) const GEMM_MIN_TOKENS: u32 = MM_TOKENS;
 /// Threads per workgroup in every shader.
 pub(crate) const WG: u32 = 64;
 
@@ -36,7 +47,9 @@ fn source(op: Op, f: Format) -> String {
         Op::Embed => &[include_str!("shaders/embed.wgsl")],
         Op::MatPlain => &[include_str!("shaders/in_plain.wgsl"), MATMUL],
         Op::MatNorm => &[include_str!("shaders/in_rmsnorm.wgsl"), MATMUL],
-        Op::MatConv => &[include_str!("shaders/in_conv.wgsl"), MATMUL],
+        Op::Conv => &[include_str!("shaders/conv.wgsl")],
+        Op::RmsNorm => &[include_str!("shaders/rmsnorm.wgsl")],
+        Op::Gemm => &[include_str!("shaders/gemm.wgsl")],
         Op::Scan => &[include_str!("shaders/scan.wgsl")],
     };
     let mut s = String::from(COMMON);
@@ -112,6 +125,45 @@ pub(crate) struct MatParams {
     pub head: u32,
     pub layer: u32,
     pub aux: [u32; 4],
+}
+
+/// `gemm.wgsl` Params.
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct GemmParams {
+    pub rows: u32,
+    pub cols: u32,
+    pub groups: u32,
+    pub x_stride: u32,
+    pub o_stride: u32,
+    pub add: u32,
+    pub head: u32,
+    pub _pad: u32,
+}
+
+/// `rmsnorm.wgsl` Params.
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct NormParams {
+    pub cols: u32,
+    pub x_stride: u32,
+    pub w_off: u32,
+    pub eps_bits: u32,
+    pub head: u32,
+    pub _pad: [u32; 3],
+}
+
+/// `conv.wgsl` Params.
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct ConvParams {
+    pub d_inner: u32,
+    pub d_conv: u32,
+    pub n_layer: u32,
+    pub layer: u32,
+    pub off_w: u32,
+    pub off_b: u32,
+    pub _pad: [u32; 2],
 }
 
 /// `scan.wgsl` Params.
