@@ -21,8 +21,12 @@ pub(crate) enum Op {
     RmsNorm,
     /// out (+)= X · Wᵀ as a tiled GEMM for batches and prefill chunks (`gemm.wgsl`).
     Gemm,
-    /// Δ projection, selective scan, gate and conv window shift (`scan.wgsl`).
+    /// Δ projection, selective scan, gate and conv window shift, a thread per channel
+    /// (`scan_common.wgsl` + `scan.wgsl`).
     Scan,
+    /// The same with 16 threads per channel, for small batches (`scan_common.wgsl` +
+    /// `scan_lanes.wgsl`).
+    ScanLanes,
 }
 
 /// Workgroup tile of `matmul.wgsl`: output rows and tokens per workgroup.
@@ -36,11 +40,14 @@ pub(crate) const GEMM_TOKENS: u32 = 32;
 /// Calls with more token rows than this take the GEMM path (`gemm.wgsl`), others the matrix ×
 /// vector path (`matmul.wgsl`).
 pub(crate) const GEMM_MIN_TOKENS: u32 = MM_TOKENS;
+/// Channels per `scan_lanes.wgsl` workgroup.
+pub(crate) const SCAN_LANES_CHANNELS: u32 = 4;
 /// Threads per workgroup in every shader.
 pub(crate) const WG: u32 = 64;
 
 const COMMON: &str = include_str!("shaders/common.wgsl");
 const MATMUL: &str = include_str!("shaders/matmul.wgsl");
+const SCAN_COMMON: &str = include_str!("shaders/scan_common.wgsl");
 
 fn source(op: Op, f: Format) -> String {
     let parts: &[&str] = match op {
@@ -50,7 +57,8 @@ fn source(op: Op, f: Format) -> String {
         Op::Conv => &[include_str!("shaders/conv.wgsl")],
         Op::RmsNorm => &[include_str!("shaders/rmsnorm.wgsl")],
         Op::Gemm => &[include_str!("shaders/gemm.wgsl")],
-        Op::Scan => &[include_str!("shaders/scan.wgsl")],
+        Op::Scan => &[SCAN_COMMON, include_str!("shaders/scan.wgsl")],
+        Op::ScanLanes => &[SCAN_COMMON, include_str!("shaders/scan_lanes.wgsl")],
     };
     let mut s = String::from(COMMON);
     s.push_str(f.shader());

@@ -19,7 +19,7 @@
 use crate::device::{ErrorSlot, Gpu};
 use crate::kernels::{
     ConvParams, EmbedParams, GEMM_MIN_TOKENS, GEMM_ROWS, GEMM_TOKENS, GemmParams, MM_ROWS, MM_TOKENS,
-    MatParams, NormParams, Op, Pipelines, Run, ScanParams, WG,
+    MatParams, NormParams, Op, Pipelines, Run, SCAN_LANES_CHANNELS, ScanParams, WG,
 };
 use crate::weights::{Format, Packed, pack, same_tensor};
 use crate::{GpuError, TokenId};
@@ -621,8 +621,11 @@ impl GpuModel {
                 (10, &self.states.ssm),
                 (11, &a.y),
             ];
+            let x = di.div_ceil(SCAN_LANES_CHANNELS);
+            let d = b.dispatch(Op::ScanLanes, Some(&w_dt), &sp, &bufs, x, Rows::Seqs)?;
+            plan.push(d.on(small_path, "scan"));
             let d = b.dispatch(Op::Scan, Some(&w_dt), &sp, &bufs, di.div_ceil(WG), Rows::Seqs)?;
-            plan.push(d.on(When::Always, "scan"));
+            plan.push(d.on(big_path, "scan"));
 
             // out_proj: x += y · W_outᵀ
             let p = MatParams { add: 1, ..mp(&w_out, di, di, dm, [0; 4]) };
@@ -647,7 +650,7 @@ impl GpuModel {
         };
         let x = head.rows.div_ceil(MM_ROWS);
         let max_x = lim.max_compute_workgroups_per_dimension;
-        if x > max_x || di.div_ceil(WG) > max_x || embed.groups.div_ceil(WG) > max_x {
+        if x > max_x || di.div_ceil(SCAN_LANES_CHANNELS) > max_x || embed.groups.div_ceil(WG) > max_x {
             return Err(GpuError::TooLarge {
                 what: format!("workgroup grid of {x} for the LM head"),
                 limit: max_x.into(),
