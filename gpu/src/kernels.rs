@@ -15,6 +15,9 @@ pub(crate) enum Op {
     MatPlain,
     /// out = RMSNorm(X)·w · Wᵀ (`in_rmsnorm.wgsl` + `matmul.wgsl`).
     MatNorm,
+    /// MatNorm, then u = SiLU(conv1d(out[:, :d_inner])) from the tile's sums, for calls whose
+    /// tokens fit one tile (`in_rmsnorm.wgsl` + `out_conv.wgsl` + `matmul.wgsl`).
+    MatNormConv,
     /// u = SiLU(conv1d(X)) (`conv.wgsl`).
     Conv,
     /// xn = RMSNorm(x)·w, the GEMM path's input (`rmsnorm.wgsl`).
@@ -38,8 +41,9 @@ pub(crate) const GEMM_ROWS: u32 = 32;
 /// Tokens per `gemm.wgsl` workgroup.
 pub(crate) const GEMM_TOKENS: u32 = 32;
 /// Calls with more token rows than this take the GEMM path (`gemm.wgsl`), others the matrix ×
-/// vector path (`matmul.wgsl`).
+/// vector path (`matmul.wgsl`). At most MM_TOKENS: `out_conv.wgsl` needs every token in one tile.
 pub(crate) const GEMM_MIN_TOKENS: u32 = MM_TOKENS;
+const _: () = assert!(GEMM_MIN_TOKENS <= MM_TOKENS);
 /// Channels per `scan_lanes.wgsl` workgroup.
 pub(crate) const SCAN_LANES_CHANNELS: u32 = 4;
 /// Threads per workgroup in every shader.
@@ -47,13 +51,16 @@ pub(crate) const WG: u32 = 64;
 
 const COMMON: &str = include_str!("shaders/common.wgsl");
 const MATMUL: &str = include_str!("shaders/matmul.wgsl");
+const IN_RMSNORM: &str = include_str!("shaders/in_rmsnorm.wgsl");
+const OUT_PLAIN: &str = include_str!("shaders/out_plain.wgsl");
 const SCAN_COMMON: &str = include_str!("shaders/scan_common.wgsl");
 
 fn source(op: Op, f: Format) -> String {
     let parts: &[&str] = match op {
         Op::Embed => &[include_str!("shaders/embed.wgsl")],
-        Op::MatPlain => &[include_str!("shaders/in_plain.wgsl"), MATMUL],
-        Op::MatNorm => &[include_str!("shaders/in_rmsnorm.wgsl"), MATMUL],
+        Op::MatPlain => &[include_str!("shaders/in_plain.wgsl"), OUT_PLAIN, MATMUL],
+        Op::MatNorm => &[IN_RMSNORM, OUT_PLAIN, MATMUL],
+        Op::MatNormConv => &[IN_RMSNORM, include_str!("shaders/out_conv.wgsl"), MATMUL],
         Op::Conv => &[include_str!("shaders/conv.wgsl")],
         Op::RmsNorm => &[include_str!("shaders/rmsnorm.wgsl")],
         Op::Gemm => &[include_str!("shaders/gemm.wgsl")],
@@ -132,7 +139,7 @@ pub(crate) struct MatParams {
     pub add: u32,
     pub head: u32,
     pub layer: u32,
-    pub aux: [u32; 4],
+    pub aux: [u32; 8],
 }
 
 /// `gemm.wgsl` Params.

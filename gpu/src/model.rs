@@ -1,20 +1,24 @@
 //! One Mamba-1 model on the GPU: weights uploaded once, `slots` resident recurrent states, and a
 //! prerecorded plan of dispatches that every call replays inside one compute pass.
 //!
-//! The plan, for a call of n tokens (B decode rows, or one slot's prefill chunk):
+//! The plan, for a call of n tokens (B decode rows, or one slot's prefill chunk). Two paths are
+//! prerecorded; a call takes the small one when n ≤ GEMM_MIN_TOKENS (matrix × vectors,
+//! `matmul.wgsl`, conv fused into in_proj, 16-lane scan) and the GEMM one otherwise
+//! (`gemm.wgsl` on inputs normed / convolved by their own kernels, thread-per-channel scan):
 //! ```text
 //! embed                    x  (n, d_model)      = token_embd[ids]
 //! per layer:
-//!   in_proj  (MatNorm)     xz (n, 2·d_inner)    = RMSNorm(x)·attn_norm · W_inᵀ
-//!   x_proj   (MatConv)     xdb (n, r + 2·N)     = u · W_xᵀ,  u = SiLU(conv1d(xz[:, :d_inner]))
-//!   scan     (Scan)        y  (n, d_inner)      = scan(u, softplus(W_dt·δ + b), A, B, C, D) · SiLU(z)
-//!   out_proj (MatPlain)    x += y · W_outᵀ
-//! lm_head  (MatNorm)       logits (n_out, vocab) = RMSNorm(x[rows])·norm_f · W_outputᵀ
+//!   in_proj                xz (n, 2·d_inner)    = RMSNorm(x)·attn_norm · W_inᵀ
+//!   conv                   u  (n, d_inner)      = SiLU(conv1d(xz[:, :d_inner]))
+//!   x_proj                 xdb (n, r + 2·N)     = u · W_xᵀ
+//!   scan                   y  (n, d_inner)      = scan(u, softplus(W_dt·δ + b), A, B, C, D) · SiLU(z)
+//!   out_proj               x += y · W_outᵀ
+//! lm_head                  logits (n_out, vocab) = RMSNorm(x[rows])·norm_f · W_outputᵀ
 //! ```
-//! so a step is 4·n_layer + 2 dispatches and one submission. Each sequence's token rows are
-//! described by a small table (`meta`, see `shaders/common.wgsl`) written before the submission;
-//! the conv kernel reads a slot's window and the scan kernel, which runs after every reader,
-//! shifts it.
+//! so a small call is 4·n_layer + 2 dispatches and a GEMM call 6·n_layer + 3, in one submission.
+//! Each sequence's token rows are described by a small table (`meta`, see
+//! `shaders/common.wgsl`) written before the submission; the conv reads a slot's window and the
+//! scan kernel, which runs after every reader, shifts it.
 
 use crate::device::{ErrorSlot, Gpu};
 use crate::kernels::{
@@ -525,7 +529,7 @@ impl GpuModel {
             let w_out = b.matrix("ssm_out", &layer.ssm_out)?;
             bytes += [&w_in, &w_x, &w_dt, &w_out].iter().map(|w| matrix_bytes(w)).sum::<u64>();
             let l = l as u32;
-            let mp = |w: &GpuMatrix, cols: u32, x_stride: u32, o_stride: u32, aux: [u32; 4]| MatParams {
+            let mp = |w: &GpuMatrix, cols: u32, x_stride: u32, o_stride: u32, aux: [u32; 8]| MatParams {
                 rows: w.rows,
                 cols,
                 groups: w.groups,
@@ -547,10 +551,19 @@ impl GpuModel {
             let tiles = |w: &GpuMatrix| w.rows.div_ceil(MM_ROWS);
             let gtiles = |w: &GpuMatrix| w.rows.div_ceil(GEMM_ROWS);
 
-            // in_proj: xz = RMSNorm(x)·attn_norm · W_inᵀ
-            let p = mp(&w_in, dm, dm, 2 * di, [o.attn_norm, eps, 0, 0]);
-            let bufs = [(1, &a.run), (4, &a.x), (5, &a.xz), (6, &small)];
-            let d = b.dispatch(Op::MatNorm, Some(&w_in), &p, &bufs, tiles(&w_in), Rows::TokenTiles)?;
+            // in_proj: xz = RMSNorm(x)·attn_norm · W_inᵀ (small calls: and the conv below)
+            let (dc, nl) = (c.d_conv as u32, c.n_layer as u32);
+            let p = mp(&w_in, dm, dm, 2 * di, [o.attn_norm, eps, o.conv_w, o.conv_b, dc, nl, 0, 0]);
+            let bufs = [
+                (1, &a.run),
+                (4, &a.x),
+                (5, &a.xz),
+                (6, &small),
+                (7, &self.states.conv),
+                (8, &a.meta),
+                (9, &a.u),
+            ];
+            let d = b.dispatch(Op::MatNormConv, Some(&w_in), &p, &bufs, tiles(&w_in), Rows::TokenTiles)?;
             plan.push(d.on(small_path, "in_proj"));
             let np = NormParams {
                 cols: dm,
@@ -579,12 +592,11 @@ impl GpuModel {
             let bufs =
                 [(1, &a.run), (4, &a.xz), (6, &small), (7, &self.states.conv), (8, &a.meta), (9, &a.u)];
             plan.push(
-                b.dispatch(Op::Conv, None, &cp, &bufs, di.div_ceil(WG), Rows::Tokens)?
-                    .on(When::Always, "conv"),
+                b.dispatch(Op::Conv, None, &cp, &bufs, di.div_ceil(WG), Rows::Tokens)?.on(big_path, "conv"),
             );
 
             // x_proj: xdb = u · W_xᵀ
-            let p = mp(&w_x, di, di, xl, [0; 4]);
+            let p = mp(&w_x, di, di, xl, [0; 8]);
             let bufs = [(1, &a.run), (4, &a.u), (5, &a.xdb)];
             let d = b.dispatch(Op::MatPlain, Some(&w_x), &p, &bufs, tiles(&w_x), Rows::TokenTiles)?;
             plan.push(d.on(small_path, "x_proj"));
@@ -628,7 +640,7 @@ impl GpuModel {
             plan.push(d.on(big_path, "scan"));
 
             // out_proj: x += y · W_outᵀ
-            let p = MatParams { add: 1, ..mp(&w_out, di, di, dm, [0; 4]) };
+            let p = MatParams { add: 1, ..mp(&w_out, di, di, dm, [0; 8]) };
             let bufs = [(1, &a.run), (4, &a.y), (5, &a.x)];
             let d = b.dispatch(Op::MatPlain, Some(&w_out), &p, &bufs, tiles(&w_out), Rows::TokenTiles)?;
             plan.push(d.on(small_path, "out_proj"));
@@ -645,7 +657,7 @@ impl GpuModel {
             x_stride: dm,
             o_stride: head.rows,
             head: 1,
-            aux: [norm_f, eps, 0, 0],
+            aux: [norm_f, eps, 0, 0, 0, 0, 0, 0],
             ..Default::default()
         };
         let x = head.rows.div_ceil(MM_ROWS);

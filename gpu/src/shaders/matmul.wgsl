@@ -1,6 +1,7 @@
 // Matrix × few vectors (decode at small B): out (n, rows) = X (n, cols) · Wᵀ, or out += it
 // (residual). X comes from `load_x` (an in_*.wgsl prologue: plain or RMSNorm), W from `load_w`
-// (a weights_*.wgsl file). Larger batches take gemm.wgsl.
+// (a weights_*.wgsl file); an out_*.wgsl `epilogue` may use the finished sums (the conv after
+// in_proj). Larger batches take gemm.wgsl.
 //
 // A workgroup owns R output rows × TT tokens: every weight group it loads is used for TT tokens,
 // every activation group for R rows. Its 64 threads split the columns (consecutive threads read
@@ -14,10 +15,14 @@ struct Params {
     add: u32,      // 1: out += X·Wᵀ (residual), 0: out = X·Wᵀ
     head: u32,     // 1: tokens are run.out_row0.. (n_out of them), else 0.. (n_tok)
     layer: u32,    // block index (state offsets)
-    aux0: u32,     // prologue-specific (see the in_*.wgsl file)
+    aux0: u32,     // prologue / epilogue specific (see the in_*.wgsl and out_*.wgsl files)
     aux1: u32,
     aux2: u32,
     aux3: u32,
+    aux4: u32,
+    aux5: u32,
+    aux6: u32,
+    aux7: u32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>; // (n, o_stride)
@@ -83,6 +88,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             } else {
                 out[o] = s;
             }
+            epilogue(lid, t, r);
         }
     }
 }
