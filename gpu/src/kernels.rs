@@ -46,6 +46,8 @@ pub(crate) const GEMM_MIN_TOKENS: u32 = MM_TOKENS;
 const _: () = assert!(GEMM_MIN_TOKENS <= MM_TOKENS);
 /// Channels per `scan_lanes.wgsl` workgroup.
 pub(crate) const SCAN_LANES_CHANNELS: u32 = 4;
+/// Calls of at most this many sequences take `scan_lanes.wgsl`, others `scan.wgsl`.
+pub(crate) const SCAN_LANES_MAX_SEQS: u32 = 8;
 /// Threads per workgroup in every shader.
 pub(crate) const WG: u32 = 64;
 

@@ -3,8 +3,10 @@
 //!
 //! The plan, for a call of n tokens (B decode rows, or one slot's prefill chunk). Two paths are
 //! prerecorded; a call takes the small one when n ≤ GEMM_MIN_TOKENS (matrix × vectors,
-//! `matmul.wgsl`, conv fused into in_proj, 16-lane scan) and the GEMM one otherwise
-//! (`gemm.wgsl` on inputs normed / convolved by their own kernels, thread-per-channel scan):
+//! `matmul.wgsl`, conv fused into in_proj) and the GEMM one otherwise (in_proj and lm_head as
+//! `gemm.wgsl` on inputs normed / convolved by their own kernels; the narrow x_proj and out_proj
+//! stay matrix × vectors). The scan takes 16 lanes per channel for up to SCAN_LANES_MAX_SEQS
+//! sequences (prefill chunks included), a thread per channel beyond:
 //! ```text
 //! embed                    x  (n, d_model)      = token_embd[ids]
 //! per layer:
@@ -23,7 +25,7 @@
 use crate::device::{ErrorSlot, Gpu};
 use crate::kernels::{
     ConvParams, EmbedParams, GEMM_MIN_TOKENS, GEMM_ROWS, GEMM_TOKENS, GemmParams, MM_ROWS, MM_TOKENS,
-    MatParams, NormParams, Op, Pipelines, Run, SCAN_LANES_CHANNELS, ScanParams, WG,
+    MatParams, NormParams, Op, Pipelines, Run, SCAN_LANES_CHANNELS, SCAN_LANES_MAX_SEQS, ScanParams, WG,
 };
 use crate::weights::{Format, Packed, pack, same_tensor};
 use crate::{GpuError, TokenId};
@@ -65,6 +67,10 @@ enum When {
     Small,
     /// n_tok > GEMM_MIN_TOKENS (GEMM).
     Big,
+    /// n_seq ≤ SCAN_LANES_MAX_SEQS (16 lanes per channel: prefill chunks, small batches).
+    FewSeqs,
+    /// n_seq > SCAN_LANES_MAX_SEQS (a thread per channel).
+    ManySeqs,
     /// n_out ≤ GEMM_MIN_TOKENS (LM head, matrix × vectors).
     HeadSmall,
     /// n_out > GEMM_MIN_TOKENS (LM head, GEMM).
@@ -77,6 +83,8 @@ impl When {
             When::Always => true,
             When::Small => run.n_tok <= GEMM_MIN_TOKENS,
             When::Big => run.n_tok > GEMM_MIN_TOKENS,
+            When::FewSeqs => run.n_seq <= SCAN_LANES_MAX_SEQS,
+            When::ManySeqs => run.n_seq > SCAN_LANES_MAX_SEQS,
             When::HeadSmall => run.n_out <= GEMM_MIN_TOKENS,
             When::HeadBig => run.n_out > GEMM_MIN_TOKENS,
         }
@@ -539,13 +547,12 @@ impl GpuModel {
                 aux,
                 ..Default::default()
             };
-            let gp = |w: &GpuMatrix, cols: u32, x_stride: u32, o_stride: u32, add: u32| GemmParams {
+            let gp = |w: &GpuMatrix, cols: u32, x_stride: u32, o_stride: u32| GemmParams {
                 rows: w.rows,
                 cols,
                 groups: w.groups,
                 x_stride,
                 o_stride,
-                add,
                 ..Default::default()
             };
             let tiles = |w: &GpuMatrix| w.rows.div_ceil(MM_ROWS);
@@ -574,7 +581,7 @@ impl GpuModel {
             };
             let bufs = [(1, &a.run), (4, &a.x), (5, &a.xn), (6, &small)];
             plan.push(b.dispatch(Op::RmsNorm, None, &np, &bufs, 1, Rows::Tokens)?.on(big_path, "norm"));
-            let p = gp(&w_in, dm, dm, 2 * di, 0);
+            let p = gp(&w_in, dm, dm, 2 * di);
             let bufs = [(1, &a.run), (4, &a.xn), (5, &a.xz)];
             let d = b.dispatch(Op::Gemm, Some(&w_in), &p, &bufs, gtiles(&w_in), Rows::GemmTiles)?;
             plan.push(d.on(big_path, "in_proj"));
@@ -599,10 +606,9 @@ impl GpuModel {
             let p = mp(&w_x, di, di, xl, [0; 8]);
             let bufs = [(1, &a.run), (4, &a.u), (5, &a.xdb)];
             let d = b.dispatch(Op::MatPlain, Some(&w_x), &p, &bufs, tiles(&w_x), Rows::TokenTiles)?;
-            plan.push(d.on(small_path, "x_proj"));
-            let p = gp(&w_x, di, di, xl, 0);
-            let d = b.dispatch(Op::Gemm, Some(&w_x), &p, &bufs, gtiles(&w_x), Rows::GemmTiles)?;
-            plan.push(d.on(big_path, "x_proj"));
+            // Matrix × vectors on both paths: as a 32×32-tile GEMM this narrow matrix (r + 2N
+            // rows) leaves most of the GPU idle (H200: 360 µs per layer at B=64).
+            plan.push(d.on(When::Always, "x_proj"));
 
             // scan: y = scan(u, Δ, A, B, C, D) · SiLU(z), then the conv window shift
             let sp = ScanParams {
@@ -635,18 +641,17 @@ impl GpuModel {
             ];
             let x = di.div_ceil(SCAN_LANES_CHANNELS);
             let d = b.dispatch(Op::ScanLanes, Some(&w_dt), &sp, &bufs, x, Rows::Seqs)?;
-            plan.push(d.on(small_path, "scan"));
+            plan.push(d.on(When::FewSeqs, "scan"));
             let d = b.dispatch(Op::Scan, Some(&w_dt), &sp, &bufs, di.div_ceil(WG), Rows::Seqs)?;
-            plan.push(d.on(big_path, "scan"));
+            plan.push(d.on(When::ManySeqs, "scan"));
 
             // out_proj: x += y · W_outᵀ
             let p = MatParams { add: 1, ..mp(&w_out, di, di, dm, [0; 8]) };
             let bufs = [(1, &a.run), (4, &a.y), (5, &a.x)];
             let d = b.dispatch(Op::MatPlain, Some(&w_out), &p, &bufs, tiles(&w_out), Rows::TokenTiles)?;
-            plan.push(d.on(small_path, "out_proj"));
-            let p = gp(&w_out, di, di, dm, 1);
-            let d = b.dispatch(Op::Gemm, Some(&w_out), &p, &bufs, gtiles(&w_out), Rows::GemmTiles)?;
-            plan.push(d.on(big_path, "out_proj"));
+            // Matrix × vectors on both paths, as x_proj (H200, 32×32-tile GEMM: 370 µs per layer
+            // at B=64).
+            plan.push(d.on(When::Always, "out_proj"));
         }
         let head = output.as_ref().unwrap_or(&embed);
         bytes += matrix_bytes(head);
