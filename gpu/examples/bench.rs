@@ -2,9 +2,13 @@
 //!
 //! ```text
 //! cargo run --release -p tinystate-gpu --example bench -- MODEL.gguf [--batches 1,8,64,256]
-//!     [--steps 64] [--runs 5] [--chunk 64]
+//!     [--steps 64] [--runs 5] [--chunk 64] [--breakdown]
 //! ```
 //! Each row times `runs` runs of `steps` calls (after warm-up) and reports the median.
+//! `--breakdown` then reruns each row's calls once more with profiling on and prints, per row,
+//! the mean CPU time of each phase of a call (token table write, recording, submit, wait + map,
+//! logits copy) and, where the device has timestamp queries inside passes, the mean GPU time per
+//! kernel kind.
 //! "weights/call" counts each weight matrix once per call: the ideal a batched step reaches when
 //! every weight is read from memory once for all rows (tiles re-read it from cache).
 
@@ -12,7 +16,7 @@ use std::time::Instant;
 use tinystate_engine::TokenId;
 use tinystate_engine::arch::mamba::Mamba;
 use tinystate_engine::gguf::Gguf;
-use tinystate_gpu::{AdapterChoice, Gpu, GpuModel, SlotId};
+use tinystate_gpu::{AdapterChoice, CallProfile, Gpu, GpuError, GpuModel, SlotId};
 
 /// Peak read bandwidth measured on an H200 through wgpu 30 (DESIGN.md).
 const PEAK_BYTES_PER_S: f64 = 4.2e12;
@@ -23,11 +27,19 @@ struct Opts {
     steps: usize,
     runs: usize,
     chunk: u32,
+    breakdown: bool,
 }
 
 fn parse_args() -> Result<Opts, String> {
     let mut args = std::env::args().skip(1);
-    let mut o = Opts { path: String::new(), batches: vec![1, 8, 64, 256], steps: 64, runs: 5, chunk: 64 };
+    let mut o = Opts {
+        path: String::new(),
+        batches: vec![1, 8, 64, 256],
+        steps: 64,
+        runs: 5,
+        chunk: 64,
+        breakdown: false,
+    };
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or(format!("{a} needs a value"));
         match a.as_str() {
@@ -40,13 +52,15 @@ fn parse_args() -> Result<Opts, String> {
             "--steps" => o.steps = val()?.parse().map_err(|e| format!("--steps: {e}"))?,
             "--runs" => o.runs = val()?.parse().map_err(|e| format!("--runs: {e}"))?,
             "--chunk" => o.chunk = val()?.parse().map_err(|e| format!("--chunk: {e}"))?,
+            "--breakdown" => o.breakdown = true,
             _ if o.path.is_empty() => o.path = a,
             _ => return Err(format!("unexpected argument {a}")),
         }
     }
     if o.path.is_empty() || o.batches.is_empty() || o.steps == 0 || o.runs == 0 || o.chunk == 0 {
         return Err(
-            "usage: bench MODEL.gguf [--batches 1,8,64,256] [--steps N] [--runs N] [--chunk N]".into()
+            "usage: bench MODEL.gguf [--batches 1,8,64,256] [--steps N] [--runs N] [--chunk N] [--breakdown]"
+                .into(),
         );
     }
     Ok(o)
@@ -80,6 +94,54 @@ fn row(mode: &str, n: u32, secs_per_call: f64, tokens_per_call: f64, bytes: u64)
     );
 }
 
+/// Mean profile of `calls` calls of `f` with profiling on, as one line for row `what`.
+fn breakdown(
+    gm: &mut GpuModel,
+    what: &str,
+    calls: usize,
+    mut f: impl FnMut(&mut GpuModel) -> Result<(), GpuError>,
+) -> Result<String, String> {
+    let gpu_timed = gm.set_profiling(true);
+    let mut sum = CallProfile::default();
+    let mut gpu: Vec<(&'static str, f64)> = Vec::new();
+    for _ in 0..calls {
+        f(gm).map_err(|e| e.to_string())?;
+        let p = gm.last_profile();
+        sum.write += p.write;
+        sum.record += p.record;
+        sum.submit += p.submit;
+        sum.wait += p.wait;
+        sum.copy += p.copy;
+        for &(k, ns) in &p.gpu_ns {
+            match gpu.iter_mut().find(|(g, _)| *g == k) {
+                Some((_, v)) => *v += ns,
+                None => gpu.push((k, ns)),
+            }
+        }
+    }
+    gm.set_profiling(false);
+    let us = |d: std::time::Duration| d.as_secs_f64() * 1e6 / calls as f64;
+    let mut line = format!(
+        "{what}: CPU µs per call: write {:.0}, record {:.0}, submit {:.0}, wait+map {:.0}, copy {:.0}",
+        us(sum.write),
+        us(sum.record),
+        us(sum.submit),
+        us(sum.wait),
+        us(sum.copy)
+    );
+    if gpu_timed {
+        let total: f64 = gpu.iter().map(|(_, ns)| ns).sum::<f64>() / calls as f64 / 1e3;
+        line += &format!("; GPU µs per call: {total:.0} =");
+        for (k, ns) in &gpu {
+            line += &format!(" {k} {:.0},", ns / calls as f64 / 1e3);
+        }
+        line.pop();
+    } else {
+        line += "; GPU: no timestamp queries inside passes on this device";
+    }
+    Ok(line)
+}
+
 fn main() -> Result<(), String> {
     let o = parse_args()?;
     let bytes = std::fs::read(&o.path).map_err(|e| format!("{}: {e}", o.path))?;
@@ -99,22 +161,38 @@ fn main() -> Result<(), String> {
         o.path, c.d_model, c.n_layer, c.d_inner, v
     );
     println!("device: {}", gpu.describe());
-    println!("dispatches per call: {} (one submission)", gm.dispatches_per_call());
+    println!(
+        "dispatches per call: {} at B=1, {} at B={max_b}, {} for a {}-token prefill (one submission)",
+        gm.dispatches_per_call(),
+        gm.dispatches_for(max_b, max_b),
+        gm.dispatches_for(o.chunk, 1),
+        o.chunk
+    );
     println!();
     println!("| mode | B / chunk | ms per call | tokens/s | weights/call (MB) | GB/s | of 4.2 TB/s |");
     println!("|---|---|---|---|---|---|---|");
     let wb = gm.weight_bytes_per_call();
+    let mut lines = Vec::new();
     for &b in &o.batches {
         let rows: Vec<_> = (0..b).map(|i| (SlotId(i), TokenId(i % v as u32))).collect();
         let mut out = vec![0.0; b as usize * v];
         let steps = o.steps;
         let secs = median_secs(o.runs, || (0..steps).try_for_each(|_| gm.step(&rows, &mut out)))?;
         row("decode", b, secs / steps as f64, f64::from(b), wb);
+        if o.breakdown {
+            lines.push(breakdown(&mut gm, &format!("decode B={b}"), steps, |gm| gm.step(&rows, &mut out))?);
+        }
     }
     let toks: Vec<_> = (0..o.chunk).map(|i| TokenId(i % v as u32)).collect();
     let mut out = vec![0.0; v];
     let calls = o.steps.div_ceil(8);
     let secs = median_secs(o.runs, || (0..calls).try_for_each(|_| gm.prefill(SlotId(0), &toks, &mut out)))?;
     row("prefill", o.chunk, secs / calls as f64, f64::from(o.chunk), wb);
+    if o.breakdown {
+        let what = format!("prefill {}", o.chunk);
+        lines.push(breakdown(&mut gm, &what, calls, |gm| gm.prefill(SlotId(0), &toks, &mut out))?);
+        println!();
+        lines.iter().for_each(|l| println!("{l}"));
+    }
     Ok(())
 }

@@ -69,7 +69,9 @@ impl Gpu {
         let adapter = adapters.into_iter().next().ok_or(GpuError::NoAdapter)?;
         let desc = wgpu::DeviceDescriptor {
             label: Some("tinystate"),
-            required_features: wgpu::Features::empty(),
+            // Timestamp queries when the adapter has them: GpuModel::set_profiling uses them.
+            required_features: adapter.features()
+                & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
             // The adapter's own limits: weights and state slots need large storage bindings.
             required_limits: adapter.limits(),
             ..Default::default()

@@ -23,7 +23,7 @@ mod model;
 mod weights;
 
 pub use device::{AdapterChoice, Gpu};
-pub use model::{GpuModel, SlotId};
+pub use model::{CallProfile, GpuModel, SlotId};
 pub use tinystate_engine::TokenId;
 
 /// Why a GPU operation failed. Messages say what and which value.

@@ -1,26 +1,36 @@
 //! One Mamba-1 model on the GPU: weights uploaded once, `slots` resident recurrent states, and a
 //! prerecorded plan of dispatches that every call replays inside one compute pass.
 //!
-//! The plan, for a call of n tokens (B decode rows, or one slot's prefill chunk):
+//! The plan, for a call of n tokens (B decode rows, or one slot's prefill chunk). Two paths are
+//! prerecorded; a call takes the small one when n ≤ GEMM_MIN_TOKENS (matrix × vectors,
+//! `matmul.wgsl`, conv fused into in_proj) and the GEMM one otherwise (in_proj and lm_head as
+//! `gemm.wgsl` on inputs normed / convolved by their own kernels; the narrow x_proj and out_proj
+//! stay matrix × vectors). The scan takes 16 lanes per channel for up to SCAN_LANES_MAX_SEQS
+//! sequences (prefill chunks included), a thread per channel beyond:
 //! ```text
 //! embed                    x  (n, d_model)      = token_embd[ids]
 //! per layer:
-//!   in_proj  (MatNorm)     xz (n, 2·d_inner)    = RMSNorm(x)·attn_norm · W_inᵀ
-//!   x_proj   (MatConv)     xdb (n, r + 2·N)     = u · W_xᵀ,  u = SiLU(conv1d(xz[:, :d_inner]))
-//!   scan     (Scan)        y  (n, d_inner)      = scan(u, softplus(W_dt·δ + b), A, B, C, D) · SiLU(z)
-//!   out_proj (MatPlain)    x += y · W_outᵀ
-//! lm_head  (MatNorm)       logits (n_out, vocab) = RMSNorm(x[rows])·norm_f · W_outputᵀ
+//!   in_proj                xz (n, 2·d_inner)    = RMSNorm(x)·attn_norm · W_inᵀ
+//!   conv                   u  (n, d_inner)      = SiLU(conv1d(xz[:, :d_inner]))
+//!   x_proj                 xdb (n, r + 2·N)     = u · W_xᵀ
+//!   scan                   y  (n, d_inner)      = scan(u, softplus(W_dt·δ + b), A, B, C, D) · SiLU(z)
+//!   out_proj               x += y · W_outᵀ
+//! lm_head                  logits (n_out, vocab) = RMSNorm(x[rows])·norm_f · W_outputᵀ
 //! ```
-//! so a step is 4·n_layer + 2 dispatches and one submission. Each sequence's token rows are
-//! described by a small table (`meta`, see `shaders/common.wgsl`) written before the submission;
-//! the conv kernel reads a slot's window and the scan kernel, which runs after every reader,
-//! shifts it.
+//! so a small call is 4·n_layer + 2 dispatches and a GEMM call 6·n_layer + 3, in one submission.
+//! Each sequence's token rows are described by a small table (`meta`, see
+//! `shaders/common.wgsl`) written before the submission; the conv reads a slot's window and the
+//! scan kernel, which runs after every reader, shifts it.
 
 use crate::device::{ErrorSlot, Gpu};
-use crate::kernels::{EmbedParams, MM_ROWS, MM_TOKENS, MatParams, Op, Pipelines, Run, ScanParams, WG};
+use crate::kernels::{
+    ConvParams, EmbedParams, GEMM_MIN_TOKENS, GEMM_ROWS, GEMM_TOKENS, GemmParams, MM_ROWS, MM_TOKENS,
+    MatParams, NormParams, Op, Pipelines, Run, SCAN_LANES_CHANNELS, SCAN_LANES_MAX_SEQS, ScanParams, WG,
+};
 use crate::weights::{Format, Packed, pack, same_tensor};
 use crate::{GpuError, TokenId};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 use tinystate_engine::arch::mamba::{Config, Mamba};
 use tinystate_engine::tensor::Matrix;
 use wgpu::util::DeviceExt;
@@ -32,22 +42,99 @@ pub struct SlotId(pub u32);
 /// How a dispatch's second grid dimension follows the call's sizes.
 #[derive(Clone, Copy, Debug)]
 enum Rows {
-    /// One workgroup row per token (embed).
+    /// One workgroup row per token (embed, conv, rmsnorm).
     Tokens,
-    /// One per MM_TOKENS tokens (matmuls over every token).
+    /// One per logits row (the LM head's rmsnorm).
+    Outs,
+    /// One per MM_TOKENS tokens (matrix × vectors over every token).
     TokenTiles,
-    /// One per MM_TOKENS logits rows (lm_head).
+    /// One per MM_TOKENS logits rows (lm_head, matrix × vectors).
     OutTiles,
+    /// One per GEMM_TOKENS tokens (GEMM over every token).
+    GemmTiles,
+    /// One per GEMM_TOKENS logits rows (lm_head, GEMM).
+    GemmOutTiles,
     /// One per sequence (scan).
     Seqs,
 }
 
-/// One recorded dispatch: pipeline, bindings, grid.
+/// Which calls run a dispatch: both paths are prerecorded, a call picks one by its sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum When {
+    /// Every call.
+    Always,
+    /// n_tok ≤ GEMM_MIN_TOKENS (matrix × vectors).
+    Small,
+    /// n_tok > GEMM_MIN_TOKENS (GEMM).
+    Big,
+    /// n_seq ≤ SCAN_LANES_MAX_SEQS (16 lanes per channel: prefill chunks, small batches).
+    FewSeqs,
+    /// n_seq > SCAN_LANES_MAX_SEQS (a thread per channel).
+    ManySeqs,
+    /// n_out ≤ GEMM_MIN_TOKENS (LM head, matrix × vectors).
+    HeadSmall,
+    /// n_out > GEMM_MIN_TOKENS (LM head, GEMM).
+    HeadBig,
+}
+
+impl When {
+    fn runs(self, run: &Run) -> bool {
+        match self {
+            When::Always => true,
+            When::Small => run.n_tok <= GEMM_MIN_TOKENS,
+            When::Big => run.n_tok > GEMM_MIN_TOKENS,
+            When::FewSeqs => run.n_seq <= SCAN_LANES_MAX_SEQS,
+            When::ManySeqs => run.n_seq > SCAN_LANES_MAX_SEQS,
+            When::HeadSmall => run.n_out <= GEMM_MIN_TOKENS,
+            When::HeadBig => run.n_out > GEMM_MIN_TOKENS,
+        }
+    }
+}
+
+/// One recorded dispatch: pipeline, bindings, grid, and what it is (for profiles).
 struct Dispatch {
     pipeline: wgpu::ComputePipeline,
     bind: wgpu::BindGroup,
     x: u32,
     rows: Rows,
+    when: When,
+    kind: &'static str,
+}
+
+impl Dispatch {
+    fn on(self, when: When, kind: &'static str) -> Self {
+        Dispatch { when, kind, ..self }
+    }
+}
+
+/// Where the time of the last call went (see [`GpuModel::set_profiling`]).
+#[derive(Clone, Debug, Default)]
+pub struct CallProfile {
+    /// Building the token table and writing it and the call sizes to the queue.
+    pub write: Duration,
+    /// Creating the encoder, recording every dispatch and finishing the command buffer.
+    pub record: Duration,
+    /// `queue.submit`.
+    pub submit: Duration,
+    /// Waiting for the GPU and mapping the logits.
+    pub wait: Duration,
+    /// Copying the mapped logits into the caller's slice.
+    pub copy: Duration,
+    /// GPU nanoseconds per kernel kind ("embed", "norm", "in_proj", "conv", "x_proj", "scan",
+    /// "out_proj", "lm_head"), summed over the call, in order of first use. Empty unless
+    /// profiling is on and the device has timestamp queries inside passes.
+    pub gpu_ns: Vec<(&'static str, f64)>,
+}
+
+/// GPU timestamp queries: one before each dispatch and one after the last.
+struct Timer {
+    set: wgpu::QuerySet,
+    /// Resolved ticks (queries,) u64.
+    resolve: wgpu::Buffer,
+    /// Mappable copy of `resolve`.
+    readback: wgpu::Buffer,
+    /// Nanoseconds per tick.
+    period: f64,
 }
 
 /// Activation buffers, sized for `max_tok` tokens.
@@ -66,6 +153,8 @@ struct Acts {
     u: wgpu::Buffer,
     /// Gated scan output (max_tok, d_inner).
     y: wgpu::Buffer,
+    /// RMSNorm output, the GEMM path's input (max_tok, d_model).
+    xn: wgpu::Buffer,
     /// Logits (max_batch, vocab).
     logits: wgpu::Buffer,
     /// Mappable copy of the logits (max_batch, vocab).
@@ -120,6 +209,16 @@ pub struct GpuModel {
     pending_resets: Vec<u32>,
     /// Bytes of weights one call reads (each matrix once; the embedding rows not counted).
     weight_bytes: u64,
+    /// Token table scratch, reused by every call.
+    meta: Vec<u32>,
+    /// Timestamp queries, when the device has them.
+    timer: Option<Timer>,
+    /// Whether calls write GPU timestamps.
+    profiling: bool,
+    /// The last call's profile.
+    profile: CallProfile,
+    /// Kind of each timed dispatch of the last call.
+    timed: Vec<&'static str>,
 }
 
 /// Builds buffers and bind groups, checking sizes against the device limits.
@@ -167,21 +266,26 @@ impl Builder<'_> {
         Ok(GpuMatrix { format, rows, groups: groups as u32, data, scales })
     }
 
-    /// A dispatch of `op` over `w`, with a uniform holding `params` at binding 0 and `bufs`.
+    /// A dispatch of `op` over `w` (None: an op without weights), with a uniform holding
+    /// `params` at binding 0 and `bufs`. It runs on every call until [`Dispatch::on`] says
+    /// otherwise.
     fn dispatch<P: bytemuck::Pod>(
         &mut self,
         op: Op,
-        w: &GpuMatrix,
+        w: Option<&GpuMatrix>,
         params: &P,
         bufs: &[(u32, &wgpu::Buffer)],
         x: u32,
         rows: Rows,
     ) -> Result<Dispatch, GpuError> {
-        let pipeline = self.pipes.get(self.dev, op, w.format)?;
+        let pipeline = self.pipes.get(self.dev, op, w.map_or(Format::F32, |w| w.format))?;
         let uni = self.init("params", bytemuck::bytes_of(params), wgpu::BufferUsages::UNIFORM)?;
-        let mut entries = vec![(0, &uni), (2, &w.data)];
-        if let Some(s) = &w.scales {
-            entries.push((3, s));
+        let mut entries = vec![(0, &uni)];
+        if let Some(w) = w {
+            entries.push((2, &w.data));
+            if let Some(s) = &w.scales {
+                entries.push((3, s));
+            }
         }
         entries.extend_from_slice(bufs);
         let entries: Vec<_> = entries
@@ -193,7 +297,7 @@ impl Builder<'_> {
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        Ok(Dispatch { pipeline, bind, x, rows })
+        Ok(Dispatch { pipeline, bind, x, rows, when: When::Always, kind: "" })
     }
 }
 
@@ -223,6 +327,35 @@ fn smalls(m: &Mamba<'_>) -> (Vec<f32>, Vec<SmallOffs>, u32) {
 
 fn u32_of(what: &str, v: usize) -> Result<u32, GpuError> {
     u32::try_from(v).map_err(|_| GpuError::TooLarge { what: format!("{what} = {v}"), limit: u32::MAX.into() })
+}
+
+/// Sums the mapped timestamps of a call (one before each dispatch of kind `timed[i]`, one after
+/// the last) per kernel kind into `gpu_ns`, and unmaps them.
+fn read_timestamps(
+    t: &Timer,
+    timed: &[&'static str],
+    gpu_ns: &mut Vec<(&'static str, f64)>,
+) -> Result<(), GpuError> {
+    let bytes = 8 * (timed.len() as u64 + 1);
+    let slice = t.readback.slice(..bytes);
+    {
+        let view =
+            slice.get_mapped_range().map_err(|e| GpuError::DeviceLost(format!("mapped range: {e}")))?;
+        let tick = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&view[8 * i..8 * i + 8]);
+            u64::from_le_bytes(b)
+        };
+        for (i, &kind) in timed.iter().enumerate() {
+            let ns = tick(i + 1).saturating_sub(tick(i)) as f64 * t.period;
+            match gpu_ns.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, v)) => *v += ns,
+                None => gpu_ns.push((kind, ns)),
+            }
+        }
+    }
+    t.readback.unmap();
+    Ok(())
 }
 
 /// Bytes of a matrix as uploaded.
@@ -277,8 +410,14 @@ impl GpuModel {
             plan: Vec::new(),
             pending_resets: Vec::new(),
             weight_bytes: 0,
+            meta: Vec::new(),
+            timer: None,
+            profiling: false,
+            profile: CallProfile::default(),
+            timed: Vec::new(),
         };
         m.build_plan(&mut b, model, &lim)?;
+        m.timer = Self::timer(gpu, m.plan.len() as u32 + 1);
         gpu.errors.check()?;
         Ok(m)
     }
@@ -301,6 +440,7 @@ impl GpuModel {
             xdb: b.storage("xdb", f(c.dt_rank + 2 * c.d_state), none)?,
             u: b.storage("u", f(c.d_inner), none)?,
             y: b.storage("y", f(c.d_inner), none)?,
+            xn: b.storage("xn", f(c.d_model), none)?,
             logits: b.storage("logits", logits_bytes, wgpu::BufferUsages::COPY_SRC)?,
             staging: b.dev.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("staging"),
@@ -308,6 +448,37 @@ impl GpuModel {
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             }),
+        })
+    }
+
+    /// Timestamp queries for `n` points, when the device has them inside passes.
+    fn timer(gpu: &Gpu, n: u32) -> Option<Timer> {
+        let need = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        if !gpu.device.features().contains(need) || n > wgpu::QUERY_SET_MAX_QUERIES {
+            return None;
+        }
+        let dev = &gpu.device;
+        let bytes = 8 * u64::from(n);
+        let buffer = |label, usage| {
+            dev.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: bytes,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        Some(Timer {
+            set: dev.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: n,
+            }),
+            resolve: buffer("timestamps", wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC),
+            readback: buffer(
+                "timestamps readback",
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            ),
+            period: f64::from(gpu.queue.get_timestamp_period()),
         })
     }
 
@@ -352,15 +523,13 @@ impl GpuModel {
         let a = &self.acts;
         let mut plan = Vec::new();
         let ep = EmbedParams { groups: embed.groups, cols: dm, x_stride: dm, _pad: 0 };
-        plan.push(b.dispatch(
-            Op::Embed,
-            &embed,
-            &ep,
-            &[(1, &a.run), (4, &a.meta), (5, &a.x)],
-            embed.groups.div_ceil(WG),
-            Rows::Tokens,
-        )?);
+        let bufs = [(1, &a.run), (4, &a.meta), (5, &a.x)];
+        let x = embed.groups.div_ceil(WG);
+        plan.push(
+            b.dispatch(Op::Embed, Some(&embed), &ep, &bufs, x, Rows::Tokens)?.on(When::Always, "embed"),
+        );
         let mut bytes = 0;
+        let (small_path, big_path) = (When::Small, When::Big);
         for (l, (layer, o)) in model.layers.iter().zip(&offs).enumerate() {
             let w_in = b.matrix("ssm_in", &layer.ssm_in)?;
             let w_x = b.matrix("ssm_x", &layer.ssm_x)?;
@@ -368,7 +537,7 @@ impl GpuModel {
             let w_out = b.matrix("ssm_out", &layer.ssm_out)?;
             bytes += [&w_in, &w_x, &w_dt, &w_out].iter().map(|w| matrix_bytes(w)).sum::<u64>();
             let l = l as u32;
-            let mp = |w: &GpuMatrix, cols: u32, x_stride: u32, o_stride: u32, aux: [u32; 4]| MatParams {
+            let mp = |w: &GpuMatrix, cols: u32, x_stride: u32, o_stride: u32, aux: [u32; 8]| MatParams {
                 rows: w.rows,
                 cols,
                 groups: w.groups,
@@ -378,27 +547,70 @@ impl GpuModel {
                 aux,
                 ..Default::default()
             };
+            let gp = |w: &GpuMatrix, cols: u32, x_stride: u32, o_stride: u32| GemmParams {
+                rows: w.rows,
+                cols,
+                groups: w.groups,
+                x_stride,
+                o_stride,
+                ..Default::default()
+            };
             let tiles = |w: &GpuMatrix| w.rows.div_ceil(MM_ROWS);
-            let p = mp(&w_in, dm, dm, 2 * di, [o.attn_norm, eps, 0, 0]);
-            plan.push(b.dispatch(
-                Op::MatNorm,
-                &w_in,
-                &p,
-                &[(1, &a.run), (4, &a.x), (5, &a.xz), (6, &small)],
-                tiles(&w_in),
-                Rows::TokenTiles,
-            )?);
-            let p = mp(&w_x, di, 2 * di, xl, [o.conv_w, o.conv_b, c.d_conv as u32, c.n_layer as u32]);
+            let gtiles = |w: &GpuMatrix| w.rows.div_ceil(GEMM_ROWS);
+
+            // in_proj: xz = RMSNorm(x)·attn_norm · W_inᵀ (small calls: and the conv below)
+            let (dc, nl) = (c.d_conv as u32, c.n_layer as u32);
+            let p = mp(&w_in, dm, dm, 2 * di, [o.attn_norm, eps, o.conv_w, o.conv_b, dc, nl, 0, 0]);
             let bufs = [
                 (1, &a.run),
-                (4, &a.xz),
-                (5, &a.xdb),
+                (4, &a.x),
+                (5, &a.xz),
                 (6, &small),
                 (7, &self.states.conv),
                 (8, &a.meta),
                 (9, &a.u),
             ];
-            plan.push(b.dispatch(Op::MatConv, &w_x, &p, &bufs, tiles(&w_x), Rows::TokenTiles)?);
+            let d = b.dispatch(Op::MatNormConv, Some(&w_in), &p, &bufs, tiles(&w_in), Rows::TokenTiles)?;
+            plan.push(d.on(small_path, "in_proj"));
+            let np = NormParams {
+                cols: dm,
+                x_stride: dm,
+                w_off: o.attn_norm,
+                eps_bits: eps,
+                ..Default::default()
+            };
+            let bufs = [(1, &a.run), (4, &a.x), (5, &a.xn), (6, &small)];
+            plan.push(b.dispatch(Op::RmsNorm, None, &np, &bufs, 1, Rows::Tokens)?.on(big_path, "norm"));
+            let p = gp(&w_in, dm, dm, 2 * di);
+            let bufs = [(1, &a.run), (4, &a.xn), (5, &a.xz)];
+            let d = b.dispatch(Op::Gemm, Some(&w_in), &p, &bufs, gtiles(&w_in), Rows::GemmTiles)?;
+            plan.push(d.on(big_path, "in_proj"));
+
+            // conv: u = SiLU(conv1d(xz[:, :d_inner]))
+            let cp = ConvParams {
+                d_inner: di,
+                d_conv: c.d_conv as u32,
+                n_layer: c.n_layer as u32,
+                layer: l,
+                off_w: o.conv_w,
+                off_b: o.conv_b,
+                _pad: [0; 2],
+            };
+            let bufs =
+                [(1, &a.run), (4, &a.xz), (6, &small), (7, &self.states.conv), (8, &a.meta), (9, &a.u)];
+            plan.push(
+                b.dispatch(Op::Conv, None, &cp, &bufs, di.div_ceil(WG), Rows::Tokens)?.on(big_path, "conv"),
+            );
+
+            // x_proj: xdb = u · W_xᵀ
+            let p = mp(&w_x, di, di, xl, [0; 8]);
+            let bufs = [(1, &a.run), (4, &a.u), (5, &a.xdb)];
+            let d = b.dispatch(Op::MatPlain, Some(&w_x), &p, &bufs, tiles(&w_x), Rows::TokenTiles)?;
+            // Matrix × vectors on both paths: as a 32×32-tile GEMM this narrow matrix (r + 2N
+            // rows) leaves most of the GPU idle (H200: 360 µs per layer at B=64).
+            plan.push(d.on(When::Always, "x_proj"));
+
+            // scan: y = scan(u, Δ, A, B, C, D) · SiLU(z), then the conv window shift
             let sp = ScanParams {
                 d_inner: di,
                 n_state: ns,
@@ -427,16 +639,19 @@ impl GpuModel {
                 (10, &self.states.ssm),
                 (11, &a.y),
             ];
-            plan.push(b.dispatch(Op::Scan, &w_dt, &sp, &bufs, di.div_ceil(WG), Rows::Seqs)?);
-            let p = MatParams { add: 1, ..mp(&w_out, di, di, dm, [0; 4]) };
-            plan.push(b.dispatch(
-                Op::MatPlain,
-                &w_out,
-                &p,
-                &[(1, &a.run), (4, &a.y), (5, &a.x)],
-                tiles(&w_out),
-                Rows::TokenTiles,
-            )?);
+            let x = di.div_ceil(SCAN_LANES_CHANNELS);
+            let d = b.dispatch(Op::ScanLanes, Some(&w_dt), &sp, &bufs, x, Rows::Seqs)?;
+            plan.push(d.on(When::FewSeqs, "scan"));
+            let d = b.dispatch(Op::Scan, Some(&w_dt), &sp, &bufs, di.div_ceil(WG), Rows::Seqs)?;
+            plan.push(d.on(When::ManySeqs, "scan"));
+
+            // out_proj: x += y · W_outᵀ
+            let p = MatParams { add: 1, ..mp(&w_out, di, di, dm, [0; 8]) };
+            let bufs = [(1, &a.run), (4, &a.y), (5, &a.x)];
+            let d = b.dispatch(Op::MatPlain, Some(&w_out), &p, &bufs, tiles(&w_out), Rows::TokenTiles)?;
+            // Matrix × vectors on both paths, as x_proj (H200, 32×32-tile GEMM: 370 µs per layer
+            // at B=64).
+            plan.push(d.on(When::Always, "out_proj"));
         }
         let head = output.as_ref().unwrap_or(&embed);
         bytes += matrix_bytes(head);
@@ -447,25 +662,44 @@ impl GpuModel {
             x_stride: dm,
             o_stride: head.rows,
             head: 1,
-            aux: [norm_f, eps, 0, 0],
+            aux: [norm_f, eps, 0, 0, 0, 0, 0, 0],
             ..Default::default()
         };
         let x = head.rows.div_ceil(MM_ROWS);
         let max_x = lim.max_compute_workgroups_per_dimension;
-        if x > max_x || di.div_ceil(WG) > max_x || embed.groups.div_ceil(WG) > max_x {
+        if x > max_x || di.div_ceil(SCAN_LANES_CHANNELS) > max_x || embed.groups.div_ceil(WG) > max_x {
             return Err(GpuError::TooLarge {
                 what: format!("workgroup grid of {x} for the LM head"),
                 limit: max_x.into(),
             });
         }
-        plan.push(b.dispatch(
-            Op::MatNorm,
-            head,
-            &p,
-            &[(1, &a.run), (4, &a.x), (5, &a.logits), (6, &small)],
-            x,
-            Rows::OutTiles,
-        )?);
+        let bufs = [(1, &a.run), (4, &a.x), (5, &a.logits), (6, &small)];
+        let d = b.dispatch(Op::MatNorm, Some(head), &p, &bufs, x, Rows::OutTiles)?;
+        plan.push(d.on(When::HeadSmall, "lm_head"));
+        let np = NormParams {
+            cols: dm,
+            x_stride: dm,
+            w_off: norm_f,
+            eps_bits: eps,
+            head: 1,
+            ..Default::default()
+        };
+        let bufs = [(1, &a.run), (4, &a.x), (5, &a.xn), (6, &small)];
+        plan.push(b.dispatch(Op::RmsNorm, None, &np, &bufs, 1, Rows::Outs)?.on(When::HeadBig, "norm"));
+        let p = GemmParams {
+            rows: head.rows,
+            cols: dm,
+            groups: head.groups,
+            x_stride: dm,
+            o_stride: head.rows,
+            add: 0,
+            head: 1,
+            _pad: 0,
+        };
+        let bufs = [(1, &a.run), (4, &a.xn), (5, &a.logits)];
+        let x = head.rows.div_ceil(GEMM_ROWS);
+        let d = b.dispatch(Op::Gemm, Some(head), &p, &bufs, x, Rows::GemmOutTiles)?;
+        plan.push(d.on(When::HeadBig, "lm_head"));
         self.plan = plan;
         self.weight_bytes = bytes;
         Ok(())
@@ -496,9 +730,31 @@ impl GpuModel {
         &self.config
     }
 
-    /// Compute dispatches recorded per call (step or prefill chunk), all in one compute pass.
+    /// Compute dispatches of a single-row decode step, all in one compute pass (see
+    /// [`GpuModel::dispatches_for`] for other sizes).
     pub fn dispatches_per_call(&self) -> usize {
-        self.plan.len()
+        self.dispatches_for(1, 1)
+    }
+
+    /// Compute dispatches of a call over `n_tok` token rows with `n_out` logits rows (a step of
+    /// B rows: (B, B); a prefill chunk of n tokens: (n, 1)). Batches past a threshold take the
+    /// GEMM kernels, which add a norm dispatch per layer.
+    pub fn dispatches_for(&self, n_tok: u32, n_out: u32) -> usize {
+        let run = Run { n_tok, n_seq: 1, out_row0: 0, n_out };
+        self.plan.iter().filter(|d| d.when.runs(&run)).count()
+    }
+
+    /// Turns GPU timestamps on or off for later calls (they cost a little GPU time). Returns
+    /// whether the device can write them; CPU phases are timed either way (see
+    /// [`GpuModel::last_profile`]).
+    pub fn set_profiling(&mut self, on: bool) -> bool {
+        self.profiling = on;
+        self.timer.is_some()
+    }
+
+    /// Where the time of the last successful call went.
+    pub fn last_profile(&self) -> &CallProfile {
+        &self.profile
     }
 
     /// Bytes of weight matrices one call reads (each once; embedding rows not counted unless tied
@@ -531,14 +787,17 @@ impl GpuModel {
                 return Err(GpuError::BadInput(format!("slot {} appears twice in one batch", slot.0)));
             }
         }
-        let mut meta = vec![0u32; 4 * (self.max_tok as usize + n)];
+        let t0 = Instant::now();
+        let meta = &mut self.meta;
+        meta.clear();
+        meta.resize(4 * (self.max_tok as usize + n), 0);
         for (i, &(slot, tok)) in rows.iter().enumerate() {
             meta[4 * i..4 * i + 4].copy_from_slice(&[tok.0, slot.0, i as u32, 0]);
             let s = 4 * (self.max_tok as usize + i);
             meta[s..s + 4].copy_from_slice(&[slot.0, i as u32, 1, 0]);
         }
         let n = n as u32;
-        self.call(&meta, Run { n_tok: n, n_seq: n, out_row0: 0, n_out: n }, logits)
+        self.call(t0, Run { n_tok: n, n_seq: n, out_row0: 0, n_out: n }, logits)
     }
 
     /// A prefill chunk of 1..=max_chunk tokens for one slot; writes the last position's logits (vocab).
@@ -553,14 +812,17 @@ impl GpuModel {
         self.check_logits(logits, 1)?;
         self.check_slot(slot)?;
         tokens.iter().try_for_each(|&t| self.check_token(t))?;
-        let mut meta = vec![0u32; 4 * (self.max_tok as usize + 1)];
+        let t0 = Instant::now();
+        let meta = &mut self.meta;
+        meta.clear();
+        meta.resize(4 * (self.max_tok as usize + 1), 0);
         for (i, &tok) in tokens.iter().enumerate() {
             meta[4 * i..4 * i + 4].copy_from_slice(&[tok.0, slot.0, 0, i as u32]);
         }
         let s = 4 * self.max_tok as usize;
         meta[s..s + 4].copy_from_slice(&[slot.0, 0, n as u32, 0]);
         let n = n as u32;
-        self.call(&meta, Run { n_tok: n, n_seq: 1, out_row0: n - 1, n_out: 1 }, logits)
+        self.call(t0, Run { n_tok: n, n_seq: 1, out_row0: n - 1, n_out: 1 }, logits)
     }
 
     fn check_slot(&self, slot: SlotId) -> Result<(), GpuError> {
@@ -591,35 +853,66 @@ impl GpuModel {
         Ok(())
     }
 
-    /// Writes the token table, records and submits the whole plan, reads back `out`.
-    fn call(&mut self, meta: &[u32], run: Run, out: &mut [f32]) -> Result<(), GpuError> {
+    /// Writes the token table (`self.meta`, built since `t0`), records and submits the plan's
+    /// dispatches for `run`, reads back `out`.
+    fn call(&mut self, t0: Instant, run: Run, out: &mut [f32]) -> Result<(), GpuError> {
         self.errors.check()?;
-        self.queue.write_buffer(&self.acts.meta, 0, bytemuck::cast_slice(meta));
+        self.queue.write_buffer(&self.acts.meta, 0, bytemuck::cast_slice(&self.meta));
         self.queue.write_buffer(&self.acts.run, 0, bytemuck::bytes_of(&run));
+        let t1 = Instant::now();
         let mut enc =
             self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("call") });
         self.record_resets(&mut enc);
+        let timer = self.timer.as_ref().filter(|_| self.profiling);
+        self.timed.clear();
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("forward"),
                 timestamp_writes: None,
             });
-            for d in &self.plan {
+            for d in self.plan.iter().filter(|d| d.when.runs(&run)) {
                 let y = match d.rows {
                     Rows::Tokens => run.n_tok,
+                    Rows::Outs => run.n_out,
                     Rows::TokenTiles => run.n_tok.div_ceil(MM_TOKENS),
                     Rows::OutTiles => run.n_out.div_ceil(MM_TOKENS),
+                    Rows::GemmTiles => run.n_tok.div_ceil(GEMM_TOKENS),
+                    Rows::GemmOutTiles => run.n_out.div_ceil(GEMM_TOKENS),
                     Rows::Seqs => run.n_seq,
                 };
+                if let Some(t) = timer {
+                    pass.write_timestamp(&t.set, self.timed.len() as u32);
+                    self.timed.push(d.kind);
+                }
                 pass.set_pipeline(&d.pipeline);
                 pass.set_bind_group(0, &d.bind, &[]);
                 pass.dispatch_workgroups(d.x, y, 1);
             }
+            if let Some(t) = timer {
+                pass.write_timestamp(&t.set, self.timed.len() as u32);
+            }
         }
         let bytes = 4 * out.len() as u64;
         enc.copy_buffer_to_buffer(&self.acts.logits, 0, &self.acts.staging, 0, bytes);
-        self.queue.submit([enc.finish()]);
-        self.read_back(bytes, out)?;
+        let queries = self.timed.len() as u32 + 1;
+        if let Some(t) = timer {
+            enc.resolve_query_set(&t.set, 0..queries, &t.resolve, 0);
+            enc.copy_buffer_to_buffer(&t.resolve, 0, &t.readback, 0, 8 * u64::from(queries));
+        }
+        let cmd = enc.finish();
+        let t2 = Instant::now();
+        self.queue.submit([cmd]);
+        let t3 = Instant::now();
+        let (t4, t5) = self.read_back(bytes, out, timer.map(|t| (&t.readback, 8 * u64::from(queries))))?;
+        self.profile.write = t1 - t0;
+        self.profile.record = t2 - t1;
+        self.profile.submit = t3 - t2;
+        self.profile.wait = t4 - t3;
+        self.profile.copy = t5 - t4;
+        self.profile.gpu_ns.clear();
+        if let Some(t) = timer {
+            read_timestamps(t, &self.timed, &mut self.profile.gpu_ns)?;
+        }
         self.errors.check()
     }
 
@@ -634,30 +927,54 @@ impl GpuModel {
         }
     }
 
-    /// Maps the first `bytes` of the staging buffer, waits, copies them to `out`.
-    fn read_back(&self, bytes: u64, out: &mut [f32]) -> Result<(), GpuError> {
+    /// Maps the first `bytes` of the staging buffer (and `also`, mapped until the caller unmaps
+    /// it), waits, copies the logits to `out`. Returns when the wait and the copy ended.
+    fn read_back(
+        &self,
+        bytes: u64,
+        out: &mut [f32],
+        also: Option<(&wgpu::Buffer, u64)>,
+    ) -> Result<(Instant, Instant), GpuError> {
         let (tx, rx) = mpsc::channel();
         let slice = self.acts.staging.slice(..bytes);
+        let tx2 = tx.clone();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             // The receiver lives until after the poll below; a failed send only means it is gone.
             let _ = tx.send(r);
         });
+        let mut wanted = 1;
+        if let Some((buf, n)) = also {
+            buf.slice(..n).map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx2.send(r);
+            });
+            wanted = 2;
+        }
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| GpuError::DeviceLost(e.to_string()))?;
-        match rx.try_recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(GpuError::DeviceLost(format!("map_async: {e}"))),
-            Err(_) => return Err(GpuError::DeviceLost("map_async did not complete".into())),
+        for _ in 0..wanted {
+            match rx.try_recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(GpuError::DeviceLost(format!("map_async: {e}"))),
+                Err(_) => return Err(GpuError::DeviceLost("map_async did not complete".into())),
+            }
         }
+        let waited = Instant::now();
         {
             let view =
                 slice.get_mapped_range().map_err(|e| GpuError::DeviceLost(format!("mapped range: {e}")))?;
-            for (o, c) in out.iter_mut().zip(view.chunks_exact(4)) {
-                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            let src: &[u8] = &view;
+            match bytemuck::try_cast_slice::<u8, f32>(src) {
+                // GPU buffers are little-endian: a plain copy where the host is too.
+                Ok(v) if cfg!(target_endian = "little") => out.copy_from_slice(&v[..out.len()]),
+                _ => {
+                    for (o, c) in out.iter_mut().zip(src.chunks_exact(4)) {
+                        *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                    }
+                }
             }
         }
         self.acts.staging.unmap();
-        Ok(())
+        Ok((waited, Instant::now()))
     }
 }

@@ -1,5 +1,6 @@
 // matmul prologue: X = RMSNorm(x) · w, x / sqrt(mean(x²) + eps) · w (Zhang & Sennrich 2019).
-// Every workgroup recomputes the RMS of its TT rows: cols reads per row, cheaper than a dispatch.
+// Every workgroup recomputes the RMS of its tn ≤ TT rows: cols reads per row, cheaper than a
+// dispatch.
 // aux0: offset of w in smalls; aux1: eps as f32 bits.
 @group(0) @binding(4) var<storage, read> xin: array<f32>;   // (n, x_stride)
 @group(0) @binding(6) var<storage, read> smalls: array<f32>; // per-layer vectors
@@ -7,23 +8,25 @@
 var<workgroup> inv_rms: array<f32, 8>; // (TT,)
 
 fn prologue(wx: u32, lid: u32, xrow: u32, tn: u32) {
-    for (var t = 0u; t < TT; t++) {
+    for (var t = 0u; t < tn; t++) {
         var s = 0.0;
-        if t < tn {
-            for (var c = lid; c < p.cols; c += WG) {
-                let v = xin[(xrow + t) * p.x_stride + c];
-                s += v * v;
-            }
+        for (var c = lid; c < p.cols; c += WG) {
+            let v = xin[(xrow + t) * p.x_stride + c];
+            s += v * v;
         }
         part[t * WG + lid] = s;
     }
     workgroupBarrier();
-    if lid < TT {
-        var s = 0.0;
-        for (var j = 0u; j < WG; j++) {
-            s += part[lid * WG + j];
+    for (var h = WG / 2u; h > 0u; h >>= 1u) {
+        if lid < h {
+            for (var t = 0u; t < tn; t++) {
+                part[t * WG + lid] += part[t * WG + lid + h];
+            }
         }
-        inv_rms[lid] = 1.0 / sqrt(s / f32(p.cols) + bitcast<f32>(p.aux1));
+        workgroupBarrier();
+    }
+    if lid < tn {
+        inv_rms[lid] = 1.0 / sqrt(part[lid * WG] / f32(p.cols) + bitcast<f32>(p.aux1));
     }
     workgroupBarrier();
 }

@@ -1,9 +1,11 @@
-// out (n, rows) = X (n, cols) · Wᵀ, or out += it (residual). X comes from `load_x` (an in_*.wgsl
-// prologue: plain, RMSNorm, or conv + SiLU), W from `load_w` (a weights_*.wgsl file).
+// Matrix × few vectors (decode at small B): out (n, rows) = X (n, cols) · Wᵀ, or out += it
+// (residual). X comes from `load_x` (an in_*.wgsl prologue: plain or RMSNorm), W from `load_w`
+// (a weights_*.wgsl file); an out_*.wgsl `epilogue` may use the finished sums (the conv after
+// in_proj). Larger batches take gemm.wgsl.
 //
 // A workgroup owns R output rows × TT tokens: every weight group it loads is used for TT tokens,
-// every activation group for R rows. Its 64 threads split the columns; partial sums meet in
-// workgroup memory.
+// every activation group for R rows. Its 64 threads split the columns (consecutive threads read
+// consecutive words); partial sums meet in workgroup memory.
 struct Params {
     rows: u32,     // output features
     cols: u32,     // input features
@@ -13,10 +15,14 @@ struct Params {
     add: u32,      // 1: out += X·Wᵀ (residual), 0: out = X·Wᵀ
     head: u32,     // 1: tokens are run.out_row0.. (n_out of them), else 0.. (n_tok)
     layer: u32,    // block index (state offsets)
-    aux0: u32,     // prologue-specific (see the in_*.wgsl file)
+    aux0: u32,     // prologue / epilogue specific (see the in_*.wgsl and out_*.wgsl files)
     aux1: u32,
     aux2: u32,
     aux3: u32,
+    aux4: u32,
+    aux5: u32,
+    aux6: u32,
+    aux7: u32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>; // (n, o_stride)
@@ -54,26 +60,35 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             acc[t] += vec4<f32>(dot(w0, xv), dot(w1, xv), dot(w2, xv), dot(w3, xv));
         }
     }
-    for (var t = 0u; t < TT; t++) {
+    // Reduce the WG partial sums of each live (row, token) pair: a log-step tree over the
+    // threads, R·tn sums per step (4 for a single decode row).
+    let live = R * tn;
+    for (var t = 0u; t < tn; t++) {
         for (var r = 0u; r < R; r++) {
-            part[(r * TT + t) * WG + lid] = acc[t][r];
+            part[(t * R + r) * WG + lid] = acc[t][r];
         }
     }
     workgroupBarrier();
-    if lid < R * TT {
-        let r = r0 + lid / TT;
-        let t = t0 + lid % TT;
-        var s = 0.0;
-        for (var j = 0u; j < WG; j++) {
-            s += part[lid * WG + j];
+    for (var h = WG / 2u; h > 0u; h >>= 1u) {
+        if lid < h {
+            for (var i = 0u; i < live; i++) {
+                part[i * WG + lid] += part[i * WG + lid + h];
+            }
         }
-        if r < p.rows && t < nt {
+        workgroupBarrier();
+    }
+    if lid < live {
+        let t = t0 + lid / R;
+        let r = r0 + lid % R;
+        let s = part[lid * WG];
+        if r < p.rows {
             let o = t * p.o_stride + r;
             if p.add != 0u {
                 out[o] += s;
             } else {
                 out[o] = s;
             }
+            epilogue(lid, t, r);
         }
     }
 }

@@ -1,0 +1,49 @@
+// xn (n, cols) = RMSNorm(x[row0 + t]) · w = x / sqrt(mean(x²) + eps) · w (Zhang & Sennrich 2019),
+// the GEMM path's input for in_proj and the LM head. One workgroup per token; tree reduction.
+struct Params {
+    cols: u32,
+    x_stride: u32,
+    w_off: u32,  // offset of w in smalls
+    eps_bits: u32,
+    head: u32,   // 1: rows run.out_row0 .. + n_out, else 0 .. n_tok
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(4) var<storage, read> xin: array<f32>;        // (n_tok, x_stride)
+@group(0) @binding(5) var<storage, read_write> xn: array<f32>;   // (n, cols)
+@group(0) @binding(6) var<storage, read> smalls: array<f32>;     // per-layer vectors
+
+var<workgroup> red: array<f32, 64>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let t = wid.y;
+    var nt = run.n_tok;
+    var row = t;
+    if p.head != 0u {
+        nt = run.n_out;
+        row = run.out_row0 + t;
+    }
+    if t >= nt {
+        return; // uniform across the workgroup
+    }
+    var s = 0.0;
+    for (var c = lid; c < p.cols; c += 64u) {
+        let v = xin[row * p.x_stride + c];
+        s += v * v;
+    }
+    red[lid] = s;
+    workgroupBarrier();
+    for (var h = 32u; h > 0u; h >>= 1u) {
+        if lid < h {
+            red[lid] += red[lid + h];
+        }
+        workgroupBarrier();
+    }
+    let inv = 1.0 / sqrt(red[0] / f32(p.cols) + bitcast<f32>(p.eps_bits));
+    for (var c = lid; c < p.cols; c += 64u) {
+        xn[t * p.cols + c] = xin[row * p.x_stride + c] * inv * smalls[p.w_off + c];
+    }
+}
