@@ -386,7 +386,7 @@ enum BackendKind {
     Cpu,
     /// The opened device, shared by every model.
     #[cfg(feature = "gpu")]
-    Gpu(tinystate_gpu::Gpu),
+    Gpu(Box<tinystate_gpu::Gpu>),
 }
 
 /// `cpu` is the CPU; `gpu` opens the best adapter (software ones such as lavapipe included) or
@@ -408,7 +408,7 @@ fn gpu_backend() -> Result<BackendKind, LoadError> {
         LoadError::Backend(format!("--backend gpu: cannot open a GPU adapter ({e}); use --backend cpu"))
     })?;
     tracing::info!(backend = "gpu", adapter = %gpu.describe(), "wasi-nn backend: GPU (--backend gpu)");
-    Ok(BackendKind::Gpu(gpu))
+    Ok(BackendKind::Gpu(Box::new(gpu)))
 }
 
 #[cfg(not(feature = "gpu"))]
@@ -427,7 +427,7 @@ fn auto_backend() -> BackendKind {
     match tinystate_gpu::Gpu::open(tinystate_gpu::AdapterChoice::Any) {
         Ok(gpu) => {
             tracing::info!(backend = "gpu", adapter = %gpu.describe(), "wasi-nn backend: GPU (--backend auto)");
-            BackendKind::Gpu(gpu)
+            BackendKind::Gpu(Box::new(gpu))
         }
         Err(e) => {
             tracing::warn!(
