@@ -114,6 +114,7 @@ pub enum NnError {
         max: usize,
     },
     /// Every GPU state slot of the model is taken by a live context.
+    #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
     #[error(
         "all {slots} state slots of this model are in use; retry later, or start the server with \
          a larger --nn-slots"
@@ -157,8 +158,10 @@ pub struct NnConfig {
     /// `--backend`.
     pub backend: BackendChoice,
     /// `--nn-slots`: state slots per model on the GPU backend.
+    #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
     pub slots: u32,
     /// Where the backends count what they do.
+    #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
     pub stats: Arc<NnStats>,
 }
 
@@ -563,10 +566,7 @@ mod tests {
         let mut ctx = m.new_context().unwrap();
         ctx.compute(ids[..50].to_vec()).await.unwrap();
         let split = ctx.compute(ids[50..].to_vec()).await.unwrap();
-        let f = |b: &[u8]| {
-            b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<_>>()
-        };
-        let diff = f(&whole).iter().zip(f(&split)).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let diff = floats(&whole).iter().zip(floats(&split)).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         assert!(diff < 1e-3, "max difference {diff}");
     }
 

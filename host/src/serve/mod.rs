@@ -131,8 +131,8 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: crate::nn::BackendChoice,
     /// GPU backend: state slots per model, allocated on the GPU at start-up (one per live
-    /// request; about 1.2 MiB each for the default model). A request when all are taken gets
-    /// 503.
+    /// request; about 1.2 MiB each for the default model). While all are taken, a new request
+    /// gets 503 (wasi-nn `too-large`).
     #[arg(long, default_value_t = DEFAULT_NN_SLOTS, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub nn_slots: u32,
     /// Tests only: honour `x-tinystate-test-memory-limit: BYTES` and `x-tinystate-test-fault:
