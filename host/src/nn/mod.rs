@@ -4,16 +4,19 @@
 //! How it works:
 //! 1. At start-up `tinystate serve --model NAME=FILE.gguf …` loads every model once ([`Models`])
 //!    on the chosen backend (`--backend cpu|gpu|auto`, [`BackendChoice`]). Weights are mapped
-//!    from the file, never copied per request.
+//!    from the file, never copied per request; the GPU backend uploads them once and allocates
+//!    `--nn-slots` fixed-size state slots per model on the device.
 //! 2. A guest calls `load-by-name(NAME)` and `graph.init-execution-context()`: the context
 //!    ([`Context`]) owns a fresh sequence state (CPU: a [`State`] and its scratch; GPU: a state
-//!    slot). It is freed when the guest drops the resource or when the instance's store is
-//!    dropped (end of response, or the client went away).
+//!    slot, reset before reuse). It is freed when the guest drops the resource or when the
+//!    instance's store is dropped (end of response, or the client went away).
 //! 3. `compute` checks the inputs ([`contract`]), then awaits the backend: the CPU backend runs
-//!    on the blocking thread pool; the GPU backend batches the steps of all live contexts.
+//!    on the blocking thread pool; the GPU backend's batcher thread runs the decode steps of all
+//!    live contexts as one GPU step, interleaved with prefill pieces (continuous batching).
 //!    While it waits, other instances run.
 //!
-//! ABI glue (bindings, resource handling) is in [`wit`]; backends in [`cpu`] (and `gpu`).
+//! ABI glue (bindings, resource handling) is in [`wit`]; backends in [`cpu`] and `gpu` (cargo
+//! feature `gpu`, on by default).
 //!
 //! # The contract (every name the guest and the host share)
 //!
@@ -25,11 +28,14 @@
 //! | output | one named tensor `"logits"`: type `FP32`, dimensions `[vocab]`, the logits after the last input token |
 //! | state | carried by the execution context from one `compute` to the next: n > 1 is a prefill chunk, n = 1 a decode step |
 //! | limits | at most [`MAX_CONTEXTS_PER_INSTANCE`] live contexts and [`MAX_TENSOR_BYTES`] of live tensor data per instance |
+//! | state slots (GPU) | `--nn-slots` per model (default 256), one per live context, server-wide; the CPU backend allocates a state per context instead |
+//! | numerics | CPU: the engine (activations quantised to Q8 against Q8_0 weights); GPU: activations in f32. Logits differ slightly, so a greedy near-tie may pick another token |
 //!
 //! Errors (`errors.error-code`): unknown name → `not-found`; wrong tensor name, count, type or
 //! shape, bad data length, token out of range, no tokens → `invalid-argument`; a chunk over
-//! [`MAX_CHUNK`], too many contexts (and, with the GPU backend, no free state slot) → `too-large`; a backend failure (GPU
-//! device lost) → `runtime-error`. The message (`error.data`) says which value and which limit.
+//! [`MAX_CHUNK`], too many contexts, and (GPU) no free state slot → `too-large`; a backend
+//! failure (GPU device lost, validation error) → `runtime-error` for the requests of that GPU
+//! call, logged; the server keeps running. The message (`error.data`) says which value and which limit.
 //! A bad input is never a trap; a tensor constructor over [`MAX_TENSOR_BYTES`] is (it cannot
 //! return an error).
 //!
@@ -39,11 +45,14 @@
 
 pub mod contract;
 pub mod cpu;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 pub mod wit;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
 use std::time::Instant;
 
 use tinystate_engine::TokenId;
@@ -55,6 +64,7 @@ use tinystate_engine::tokenizer::Tokenizer;
 use tinystate_engine::arch::mamba::State;
 
 use crate::model_file::ModelFile;
+use crate::serve::metrics::Histogram;
 
 #[cfg(doc)]
 use contract::{MAX_CHUNK, MAX_CONTEXTS_PER_INSTANCE, MAX_TENSOR_BYTES};
@@ -103,6 +113,16 @@ pub enum NnError {
         /// The limit.
         max: usize,
     },
+    /// Every GPU state slot of the model is taken by a live context.
+    #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
+    #[error(
+        "all {slots} state slots of this model are in use; retry later, or start the server with \
+         a larger --nn-slots"
+    )]
+    NoFreeSlot {
+        /// The model's slots (`--nn-slots`).
+        slots: u32,
+    },
     /// The backend failed.
     #[error("backend: {0}")]
     Backend(String),
@@ -116,7 +136,7 @@ impl NnError {
             Self::NotFound { .. } => C::NotFound,
             Self::LoadFromBytes => C::UnsupportedOperation,
             Self::Input(_) | Self::Empty | Self::TokenOutOfRange { .. } => C::InvalidArgument,
-            Self::ChunkTooLong { .. } | Self::TooManyContexts { .. } => C::TooLarge,
+            Self::ChunkTooLong { .. } | Self::TooManyContexts { .. } | Self::NoFreeSlot { .. } => C::TooLarge,
             Self::Backend(_) => C::RuntimeError,
         }
     }
@@ -131,6 +151,42 @@ pub enum BackendChoice {
     Gpu,
     /// The engine natively on the host's cores.
     Cpu,
+}
+
+/// How `serve` sets up wasi-nn.
+pub struct NnConfig {
+    /// `--backend`.
+    pub backend: BackendChoice,
+    /// `--nn-slots`: state slots per model on the GPU backend.
+    #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
+    pub slots: u32,
+    /// Where the backends count what they do.
+    #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
+    pub stats: Arc<NnStats>,
+}
+
+/// What the backends count, for `/metrics`.
+pub struct NnStats {
+    /// Rows per GPU decode step (`tinystate_nn_batch_size`).
+    pub batch_size: Histogram,
+    /// GPU state slots held by live contexts, over all models (`tinystate_nn_slots_in_use`).
+    pub slots_in_use: AtomicI64,
+}
+
+/// Bucket bounds of [`NnStats::batch_size`]: powers of two up to the largest batch.
+const BATCH_SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+impl NnStats {
+    /// All zero.
+    pub fn new() -> Self {
+        Self { batch_size: Histogram::new(BATCH_SIZES), slots_in_use: AtomicI64::new(0) }
+    }
+}
+
+impl Default for NnStats {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Why models could not be loaded.
@@ -231,6 +287,8 @@ pub struct Model {
 /// Where a model computes.
 enum Backend {
     Cpu(Arc<cpu::CpuModel>),
+    #[cfg(feature = "gpu")]
+    Gpu(Arc<gpu::GpuBackend>),
 }
 
 impl Model {
@@ -240,6 +298,8 @@ impl Model {
             Backend::Cpu(m) => {
                 Ok(Context { vocab: self.vocab, inner: Inner::Cpu(cpu::CpuContext::new(m.clone())) })
             }
+            #[cfg(feature = "gpu")]
+            Backend::Gpu(b) => Ok(Context { vocab: self.vocab, inner: Inner::Gpu(b.new_context()?) }),
         }
     }
 
@@ -247,6 +307,8 @@ impl Model {
     pub fn backend_name(&self) -> &'static str {
         match self.backend {
             Backend::Cpu(_) => "cpu",
+            #[cfg(feature = "gpu")]
+            Backend::Gpu(_) => "gpu",
         }
     }
 }
@@ -259,6 +321,8 @@ pub struct Context {
 
 enum Inner {
     Cpu(cpu::CpuContext),
+    #[cfg(feature = "gpu")]
+    Gpu(gpu::GpuContext),
 }
 
 impl Context {
@@ -268,6 +332,8 @@ impl Context {
         contract::check_tokens(&tokens, self.vocab)?;
         match &mut self.inner {
             Inner::Cpu(c) => c.compute(tokens).await,
+            #[cfg(feature = "gpu")]
+            Inner::Gpu(c) => c.compute(tokens).await,
         }
     }
 }
@@ -280,15 +346,19 @@ pub struct Models {
 }
 
 impl Models {
-    /// Loads every model in `specs` on the backend `choice` resolves to.
-    pub fn load(specs: &[ModelSpec], choice: BackendChoice) -> Result<Self, LoadError> {
-        let kind = resolve_backend(choice)?;
+    /// Loads every model in `specs` on the backend `config.backend` resolves to (none: no
+    /// backend is set up, so a server without `--model` never touches a GPU).
+    pub fn load(specs: &[ModelSpec], config: &NnConfig) -> Result<Self, LoadError> {
         let mut models = Self { by_name: BTreeMap::new(), order: Vec::new() };
+        if specs.is_empty() {
+            return Ok(models);
+        }
+        let kind = resolve_backend(config.backend)?;
         for spec in specs {
             if models.by_name.contains_key(&spec.name) {
                 return Err(LoadError::Duplicate(spec.name.clone()));
             }
-            let model = load_one(spec, kind)?;
+            let model = load_one(spec, &kind, config)?;
             models.order.push(spec.name.clone());
             models.by_name.insert(spec.name.clone(), Arc::new(model));
         }
@@ -315,34 +385,90 @@ impl Models {
 }
 
 /// The backend a choice comes to on this machine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum BackendKind {
     Cpu,
+    /// The opened device, shared by every model.
+    #[cfg(feature = "gpu")]
+    Gpu(Box<tinystate_gpu::Gpu>),
 }
 
-/// `auto` is the GPU when this binary has the GPU backend and a hardware adapter exists,
-/// else the CPU; `gpu` without a GPU backend is an error.
+/// `cpu` is the CPU; `gpu` opens the best adapter (software ones such as lavapipe included) or
+/// fails; `auto` is the GPU when a hardware (not CPU) adapter exists, else the CPU.
 fn resolve_backend(choice: BackendChoice) -> Result<BackendKind, LoadError> {
     match choice {
         BackendChoice::Cpu => {
             tracing::info!(backend = "cpu", "wasi-nn backend: CPU (--backend cpu)");
             Ok(BackendKind::Cpu)
         }
-        BackendChoice::Auto => {
-            tracing::info!(
-                backend = "cpu",
-                "wasi-nn backend: CPU (--backend auto; this binary has no GPU backend)"
-            );
-            Ok(BackendKind::Cpu)
-        }
-        BackendChoice::Gpu => Err(LoadError::Backend(
-            "--backend gpu: this binary was built without the GPU backend; use --backend cpu".into(),
-        )),
+        BackendChoice::Auto => Ok(auto_backend()),
+        BackendChoice::Gpu => gpu_backend(),
     }
 }
 
+#[cfg(feature = "gpu")]
+fn gpu_backend() -> Result<BackendKind, LoadError> {
+    let gpu = tinystate_gpu::Gpu::open(tinystate_gpu::AdapterChoice::Any).map_err(|e| {
+        LoadError::Backend(format!("--backend gpu: cannot open a GPU adapter ({e}); use --backend cpu"))
+    })?;
+    tracing::info!(backend = "gpu", adapter = %gpu.describe(), "wasi-nn backend: GPU (--backend gpu)");
+    Ok(BackendKind::Gpu(Box::new(gpu)))
+}
+
+#[cfg(not(feature = "gpu"))]
+fn gpu_backend() -> Result<BackendKind, LoadError> {
+    Err(LoadError::Backend(
+        "--backend gpu: this binary was built without the GPU backend; use --backend cpu".into(),
+    ))
+}
+
+#[cfg(feature = "gpu")]
+fn auto_backend() -> BackendKind {
+    let Some(name) = hardware_adapter() else {
+        tracing::info!(backend = "cpu", "wasi-nn backend: CPU (--backend auto; no hardware GPU adapter)");
+        return BackendKind::Cpu;
+    };
+    match tinystate_gpu::Gpu::open(tinystate_gpu::AdapterChoice::Any) {
+        Ok(gpu) => {
+            tracing::info!(backend = "gpu", adapter = %gpu.describe(), "wasi-nn backend: GPU (--backend auto)");
+            BackendKind::Gpu(Box::new(gpu))
+        }
+        Err(e) => {
+            tracing::warn!(
+                backend = "cpu",
+                "wasi-nn backend: CPU (--backend auto; {name} did not open: {e})"
+            );
+            BackendKind::Cpu
+        }
+    }
+}
+
+#[cfg(not(feature = "gpu"))]
+fn auto_backend() -> BackendKind {
+    tracing::info!(backend = "cpu", "wasi-nn backend: CPU (--backend auto; this binary has no GPU backend)");
+    BackendKind::Cpu
+}
+
+/// The name of an adapter that is real hardware (discrete, integrated or virtual GPU), if any.
+/// `Gpu::open` ranks those before CPU adapters, so it then opens one of them.
+#[cfg(feature = "gpu")]
+fn hardware_adapter() -> Option<String> {
+    if wgpu::Instance::enabled_backend_features().is_empty() {
+        return None;
+    }
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    adapters.iter().map(|a| a.get_info()).find(|i| is_hardware(i.device_type)).map(|i| i.name)
+}
+
+#[cfg(feature = "gpu")]
+fn is_hardware(t: wgpu::DeviceType) -> bool {
+    use wgpu::DeviceType as T;
+    matches!(t, T::DiscreteGpu | T::IntegratedGpu | T::VirtualGpu)
+}
+
 /// Maps, parses and loads one model file; logs the time and bytes.
-fn load_one(spec: &ModelSpec, kind: BackendKind) -> Result<Model, LoadError> {
+#[cfg_attr(not(feature = "gpu"), allow(unused_variables))]
+fn load_one(spec: &ModelSpec, kind: &BackendKind, config: &NnConfig) -> Result<Model, LoadError> {
     let t0 = Instant::now();
     let bad =
         |message: String| LoadError::Model { name: spec.name.clone(), path: spec.path.clone(), message };
@@ -360,6 +486,8 @@ fn load_one(spec: &ModelSpec, kind: BackendKind) -> Result<Model, LoadError> {
     let vocab = mamba.config.vocab;
     let backend = match kind {
         BackendKind::Cpu => Backend::Cpu(Arc::new(cpu::CpuModel::new(mamba))),
+        #[cfg(feature = "gpu")]
+        BackendKind::Gpu(g) => Backend::Gpu(load_gpu(spec, g, &mamba, config).map_err(bad)?),
     };
     let model = Model { name: spec.name.clone(), vocab, tokenizer: TokenizerId::of(&tokenizer), backend };
     tracing::info!(
@@ -374,14 +502,39 @@ fn load_one(spec: &ModelSpec, kind: BackendKind) -> Result<Model, LoadError> {
     Ok(model)
 }
 
+/// Uploads `mamba` with `config.slots` state slots and starts its batcher.
+#[cfg(feature = "gpu")]
+fn load_gpu(
+    spec: &ModelSpec,
+    gpu: &tinystate_gpu::Gpu,
+    mamba: &Mamba<'_>,
+    config: &NnConfig,
+) -> Result<Arc<gpu::GpuBackend>, String> {
+    let slots = config.slots;
+    let m =
+        tinystate_gpu::GpuModel::load(gpu, mamba, slots, slots.min(gpu::MAX_BATCH), gpu::MAX_PREFILL_PIECE)
+            .map_err(|e| format!("GPU ({slots} state slots): {e}"))?;
+    gpu::GpuBackend::start(&spec.name, m, config.stats.clone())
+        .map_err(|e| format!("cannot start the GPU batcher thread: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn tiny() -> Models {
+    fn config(backend: BackendChoice, slots: u32) -> NnConfig {
+        NnConfig { backend, slots, stats: Arc::new(NnStats::new()) }
+    }
+
+    fn load_tiny(file: &str, config: &NnConfig) -> Result<Models, LoadError> {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../engine/tests/fixtures/parity/tiny/model-q8_0.gguf");
-        Models::load(&[ModelSpec { name: "tiny".into(), path }], BackendChoice::Cpu).expect("load tiny")
+            .join("../engine/tests/fixtures/parity/tiny")
+            .join(file);
+        Models::load(&[ModelSpec { name: "tiny".into(), path }], config)
+    }
+
+    fn tiny() -> Models {
+        load_tiny("model-q8_0.gguf", &config(BackendChoice::Cpu, 1)).expect("load tiny")
     }
 
     #[tokio::test]
@@ -413,10 +566,7 @@ mod tests {
         let mut ctx = m.new_context().unwrap();
         ctx.compute(ids[..50].to_vec()).await.unwrap();
         let split = ctx.compute(ids[50..].to_vec()).await.unwrap();
-        let f = |b: &[u8]| {
-            b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<_>>()
-        };
-        let diff = f(&whole).iter().zip(f(&split)).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let diff = floats(&whole).iter().zip(floats(&split)).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         assert!(diff < 1e-3, "max difference {diff}");
     }
 
@@ -430,6 +580,53 @@ mod tests {
         for bad in ["a", "=x.gguf", "a=", "a,b=x.gguf", "a b=x"] {
             assert!(bad.parse::<ModelSpec>().is_err(), "{bad}");
         }
-        assert!(matches!(Models::load(&[], BackendChoice::Gpu), Err(LoadError::Backend(_))));
+        #[cfg(not(feature = "gpu"))]
+        assert!(matches!(
+            load_tiny("model-q8_0.gguf", &config(BackendChoice::Gpu, 1)),
+            Err(LoadError::Backend(_))
+        ));
+    }
+
+    fn floats(b: &[u8]) -> Vec<f32> {
+        b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    }
+
+    /// The tiny F32 model on the real GPU backend (lavapipe will do); `None` (with a note) when
+    /// there is no adapter and `CI` is unset.
+    #[cfg(feature = "gpu")]
+    fn tiny_on_gpu(slots: u32) -> Option<(Models, Arc<NnStats>)> {
+        let c = config(BackendChoice::Gpu, slots);
+        match load_tiny("model-f32.gguf", &c) {
+            Ok(m) => Some((m, c.stats)),
+            Err(e) if std::env::var_os("CI").is_none() && e.to_string().contains("no GPU adapter") => {
+                eprintln!("note: skipping a GPU test: {e}");
+                None
+            }
+            Err(e) => panic!("GPU backend: {e}"),
+        }
+    }
+
+    #[cfg(feature = "gpu")]
+    #[tokio::test]
+    async fn gpu_context_matches_cpu_and_holds_a_slot() {
+        let Some((gpu, stats)) = tiny_on_gpu(2) else { return };
+        let cpu = load_tiny("model-f32.gguf", &config(BackendChoice::Cpu, 1)).unwrap();
+        let (g, c) = (gpu.get("tiny").unwrap(), cpu.get("tiny").unwrap());
+        assert_eq!(g.backend_name(), "gpu");
+        let (mut gc, mut cc) = (g.new_context().unwrap(), c.new_context().unwrap());
+        // 300 tokens: the GPU runs them as pieces of MAX_PREFILL_PIECE.
+        let prompt: Vec<TokenId> = (0..300).map(|i| TokenId(i % g.vocab as u32)).collect();
+        let chunks = [prompt, vec![TokenId(5)], vec![TokenId(9)]];
+        for chunk in chunks {
+            let (a, b) = (gc.compute(chunk.clone()).await.unwrap(), cc.compute(chunk).await.unwrap());
+            let diff = floats(&a).iter().zip(floats(&b)).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+            assert!(diff < 1e-3, "max difference {diff}");
+        }
+        let _second = g.new_context().unwrap();
+        let e = g.new_context().map(|_| ()).unwrap_err();
+        assert_eq!(e.code(), wit::ErrorCode::TooLarge, "{e}");
+        assert_eq!(stats.slots_in_use.load(std::sync::atomic::Ordering::Relaxed), 2);
+        let e = gc.compute(vec![TokenId(g.vocab as u32)]).await.unwrap_err();
+        assert_eq!(e.code(), wit::ErrorCode::InvalidArgument, "{e}");
     }
 }

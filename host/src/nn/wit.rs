@@ -1,6 +1,6 @@
 //! The wasi-nn ABI: bindings generated from `wit/wasi-nn.wit` (async imports, so `compute`
 //! awaits its backend without holding a thread) and the host side of each resource. The rules
-//! of what may pass are in [`super::contract`]; the backends in [`super::cpu`].
+//! of what may pass are in [`super::contract`]; the backends in [`super::cpu`] and `super::gpu`.
 //!
 //! Every resource lives in the request's [`ResourceTable`]; a context keeps its model alive and
 //! frees its state when dropped, whether by the guest or with the store.

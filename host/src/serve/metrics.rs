@@ -96,6 +96,8 @@ pub struct Metrics {
     pub traps: AtomicU64,
     /// wasi-nn execution contexts alive now (shared with the nn module, which counts them).
     pub nn_contexts: Arc<AtomicI64>,
+    /// What the wasi-nn backends count (GPU batch sizes, slots in use).
+    pub nn: Arc<crate::nn::NnStats>,
 }
 
 impl Metrics {
@@ -115,6 +117,7 @@ impl Metrics {
             rejected: AtomicU64::new(0),
             traps: AtomicU64::new(0),
             nn_contexts: Arc::new(AtomicI64::new(0)),
+            nn: Arc::new(crate::nn::NnStats::new()),
         }
     }
 
@@ -189,6 +192,13 @@ impl Metrics {
         );
         counter(
             &mut o,
+            "tinystate_nn_slots_in_use",
+            "GPU state slots held by wasi-nn contexts (freed once the slot is reset).",
+            "gauge",
+            self.nn.slots_in_use.load(Ordering::Relaxed).to_string(),
+        );
+        counter(
+            &mut o,
             "tinystate_last_request_peak_memory_bytes",
             "Peak guest linear memory of the request that finished last.",
             "gauge",
@@ -213,6 +223,11 @@ impl Metrics {
             &mut o,
             "tinystate_request_peak_memory_bytes",
             "Peak guest linear memory per request.",
+        );
+        self.nn.batch_size.render(
+            &mut o,
+            "tinystate_nn_batch_size",
+            "Rows (requests) per wasi-nn GPU decode step.",
         );
         o
     }

@@ -43,6 +43,9 @@
 //! `active_instances`, `last_request_peak_memory_bytes` (set when a response ends, before
 //! `requests_finished_total` is incremented), and histograms `instantiate_seconds`,
 //! `time_to_first_byte_seconds`, `request_duration_seconds`, `request_peak_memory_bytes`.
+//! wasi-nn: `nn_contexts` (live execution contexts), `nn_slots_in_use` (GPU state slots held,
+//! back to 0 once every context is gone and its slot reset), and the histogram `nn_batch_size`
+//! (rows per GPU decode step).
 //!
 //! `--test-faults` (hidden; tests only) makes the host honour two request headers:
 //! `x-tinystate-test-fault: trap` (the guest traps at its first epoch check) and
@@ -55,7 +58,7 @@
 mod body;
 mod guest;
 mod limits;
-mod metrics;
+pub(crate) mod metrics;
 mod response;
 mod server;
 
@@ -81,6 +84,12 @@ static EMBEDDED_NN_GUEST: Option<&[u8]> = None;
 /// The custom section in which the nn guest carries its model's metadata (a GGUF without
 /// tensors), so the host can check that the tokenizers agree.
 const NN_META_SECTION: &str = "tinystate-nn-meta";
+
+/// `--nn-slots` when not given.
+#[cfg(feature = "gpu")]
+const DEFAULT_NN_SLOTS: u32 = crate::nn::gpu::DEFAULT_SLOTS;
+#[cfg(not(feature = "gpu"))]
+const DEFAULT_NN_SLOTS: u32 = 256;
 
 /// Arguments of `tinystate serve`.
 #[derive(Args, Debug)]
@@ -116,9 +125,16 @@ pub struct ServeArgs {
     /// the host for logits; every model's tokenizer must match it.
     #[arg(long = "model", value_name = "NAME=FILE.gguf")]
     pub models: Vec<crate::nn::ModelSpec>,
-    /// Where wasi-nn computes: `auto` (a hardware GPU if there is one, else the CPU), `gpu`, `cpu`.
+    /// Where wasi-nn computes: `auto` (a hardware GPU if there is one, else the CPU), `gpu`
+    /// (any Vulkan/Metal/DX12 adapter, software ones such as lavapipe included; none is a
+    /// start-up error), `cpu`.
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: crate::nn::BackendChoice,
+    /// GPU backend: state slots per model, allocated on the GPU at start-up (one per live
+    /// request; about 1.2 MiB each for the default model). While all are taken, a new request
+    /// gets 503 (wasi-nn `too-large`).
+    #[arg(long, default_value_t = DEFAULT_NN_SLOTS, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub nn_slots: u32,
     /// Tests only: honour `x-tinystate-test-memory-limit: BYTES` and `x-tinystate-test-fault:
     /// trap` on a request, to make the guest fail on purpose. Never on a public server.
     #[arg(long, hide = true)]
@@ -175,7 +191,9 @@ pub enum ServeError {
 pub fn run(args: &ServeArgs) -> Result<(), ServeError> {
     init_logging();
     let (what, wasm) = choose_guest(args)?;
-    let models = Arc::new(crate::nn::Models::load(&args.models, args.backend)?);
+    let metrics = Arc::new(metrics::Metrics::new());
+    let nn = crate::nn::NnConfig { backend: args.backend, slots: args.nn_slots, stats: metrics.nn.clone() };
+    let models = Arc::new(crate::nn::Models::load(&args.models, &nn)?);
     check_tokenizers(&wasm, &models)?;
     let limits = guest::InstanceLimits {
         max_instances: args.max_concurrency,
@@ -196,8 +214,13 @@ pub fn run(args: &ServeArgs) -> Result<(), ServeError> {
     );
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let app =
-        Arc::new(server::App::new(guest, args.max_concurrency as usize, args.timeout, args.test_faults));
+    let app = Arc::new(server::App::new(
+        guest,
+        metrics,
+        args.max_concurrency as usize,
+        args.timeout,
+        args.test_faults,
+    ));
     let grace = args.shutdown_grace;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.addr).await?;

@@ -61,13 +61,19 @@ const TEST_MEMORY_LIMIT: &str = "x-tinystate-test-memory-limit";
 const TEST_FAULT: &str = "x-tinystate-test-fault";
 
 impl App {
-    /// Serves `guest` with at most `max_concurrency` live instances and `deadline` per request.
-    /// `test_faults` lets requests lower their own limits (tests only).
-    pub fn new(guest: Guest, max_concurrency: usize, deadline: Duration, test_faults: bool) -> Self {
+    /// Serves `guest` with at most `max_concurrency` live instances and `deadline` per request,
+    /// counting into `metrics`. `test_faults` lets requests lower their own limits (tests only).
+    pub fn new(
+        guest: Guest,
+        metrics: Arc<Metrics>,
+        max_concurrency: usize,
+        deadline: Duration,
+        test_faults: bool,
+    ) -> Self {
         Self {
             guest,
             slots: Arc::new(Semaphore::new(max_concurrency)),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             next_id: AtomicU64::new(1),
             deadline,
             test_faults,

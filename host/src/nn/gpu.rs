@@ -1,0 +1,597 @@
+//! The GPU backend: one batcher thread per model owns its [`GpuModel`] and runs every live
+//! context's work on it, with continuous batching.
+//!
+//! How it works:
+//! 1. A context ([`GpuContext`]) takes a fixed-size state slot from the model's free list when it
+//!    is made (none free: `too-large`, naming `--nn-slots`). Memory per request is that slot,
+//!    whatever the prompt or output length.
+//! 2. `compute` sends `(slot, tokens, reply)` to the batcher over a channel and awaits the reply;
+//!    the async task holds no thread while the GPU works.
+//! 3. The batcher loops: it takes everything that is waiting, runs **every waiting decode**
+//!    (one-token compute) as one [`GpuModel::step`] of up to `max_batch` rows, then **at most one
+//!    prefill piece** of up to the model's `max_chunk` tokens ([`GpuModel::prefill`]); a guest
+//!    chunk longer than that takes several turns. So a long prompt never stalls the decodes of
+//!    other requests for more than one piece, and a step takes whatever arrived while the last
+//!    one ran (continuous batching).
+//! 4. A dropped context sends its slot back through the same channel; the batcher drops any
+//!    work still queued for it, resets the slot ([`GpuModel::reset`]) and only then puts it on
+//!    the free list, so a slot is always zero when it is handed out again.
+//! 5. A [`GpuError`] (device lost, validation) fails the requests of that call with
+//!    `runtime-error`, is logged, and the batcher keeps serving.
+//!
+//! The loop is written against [`Stepper`], so its scheduling is tested with a CPU twin.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, mpsc};
+
+use tinystate_engine::TokenId;
+use tinystate_gpu::{GpuError, GpuModel, SlotId};
+use tokio::sync::oneshot;
+
+use super::{NnError, NnStats};
+
+/// Default number of state slots per model (`--nn-slots`).
+pub const DEFAULT_SLOTS: u32 = 256;
+/// Most decode rows in one GPU step (fewer if there are fewer slots).
+pub const MAX_BATCH: u32 = 256;
+/// Most tokens in one GPU prefill call; a guest chunk (up to 512) longer than this is split, and
+/// the pieces take turns with the decode steps.
+pub const MAX_PREFILL_PIECE: u32 = 128;
+
+/// What the batcher needs of a model: [`GpuModel`], or a CPU twin in tests.
+pub trait Stepper: Send + 'static {
+    /// Logits per row.
+    fn vocab(&self) -> usize;
+    /// Number of state slots.
+    fn slots(&self) -> u32;
+    /// Most rows per [`Stepper::step`].
+    fn max_batch(&self) -> usize;
+    /// Most tokens per [`Stepper::prefill`].
+    fn max_chunk(&self) -> usize;
+    /// Zeroes a slot before its next use.
+    fn reset(&mut self, slot: SlotId) -> Result<(), GpuError>;
+    /// One decode step for distinct slots; rows.len() × vocab logits.
+    fn step(&mut self, rows: &[(SlotId, TokenId)], logits: &mut [f32]) -> Result<(), GpuError>;
+    /// A chunk of one slot; the last position's logits (vocab).
+    fn prefill(&mut self, slot: SlotId, tokens: &[TokenId], logits: &mut [f32]) -> Result<(), GpuError>;
+}
+
+impl Stepper for GpuModel {
+    fn vocab(&self) -> usize {
+        GpuModel::vocab(self)
+    }
+    fn slots(&self) -> u32 {
+        GpuModel::slots(self)
+    }
+    fn max_batch(&self) -> usize {
+        GpuModel::max_batch(self) as usize
+    }
+    fn max_chunk(&self) -> usize {
+        GpuModel::max_chunk(self) as usize
+    }
+    fn reset(&mut self, slot: SlotId) -> Result<(), GpuError> {
+        GpuModel::reset(self, slot)
+    }
+    fn step(&mut self, rows: &[(SlotId, TokenId)], logits: &mut [f32]) -> Result<(), GpuError> {
+        GpuModel::step(self, rows, logits)
+    }
+    fn prefill(&mut self, slot: SlotId, tokens: &[TokenId], logits: &mut [f32]) -> Result<(), GpuError> {
+        GpuModel::prefill(self, slot, tokens, logits)
+    }
+}
+
+/// The answer to one compute: logits (vocab,) as little-endian f32 bytes.
+type Reply = oneshot::Sender<Result<Vec<u8>, NnError>>;
+
+/// What contexts send the batcher.
+enum Msg {
+    /// Run `tokens` on `slot` and answer on `reply`.
+    Compute(Job),
+    /// The slot's context is gone: reset it and free it.
+    Release(SlotId),
+}
+
+/// One compute request.
+struct Job {
+    slot: SlotId,
+    tokens: Vec<TokenId>,
+    reply: Reply,
+}
+
+/// A model on the GPU, shared by its contexts: the batcher's inbox and the free slots.
+pub struct GpuBackend {
+    tx: mpsc::Sender<Msg>,
+    free: Arc<Mutex<Vec<SlotId>>>,
+    slots: u32,
+    stats: Arc<NnStats>,
+}
+
+impl GpuBackend {
+    /// Starts the batcher thread for `model` (named after the model, for logs and debuggers).
+    pub fn start(name: &str, model: impl Stepper, stats: Arc<NnStats>) -> std::io::Result<Arc<Self>> {
+        let slots = model.slots();
+        // Popped from the end: slot 0 is handed out first.
+        let free = Arc::new(Mutex::new((0..slots).rev().map(SlotId).collect::<Vec<_>>()));
+        let (tx, rx) = mpsc::channel();
+        let batcher = Batcher::new(model, rx, free.clone(), stats.clone());
+        std::thread::Builder::new().name(format!("nn-gpu-{name}")).spawn(move || batcher.run())?;
+        Ok(Arc::new(Self { tx, free, slots, stats }))
+    }
+
+    /// A fresh sequence in a free slot.
+    pub fn new_context(self: &Arc<Self>) -> Result<GpuContext, NnError> {
+        let slot = lock(&self.free).pop().ok_or(NnError::NoFreeSlot { slots: self.slots })?;
+        self.stats.slots_in_use.fetch_add(1, Ordering::Relaxed);
+        Ok(GpuContext { backend: self.clone(), slot, waiting: None })
+    }
+}
+
+/// Locks the free list; a poisoned lock only means a thread panicked holding it (the list is
+/// still whole: every change is a single push or pop).
+fn lock(free: &Mutex<Vec<SlotId>>) -> std::sync::MutexGuard<'_, Vec<SlotId>> {
+    free.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One sequence in a GPU state slot; dropping it frees the slot.
+pub struct GpuContext {
+    backend: Arc<GpuBackend>,
+    slot: SlotId,
+    /// The reply of a compute whose future was dropped before it came.
+    waiting: Option<oneshot::Receiver<Result<Vec<u8>, NnError>>>,
+}
+
+impl GpuContext {
+    /// Runs `tokens` (already checked against the vocabulary) in this context's slot and
+    /// returns the last logits as little-endian f32 bytes.
+    pub async fn compute(&mut self, tokens: Vec<TokenId>) -> Result<Vec<u8>, NnError> {
+        if self.waiting.is_some() {
+            // The state may or may not hold the cancelled chunk: it is no longer a sequence.
+            return Err(NnError::Backend("an earlier compute on this context was cancelled".into()));
+        }
+        let (reply, rx) = oneshot::channel();
+        let job = Job { slot: self.slot, tokens, reply };
+        self.backend
+            .tx
+            .send(Msg::Compute(job))
+            .map_err(|_| NnError::Backend("the GPU batcher has stopped".into()))?;
+        let rx = self.waiting.insert(rx);
+        let answer = rx.await;
+        self.waiting = None;
+        answer.map_err(|_| NnError::Backend("the GPU batcher dropped the request".into()))?
+    }
+}
+
+impl Drop for GpuContext {
+    fn drop(&mut self) {
+        // Through the batcher, after any work queued for the slot; if the batcher is gone the
+        // slot goes with it.
+        let _ = self.backend.tx.send(Msg::Release(self.slot));
+    }
+}
+
+/// A prefill request and how many of its tokens have run.
+struct Prefill {
+    job: Job,
+    done: usize,
+}
+
+/// The batcher thread's state. Buffers are sized once; a turn allocates only the replies.
+struct Batcher<M> {
+    model: M,
+    rx: mpsc::Receiver<Msg>,
+    free: Arc<Mutex<Vec<SlotId>>>,
+    stats: Arc<NnStats>,
+    vocab: usize,
+    /// One-token computes, in arrival order.
+    decodes: VecDeque<Job>,
+    /// Longer computes, in arrival order; the front one runs a piece per turn.
+    prefills: VecDeque<Prefill>,
+    /// Slots whose contexts are gone, freed at the end of the turn.
+    releases: Vec<SlotId>,
+    /// This step's rows (max_batch,) and their jobs.
+    rows: Vec<(SlotId, TokenId)>,
+    batch: Vec<Job>,
+    /// Whether a slot already has a row in this step (slots,).
+    in_batch: Vec<bool>,
+    /// Step logits (max_batch, vocab).
+    logits: Vec<f32>,
+    /// Prefill logits (vocab,).
+    last: Vec<f32>,
+}
+
+impl<M: Stepper> Batcher<M> {
+    fn new(model: M, rx: mpsc::Receiver<Msg>, free: Arc<Mutex<Vec<SlotId>>>, stats: Arc<NnStats>) -> Self {
+        let (vocab, max_batch) = (model.vocab(), model.max_batch());
+        Self {
+            rx,
+            free,
+            stats,
+            vocab,
+            decodes: VecDeque::new(),
+            prefills: VecDeque::new(),
+            releases: Vec::new(),
+            rows: Vec::with_capacity(max_batch),
+            batch: Vec::with_capacity(max_batch),
+            in_batch: vec![false; model.slots() as usize],
+            logits: vec![0.0; max_batch * vocab],
+            last: vec![0.0; vocab],
+            model,
+        }
+    }
+
+    /// Runs until every context and the backend are gone.
+    fn run(mut self) {
+        while self.gather() {
+            self.decode_turn();
+            self.prefill_turn();
+            self.free_released();
+        }
+    }
+
+    /// Takes every waiting message, blocking first if there is nothing to do. False when the
+    /// channel is closed and no work is left.
+    fn gather(&mut self) -> bool {
+        if self.decodes.is_empty() && self.prefills.is_empty() {
+            match self.rx.recv() {
+                Ok(m) => self.accept(m),
+                Err(_) => return false,
+            }
+        }
+        while let Ok(m) = self.rx.try_recv() {
+            self.accept(m);
+        }
+        true
+    }
+
+    fn accept(&mut self, m: Msg) {
+        match m {
+            Msg::Compute(job) if job.tokens.len() == 1 => self.decodes.push_back(job),
+            Msg::Compute(job) => self.prefills.push_back(Prefill { job, done: 0 }),
+            Msg::Release(slot) => self.releases.push(slot),
+        }
+    }
+
+    /// One step over every waiting decode (up to max_batch, one row per slot).
+    fn decode_turn(&mut self) {
+        let max = self.model.max_batch();
+        // Visit each queued job once; those left for a later step keep their order.
+        for _ in 0..self.decodes.len() {
+            let Some(job) = self.decodes.pop_front() else { break };
+            if job.reply.is_closed() {
+                continue; // the caller is gone; nobody wants these logits
+            }
+            let slot = job.slot.0 as usize;
+            if self.batch.len() == max || self.in_batch.get(slot).copied().unwrap_or(false) {
+                self.decodes.push_back(job);
+                continue;
+            }
+            if let Some(mark) = self.in_batch.get_mut(slot) {
+                *mark = true;
+            }
+            self.rows.push((job.slot, job.tokens[0]));
+            self.batch.push(job);
+        }
+        if self.batch.is_empty() {
+            return;
+        }
+        let n = self.rows.len();
+        self.stats.batch_size.observe(n as f64);
+        let out = &mut self.logits[..n * self.vocab];
+        let result = self.model.step(&self.rows, out);
+        if let Err(e) = &result {
+            tracing::error!(rows = n, "wasi-nn GPU step failed: {e}");
+        }
+        for (i, job) in self.batch.drain(..).enumerate() {
+            let answer = match &result {
+                Ok(()) => Ok(le_bytes(&out[i * self.vocab..(i + 1) * self.vocab])),
+                Err(e) => Err(NnError::Backend(e.to_string())),
+            };
+            // A closed receiver only means the caller went away meanwhile.
+            let _ = job.reply.send(answer);
+        }
+        for &(slot, _) in &self.rows {
+            if let Some(mark) = self.in_batch.get_mut(slot.0 as usize) {
+                *mark = false;
+            }
+        }
+        self.rows.clear();
+    }
+
+    /// One piece (up to max_chunk tokens) of the oldest prefill; answers when its last piece ran.
+    fn prefill_turn(&mut self) {
+        while self.prefills.front().is_some_and(|p| p.job.reply.is_closed()) {
+            self.prefills.pop_front();
+        }
+        let Some(p) = self.prefills.front_mut() else { return };
+        let end = p.job.tokens.len().min(p.done + self.model.max_chunk());
+        let result = self.model.prefill(p.job.slot, &p.job.tokens[p.done..end], &mut self.last);
+        p.done = end;
+        let answer = match result {
+            Ok(()) if end < p.job.tokens.len() => return,
+            Ok(()) => Ok(le_bytes(&self.last)),
+            Err(e) => {
+                tracing::error!(tokens = end, "wasi-nn GPU prefill failed: {e}");
+                Err(NnError::Backend(e.to_string()))
+            }
+        };
+        if let Some(p) = self.prefills.pop_front() {
+            let _ = p.job.reply.send(answer);
+        }
+    }
+
+    /// Resets and frees the slots of dropped contexts, dropping work still queued for them.
+    fn free_released(&mut self) {
+        while let Some(slot) = self.releases.pop() {
+            self.decodes.retain(|j| j.slot != slot);
+            self.prefills.retain(|p| p.job.slot != slot);
+            if let Err(e) = self.model.reset(slot) {
+                // Never hand out a slot that may hold another request's state.
+                tracing::error!(slot = slot.0, "wasi-nn GPU slot reset failed; slot retired: {e}");
+                continue;
+            }
+            lock(&self.free).push(slot);
+            self.stats.slots_in_use.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// f32s as little-endian bytes (the wasi-nn tensor layout); the reply's only allocation.
+fn le_bytes(v: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 * v.len());
+    for x in v {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model_file::ModelFile;
+    use crate::nn::cpu::{CpuContext, CpuModel};
+    use tinystate_engine::arch::mamba::{Mamba, Scratch, State};
+    use tinystate_engine::gguf::Gguf;
+
+    /// A call the twin saw.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    enum Call {
+        Step(Vec<u32>),
+        Prefill(u32, usize),
+        Reset(u32),
+    }
+
+    /// The CPU twin of a [`GpuModel`]: the engine's Mamba with one [`State`] per slot.
+    struct Twin {
+        model: Mamba<'static>,
+        states: Vec<State>,
+        scratch: Scratch,
+        max_batch: usize,
+        max_chunk: usize,
+        calls: Arc<Mutex<Vec<Call>>>,
+        /// Fail the next call with a device-lost error.
+        fail_next: bool,
+    }
+
+    fn tiny() -> Mamba<'static> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../engine/tests/fixtures/parity/tiny/model-f32.gguf");
+        let file: &'static ModelFile = Box::leak(Box::new(ModelFile::open(&path).expect("open tiny")));
+        Mamba::load(&Gguf::parse(file.bytes()).expect("parse tiny")).expect("load tiny")
+    }
+
+    impl Twin {
+        fn new(slots: u32, max_batch: usize, max_chunk: usize) -> Self {
+            let model = tiny();
+            let c = model.config;
+            Self {
+                states: (0..slots).map(|_| State::new(&c)).collect(),
+                scratch: Scratch::new(&c, max_chunk),
+                model,
+                max_batch,
+                max_chunk,
+                calls: Arc::default(),
+                fail_next: false,
+            }
+        }
+
+        fn failing(&mut self) -> Result<(), GpuError> {
+            if std::mem::take(&mut self.fail_next) {
+                Err(GpuError::DeviceLost("test".into()))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl Stepper for Twin {
+        fn vocab(&self) -> usize {
+            self.model.config.vocab
+        }
+        fn slots(&self) -> u32 {
+            self.states.len() as u32
+        }
+        fn max_batch(&self) -> usize {
+            self.max_batch
+        }
+        fn max_chunk(&self) -> usize {
+            self.max_chunk
+        }
+        fn reset(&mut self, slot: SlotId) -> Result<(), GpuError> {
+            self.calls.lock().unwrap().push(Call::Reset(slot.0));
+            self.states[slot.0 as usize].reset();
+            Ok(())
+        }
+        fn step(&mut self, rows: &[(SlotId, TokenId)], logits: &mut [f32]) -> Result<(), GpuError> {
+            self.calls.lock().unwrap().push(Call::Step(rows.iter().map(|r| r.0.0).collect()));
+            self.failing()?;
+            let v = self.vocab();
+            for (i, &(slot, tok)) in rows.iter().enumerate() {
+                let state = &mut self.states[slot.0 as usize];
+                let out = self.model.forward(state, &mut self.scratch, &[tok], true).expect("logits");
+                logits[i * v..(i + 1) * v].copy_from_slice(out);
+            }
+            Ok(())
+        }
+        fn prefill(&mut self, slot: SlotId, tokens: &[TokenId], logits: &mut [f32]) -> Result<(), GpuError> {
+            assert!(tokens.len() <= self.max_chunk, "a piece of {} tokens", tokens.len());
+            self.calls.lock().unwrap().push(Call::Prefill(slot.0, tokens.len()));
+            self.failing()?;
+            let state = &mut self.states[slot.0 as usize];
+            logits
+                .copy_from_slice(self.model.forward(state, &mut self.scratch, tokens, true).expect("logits"));
+            Ok(())
+        }
+    }
+
+    type Answer = oneshot::Receiver<Result<Vec<u8>, NnError>>;
+
+    /// A batcher on `twin` driven by hand (no thread), and the sender of its inbox.
+    fn batcher(twin: Twin) -> (Batcher<Twin>, mpsc::Sender<Msg>) {
+        let (tx, rx) = mpsc::channel();
+        let free = Arc::new(Mutex::new(Vec::new()));
+        (Batcher::new(twin, rx, free, Arc::new(NnStats::new())), tx)
+    }
+
+    fn send(tx: &mpsc::Sender<Msg>, slot: u32, tokens: &[u32]) -> Answer {
+        let (reply, rx) = oneshot::channel();
+        let tokens = tokens.iter().map(|&t| TokenId(t)).collect();
+        tx.send(Msg::Compute(Job { slot: SlotId(slot), tokens, reply })).unwrap();
+        rx
+    }
+
+    fn turn(b: &mut Batcher<Twin>) {
+        assert!(b.gather());
+        b.decode_turn();
+        b.prefill_turn();
+        b.free_released();
+    }
+
+    fn floats(b: &[u8]) -> Vec<f32> {
+        b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    }
+
+    #[test]
+    fn a_turn_runs_every_waiting_decode_then_one_prefill_piece() {
+        let twin = Twin::new(8, 3, 4);
+        let calls = twin.calls.clone();
+        let (mut b, tx) = batcher(twin);
+        let mut decodes: Vec<Answer> = (0..4).map(|s| send(&tx, s, &[s + 1])).collect();
+        let mut long = send(&tx, 4, &[1; 10]);
+        let mut short = send(&tx, 5, &[2; 3]);
+        turn(&mut b);
+        assert!(decodes[..3].iter_mut().all(|r| r.try_recv().is_ok_and(|a| a.is_ok())));
+        assert!(decodes[3].try_recv().is_err(), "over max_batch: waits for the next step");
+        turn(&mut b);
+        assert!(decodes[3].try_recv().is_ok());
+        assert!(long.try_recv().is_err(), "8 of 10 tokens done");
+        turn(&mut b);
+        assert_eq!(long.try_recv().unwrap().unwrap().len(), 4 * b.vocab);
+        turn(&mut b);
+        assert!(short.try_recv().is_ok());
+        let want = [
+            Call::Step(vec![0, 1, 2]),
+            Call::Prefill(4, 4),
+            Call::Step(vec![3]),
+            Call::Prefill(4, 4),
+            Call::Prefill(4, 2),
+            Call::Prefill(5, 3),
+        ];
+        assert_eq!(*calls.lock().unwrap(), want);
+    }
+
+    #[test]
+    fn a_failed_call_answers_runtime_error_and_the_next_works() {
+        let mut twin = Twin::new(4, 4, 4);
+        twin.fail_next = true;
+        let (mut b, tx) = batcher(twin);
+        let (mut r0, mut r1) = (send(&tx, 0, &[1]), send(&tx, 1, &[2]));
+        turn(&mut b);
+        for r in [&mut r0, &mut r1] {
+            let e = r.try_recv().unwrap().unwrap_err();
+            assert_eq!(e.code(), crate::nn::wit::ErrorCode::RuntimeError, "{e}");
+            assert!(e.to_string().contains("device lost"), "{e}");
+        }
+        let mut r = send(&tx, 0, &[1]);
+        turn(&mut b);
+        assert!(r.try_recv().unwrap().is_ok());
+    }
+
+    #[test]
+    fn a_release_drops_queued_work_resets_and_frees_the_slot() {
+        let twin = Twin::new(4, 4, 4);
+        let calls = twin.calls.clone();
+        let (mut b, tx) = batcher(twin);
+        drop(send(&tx, 2, &[1])); // the caller went away: not computed
+        let _kept = send(&tx, 3, &[1; 9]); // queued when its context is dropped
+        tx.send(Msg::Release(SlotId(3))).unwrap();
+        turn(&mut b);
+        assert_eq!(*calls.lock().unwrap(), [Call::Prefill(3, 4), Call::Reset(3)]);
+        assert_eq!(*lock(&b.free), [SlotId(3)]);
+        assert!(b.decodes.is_empty() && b.prefills.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_contexts_equal_their_single_runs() {
+        let backend = GpuBackend::start("twin", Twin::new(8, 8, 16), Arc::new(NnStats::new())).unwrap();
+        let cpu = Arc::new(CpuModel::new(tiny()));
+        let script = |i: u32| -> Vec<Vec<TokenId>> {
+            let prompt = (0..40).map(|j| TokenId((i * 7 + j) % 50)).collect();
+            std::iter::once(prompt).chain((0..6).map(|j| vec![TokenId(i + j)])).collect()
+        };
+        let run_gpu = |i: u32| {
+            let b = backend.clone();
+            tokio::spawn(async move {
+                let mut ctx = b.new_context().unwrap();
+                let mut out = Vec::new();
+                for chunk in script(i) {
+                    out.push(ctx.compute(chunk).await.unwrap());
+                }
+                out
+            })
+        };
+        let tasks: Vec<_> = (0..8).map(run_gpu).collect();
+        for (i, t) in tasks.into_iter().enumerate() {
+            let got = t.await.unwrap();
+            let mut alone = CpuContext::new(cpu.clone());
+            for (chunk, g) in script(i as u32).into_iter().zip(got) {
+                let want = alone.compute(chunk).await.unwrap();
+                let diff =
+                    floats(&want).iter().zip(floats(&g)).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                assert!(diff < 1e-4, "context {i}: max difference {diff}");
+            }
+        }
+        settle(&backend.stats, 0).await;
+    }
+
+    /// Waits (up to a second) until `n` slots are in use: releases go through the batcher.
+    async fn settle(stats: &NnStats, n: i64) {
+        for _ in 0..500 {
+            if stats.slots_in_use.load(Ordering::Relaxed) == n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        panic!("{} slots in use, not {n}", stats.slots_in_use.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn no_free_slot_is_too_large_until_one_is_released() {
+        let stats = Arc::new(NnStats::new());
+        let backend = GpuBackend::start("twin", Twin::new(2, 2, 4), stats.clone()).unwrap();
+        let a = backend.new_context().unwrap();
+        let _b = backend.new_context().unwrap();
+        let e = backend.new_context().map(|_| ()).unwrap_err();
+        assert_eq!(e.code(), crate::nn::wit::ErrorCode::TooLarge);
+        assert!(e.to_string().contains("--nn-slots"), "{e}");
+        assert_eq!(stats.slots_in_use.load(Ordering::Relaxed), 2);
+        drop(a);
+        settle(&stats, 1).await;
+        let mut c = backend.new_context().expect("the released slot");
+        assert_eq!(c.compute(vec![TokenId(1)]).await.unwrap().len(), 4 * backend_vocab());
+    }
+
+    fn backend_vocab() -> usize {
+        tiny().config.vocab
+    }
+}
