@@ -5,7 +5,8 @@ concurrent streams, each with its fraction of the bandwidth bound; the PyTorch C
 the same run when asked.
 
 usage: scripts/bench_gpu_serve.py MODEL.gguf [MODEL.gguf …] [--binary target/release/tinystate]
-           [--concurrency 1,8,64,256] [--max-tokens 64] [--rounds 2] [--hey hey] [--peer PATH.py]
+           [--guest NN.wasm] [--concurrency 1,8,64,256] [--max-tokens 64] [--rounds 2] [--hey hey]
+           [--peer PATH.py]
 
 The binary must embed an nn guest built for the models' tokenizer (host/build.rs builds it from
 `TINYSTATE_MODEL`; the server refuses a model whose tokenizer differs). For each model: one
@@ -52,6 +53,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="+")
     p.add_argument("--binary", default=str(ROOT / "target/release/tinystate"))
+    p.add_argument("--guest", help="an nn guest built for the models' tokenizer "
+                   "(TINYSTATE_MODEL=MODEL.gguf guest/build.sh nn), if the binary's is not")
     p.add_argument("--concurrency", default="1,8,64,256")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--rounds", type=int, default=2)
@@ -64,7 +67,8 @@ def main():
         wb = weight_bytes(model)
         server, host, port = bench_serve.start_server(
             ["--model", f"bench={model}", "--backend", "gpu", "--nn-slots", str(max(concs)),
-             "--max-concurrency", str(max(concs) + 8), "--timeout", "600s"], binary=a.binary)
+             "--max-concurrency", str(max(concs) + 8), "--timeout", "600s",
+             *(["--guest", a.guest] if a.guest else [])], binary=a.binary)
         try:
             single = bench_serve.guest_decode(host, port, "bench", 256)
             print(f"{Path(model).name}: single stream {single:.1f} tok/s", file=sys.stderr)
