@@ -155,8 +155,9 @@ def hey(host, port, model, requests, conc, max_tokens, hey_bin="hey"):
     codes = {}
     for r in rows:
         codes[r[6]] = codes.get(r[6], 0) + 1
-    if len(rows) < requests:  # hey leaves failed requests (e.g. its 20 s client timeout) out of the CSV
-        codes["client error"] = requests - len(rows)
+    sent = requests // conc * conc  # hey gives each client requests // conc of them
+    if len(rows) < sent:  # hey leaves failed requests (e.g. a client timeout) out of the CSV
+        codes["client error"] = sent - len(rows)
     return len(rows) / wall, pct(lat, 0.5), pct(lat, 0.99), codes
 
 
