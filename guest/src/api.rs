@@ -509,7 +509,7 @@ mod tests {
             // OpenAI answers an unknown model with 404 (`model_not_found`); the rest is 400.
             let want = if body.contains("gpt-4") { 404 } else { 400 };
             assert_eq!(e.status, want, "{body}");
-            assert_eq!(e.param.as_deref(), *param, "{body}");
+            assert_eq!(e.param, *param, "{body}");
         }
         assert_eq!(parse_fields("[1]").unwrap_err().status, 400);
         assert_eq!(parse_fields("{\"a\":").unwrap_err().status, 400);

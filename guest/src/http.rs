@@ -19,7 +19,7 @@ pub fn read_body(
     cap: usize,
     mut each: impl FnMut(&[u8]) -> Result<(), ApiError>,
 ) -> Result<(), ApiError> {
-    let declared = req.headers().get(&"content-length".to_owned());
+    let declared = req.headers().get("content-length");
     if let Some(v) = declared.first()
         && std::str::from_utf8(v)
             .ok()
