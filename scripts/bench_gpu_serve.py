@@ -66,7 +66,9 @@ def main():
     for model in a.models:
         wb = weight_bytes(model)
         server, host, port = bench_serve.start_server(
-            ["--model", f"bench={model}", "--backend", "gpu", "--nn-slots", str(max(concs)),
+            # Slots beyond the clients: a client's next request may arrive before the slot of its
+            # last one has been reset and freed by the batcher.
+            ["--model", f"bench={model}", "--backend", "gpu", "--nn-slots", str(max(concs) + 16),
              "--max-concurrency", str(max(concs) + 8), "--timeout", "600s",
              *(["--guest", a.guest] if a.guest else [])], binary=a.binary)
         try:
