@@ -8,11 +8,14 @@
 //! 2. `compute` sends `(slot, tokens, reply)` to the batcher over a channel and awaits the reply;
 //!    the async task holds no thread while the GPU works.
 //! 3. The batcher loops: it takes everything that is waiting, runs **every waiting decode**
-//!    (one-token compute) as one [`GpuModel::step`] of up to `max_batch` rows, then **at most one
-//!    prefill piece** of up to the model's `max_chunk` tokens ([`GpuModel::prefill`]); a guest
-//!    chunk longer than that takes several turns. So a long prompt never stalls the decodes of
-//!    other requests for more than one piece, and a step takes whatever arrived while the last
-//!    one ran (continuous batching).
+//!    (one-token compute) as one [`GpuModel::step`] of up to `max_batch` rows, then **prefill
+//!    pieces** of up to the model's `max_chunk` tokens ([`GpuModel::prefill`]), oldest first:
+//!    at least one, and more while the turn's prefill time stays under its decode step's time;
+//!    a guest chunk longer than a piece takes several. So prefills never take more than about
+//!    half the GPU from the decodes of other requests, yet many short prompts are admitted per
+//!    step when many requests start at once (one piece per turn made admissions, not decode
+//!    steps, the limit at 256 streams on the H200), and a step takes whatever arrived while the
+//!    last one ran (continuous batching).
 //! 4. A dropped context sends its slot back through the same channel; the batcher drops any
 //!    work still queued for it, resets the slot ([`GpuModel::reset`]) and only then puts it on
 //!    the free list, so a slot is always zero when it is handed out again.
@@ -24,6 +27,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
 
 use tinystate_engine::TokenId;
 use tinystate_gpu::{GpuError, GpuModel, SlotId};
@@ -223,8 +227,9 @@ impl<M: Stepper> Batcher<M> {
     /// Runs until every context and the backend are gone.
     fn run(mut self) {
         while self.gather() {
+            let t = Instant::now();
             self.decode_turn();
-            self.prefill_turn();
+            self.prefill_turn(t.elapsed());
             self.free_released();
         }
     }
@@ -298,8 +303,18 @@ impl<M: Stepper> Batcher<M> {
         self.rows.clear();
     }
 
+    /// Prefill pieces, oldest first: one, then more while their time stays under `budget` (the
+    /// decode step's time this turn).
+    fn prefill_turn(&mut self, budget: Duration) {
+        let t = Instant::now();
+        self.prefill_piece();
+        while !self.prefills.is_empty() && t.elapsed() < budget {
+            self.prefill_piece();
+        }
+    }
+
     /// One piece (up to max_chunk tokens) of the oldest prefill; answers when its last piece ran.
-    fn prefill_turn(&mut self) {
+    fn prefill_piece(&mut self) {
         while self.prefills.front().is_some_and(|p| p.job.reply.is_closed()) {
             self.prefills.pop_front();
         }
@@ -460,10 +475,11 @@ mod tests {
         rx
     }
 
+    /// A turn whose decode step took no time: exactly one prefill piece.
     fn turn(b: &mut Batcher<Twin>) {
         assert!(b.gather());
         b.decode_turn();
-        b.prefill_turn();
+        b.prefill_turn(Duration::ZERO);
         b.free_released();
     }
 
@@ -498,6 +514,19 @@ mod tests {
             Call::Prefill(5, 3),
         ];
         assert_eq!(*calls.lock().unwrap(), want);
+    }
+
+    #[test]
+    fn prefill_pieces_run_while_under_the_decode_step_time() {
+        let twin = Twin::new(8, 4, 4);
+        let calls = twin.calls.clone();
+        let (mut b, tx) = batcher(twin);
+        let mut waiting: Vec<Answer> = (0..3).map(|s| send(&tx, s, &[1; 3])).collect();
+        assert!(b.gather());
+        b.decode_turn();
+        b.prefill_turn(Duration::from_secs(60)); // a long step: every waiting prefill fits
+        assert!(waiting.iter_mut().all(|r| r.try_recv().is_ok_and(|a| a.is_ok())));
+        assert_eq!(*calls.lock().unwrap(), [Call::Prefill(0, 3), Call::Prefill(1, 3), Call::Prefill(2, 3)]);
     }
 
     #[test]
