@@ -89,6 +89,16 @@ pub fn check_tokens(tokens: &[TokenId], vocab: usize) -> Result<(), NnError> {
     }
 }
 
+/// f32s as little-endian bytes, the layout of the `"logits"` tensor. Backends call it on their
+/// own threads, off the async executor; the result becomes the output tensor without a copy.
+pub fn logits_bytes(v: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 * v.len());
+    for x in v {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out
+}
+
 /// The output tensor: logits (vocab,) as FP32.
 pub fn logits_output(bytes: Vec<u8>) -> TensorParts {
     let vocab = (bytes.len() / 4) as u32;

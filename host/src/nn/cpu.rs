@@ -10,6 +10,7 @@ use tinystate_engine::TokenId;
 use tinystate_engine::arch::mamba::{DEFAULT_MAX_CHUNK, Mamba, Scratch, State};
 
 use super::NnError;
+use super::contract::logits_bytes;
 
 /// A model's weights (views into the mapped file) for the CPU backend.
 pub struct CpuModel {
@@ -54,7 +55,7 @@ impl CpuContext {
         let model = self.model.clone();
         let (seq, logits) = tokio::task::spawn_blocking(move || {
             let Sequence { state, scratch } = &mut *seq;
-            let logits = model.model.forward(state, scratch, &tokens, true).map(|l| to_bytes(l));
+            let logits = model.model.forward(state, scratch, &tokens, true).map(|l| logits_bytes(l));
             (seq, logits)
         })
         .await
@@ -62,9 +63,4 @@ impl CpuContext {
         self.seq = Some(seq);
         logits.ok_or(NnError::Empty)
     }
-}
-
-/// f32s as little-endian bytes (the wasi-nn tensor layout).
-fn to_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }

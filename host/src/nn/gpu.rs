@@ -33,6 +33,7 @@ use tinystate_engine::TokenId;
 use tinystate_gpu::{GpuError, GpuModel, SlotId};
 use tokio::sync::oneshot;
 
+use super::contract::logits_bytes;
 use super::{NnError, NnStats};
 
 /// Default number of state slots per model (`--nn-slots`).
@@ -289,7 +290,7 @@ impl<M: Stepper> Batcher<M> {
         }
         for (i, job) in self.batch.drain(..).enumerate() {
             let answer = match &result {
-                Ok(()) => Ok(le_bytes(&out[i * self.vocab..(i + 1) * self.vocab])),
+                Ok(()) => Ok(logits_bytes(&out[i * self.vocab..(i + 1) * self.vocab])),
                 Err(e) => Err(NnError::Backend(e.to_string())),
             };
             // A closed receiver only means the caller went away meanwhile.
@@ -324,7 +325,7 @@ impl<M: Stepper> Batcher<M> {
         p.done = end;
         let answer = match result {
             Ok(()) if end < p.job.tokens.len() => return,
-            Ok(()) => Ok(le_bytes(&self.last)),
+            Ok(()) => Ok(logits_bytes(&self.last)),
             Err(e) => {
                 tracing::error!(tokens = end, "wasi-nn GPU prefill failed: {e}");
                 Err(NnError::Backend(e.to_string()))
@@ -349,15 +350,6 @@ impl<M: Stepper> Batcher<M> {
             self.stats.slots_in_use.fetch_sub(1, Ordering::Relaxed);
         }
     }
-}
-
-/// f32s as little-endian bytes (the wasi-nn tensor layout); the reply's only allocation.
-fn le_bytes(v: &[f32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 * v.len());
-    for x in v {
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out
 }
 
 #[cfg(test)]

@@ -55,6 +55,8 @@ pub struct Guest {
     limits: InstanceLimits,
     /// The models wasi-nn serves (none for a self-contained guest).
     models: Arc<Models>,
+    /// `TINYSTATE_MODELS` for the nn guest (contract in crate::nn), joined once, not per request.
+    models_env: Option<String>,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -84,7 +86,8 @@ impl Guest {
                 }
             })
             .map_err(wasmtime::Error::from)?;
-        Ok(Self { pre, limits, models, ticker_stop })
+        let models_env = (!models.names().is_empty()).then(|| models.names().join(","));
+        Ok(Self { pre, limits, models, models_env, ticker_stop })
     }
 
     /// The pre-instantiated component.
@@ -107,9 +110,8 @@ impl Guest {
         metrics.active_instances.fetch_add(1, Ordering::Relaxed);
         let mut wasi = WasiCtx::builder();
         wasi.inherit_stderr();
-        if !self.models.names().is_empty() {
-            // The nn guest's list of models (contract in crate::nn).
-            wasi.env("TINYSTATE_MODELS", self.models.names().join(","));
+        if let Some(names) = &self.models_env {
+            wasi.env("TINYSTATE_MODELS", names);
         }
         let nn = NnCtx::new(self.models.clone(), metrics.nn_contexts.clone());
         let state = RequestState {

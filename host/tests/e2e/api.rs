@@ -292,16 +292,7 @@ fn peak_memory_is_constant_in_output_length() {
 fn client_disconnect_mid_stream_frees_the_instance() {
     let s = real_server(&[]);
     let body = json!({ "model": model_id(&s), "prompt": PROMPT, "max_tokens": 1024, "stream": true, "ignore_eos": true });
-    let mut st = s
-        .open("POST", "/v1/completions", &[("content-type", "application/json")], body.to_string().as_bytes())
-        .unwrap();
-    assert_eq!(st.status, 200);
-    let mut n = 0;
-    st.sse(|_| {
-        n += 1;
-        n < 3
-    })
-    .unwrap();
+    let st = s.stream_events(&body, 3);
     assert_eq!(s.metric("tinystate_active_instances"), 1.0);
     drop(st);
     s.wait_metric("tinystate_active_instances", Duration::from_secs(5), |v| v == 0.0);

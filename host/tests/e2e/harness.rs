@@ -144,6 +144,27 @@ impl Client {
         Ok(Reply { status: s.status, headers: s.headers, body, trailers: s.trailers })
     }
 
+    /// Starts a streamed `POST /v1/completions` of `body`, expects 200 and reads `events` of its
+    /// server-sent events; the stream stays open (dropping it is the client going away).
+    pub fn stream_events(&self, body: &serde_json::Value, events: usize) -> Streaming {
+        let mut st = self
+            .open(
+                "POST",
+                "/v1/completions",
+                &[("content-type", "application/json")],
+                body.to_string().as_bytes(),
+            )
+            .expect("open a streamed completion");
+        assert_eq!(st.status, 200);
+        let mut n = 0;
+        st.sse(|_| {
+            n += 1;
+            n < events
+        })
+        .expect("read the first events");
+        st
+    }
+
     /// `POST path` with a JSON body.
     pub fn post_json(&self, path: &str, json: &serde_json::Value) -> Reply {
         let body = json.to_string();

@@ -103,16 +103,7 @@ fn nn_sixteen_concurrent_streams_each_equal_its_single_run() {
 fn nn_client_disconnect_frees_its_context() {
     let s = nn_server("cpu", &[]);
     let body = json!({ "model": "default", "prompt": PROMPTS[0], "max_tokens": 4096, "stream": true, "ignore_eos": true });
-    let mut st = s
-        .open("POST", "/v1/completions", &[("content-type", "application/json")], body.to_string().as_bytes())
-        .unwrap();
-    assert_eq!(st.status, 200);
-    let mut n = 0;
-    st.sse(|_| {
-        n += 1;
-        n < 3
-    })
-    .unwrap();
+    let st = s.stream_events(&body, 3);
     assert_eq!(s.metric("tinystate_nn_contexts"), 1.0);
     drop(st);
     s.wait_metric("tinystate_nn_contexts", Duration::from_secs(5), |v| v == 0.0);
@@ -255,16 +246,7 @@ fn nn_gpu_sixteen_concurrent_streams_each_equal_its_single_run() {
 fn nn_gpu_slot_exhaustion_is_clean_and_a_disconnect_frees_the_slot() {
     let Some(s) = gpu_server(&["--nn-slots", "1"]) else { return };
     let body = json!({ "model": "default", "prompt": PROMPTS[0], "max_tokens": 4096, "stream": true, "ignore_eos": true });
-    let mut st = s
-        .open("POST", "/v1/completions", &[("content-type", "application/json")], body.to_string().as_bytes())
-        .unwrap();
-    assert_eq!(st.status, 200);
-    let mut n = 0;
-    st.sse(|_| {
-        n += 1;
-        n < 2
-    })
-    .unwrap();
+    let st = s.stream_events(&body, 2);
     assert_eq!(s.metric("tinystate_nn_slots_in_use"), 1.0);
     let r = s.post_json("/v1/completions", &json!({ "model": "default", "prompt": "x", "max_tokens": 1 }));
     let v = r.assert_openai_error(503);
