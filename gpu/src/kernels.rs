@@ -11,13 +11,14 @@ use std::collections::HashMap;
 pub(crate) enum Op {
     /// Embedding rows for the token ids (`embed.wgsl`).
     Embed,
-    /// out (+)= X · Wᵀ with X as is (`in_plain.wgsl` + `matmul.wgsl`).
-    MatPlain,
-    /// out = RMSNorm(X)·w · Wᵀ (`in_rmsnorm.wgsl` + `matmul.wgsl`).
-    MatNorm,
-    /// MatNorm, then u = SiLU(conv1d(out[:, :d_inner])) from the tile's sums, for calls whose
-    /// tokens fit one tile (`in_rmsnorm.wgsl` + `out_conv.wgsl` + `matmul.wgsl`).
-    MatNormConv,
+    /// out (+)= X · Wᵀ with X as is, for calls of ≤ MM_TOKENS tokens (`mv_plain.wgsl` +
+    /// `mv_store.wgsl` + `matvec.wgsl`).
+    MvPlain,
+    /// out = RMSNorm(X)·w · Wᵀ (`mv_norm.wgsl` + `mv_store.wgsl` + `matvec.wgsl`).
+    MvNorm,
+    /// MvNorm, then u = SiLU(conv1d(out[:, :d_inner])) from the workgroup's sums, for calls
+    /// whose tokens fit one tile (`mv_norm.wgsl` + `mv_conv.wgsl` + `matvec.wgsl`).
+    MvNormConv,
     /// u = SiLU(conv1d(X)) (`conv.wgsl`).
     Conv,
     /// xn = RMSNorm(x)·w, the GEMM path's input (`rmsnorm.wgsl`).
@@ -27,50 +28,113 @@ pub(crate) enum Op {
     /// Δ projection, selective scan, gate and conv window shift, a thread per channel
     /// (`scan_common.wgsl` + `scan.wgsl`).
     Scan,
-    /// The same with 16 threads per channel, for small batches (`scan_common.wgsl` +
-    /// `scan_lanes.wgsl`).
-    ScanLanes,
 }
 
-/// Workgroup tile of `matmul.wgsl`: output rows and tokens per workgroup.
-pub(crate) const MM_ROWS: u32 = 4;
-/// Tokens per `matmul.wgsl` workgroup.
+/// Threads per `matvec.wgsl` workgroup.
+pub(crate) const MV_THREADS: u32 = 256;
+/// Tokens per `matvec.wgsl` workgroup (its `TT`).
 pub(crate) const MM_TOKENS: u32 = 8;
 /// Weight rows per `gemm.wgsl` workgroup.
 pub(crate) const GEMM_ROWS: u32 = 32;
 /// Tokens per `gemm.wgsl` workgroup.
 pub(crate) const GEMM_TOKENS: u32 = 32;
 /// Calls with more token rows than this take the GEMM path (`gemm.wgsl`), others the matrix ×
-/// vector path (`matmul.wgsl`). At most MM_TOKENS: `out_conv.wgsl` needs every token in one tile.
+/// vector path (`matvec.wgsl`). At most MM_TOKENS: `mv_conv.wgsl` needs every token in one tile.
 pub(crate) const GEMM_MIN_TOKENS: u32 = MM_TOKENS;
 const _: () = assert!(GEMM_MIN_TOKENS <= MM_TOKENS);
-/// Channels per `scan_lanes.wgsl` workgroup.
-pub(crate) const SCAN_LANES_CHANNELS: u32 = 4;
-/// Calls of at most this many sequences take `scan_lanes.wgsl`, others `scan.wgsl`.
-pub(crate) const SCAN_LANES_MAX_SEQS: u32 = 8;
+/// Channels (threads) per `scan.wgsl` workgroup.
+pub(crate) const SCAN_CHANNELS: u32 = 32;
 /// Threads per workgroup in every shader.
 pub(crate) const WG: u32 = 64;
 
 const COMMON: &str = include_str!("shaders/common.wgsl");
-const MATMUL: &str = include_str!("shaders/matmul.wgsl");
-const IN_RMSNORM: &str = include_str!("shaders/in_rmsnorm.wgsl");
-const OUT_PLAIN: &str = include_str!("shaders/out_plain.wgsl");
+const MATVEC: &str = include_str!("shaders/matvec.wgsl");
+const MV_NORM: &str = include_str!("shaders/mv_norm.wgsl");
+const MV_STORE: &str = include_str!("shaders/mv_store.wgsl");
 const SCAN_COMMON: &str = include_str!("shaders/scan_common.wgsl");
 
-fn source(op: Op, f: Format) -> String {
+/// Sizes compiled into a pipeline, so the shader's loops over them have constant trip counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Spec {
+    /// Nothing compiled in.
+    None,
+    /// A `matvec.wgsl` matrix.
+    Mv(MvShape),
+    /// `scan.wgsl`: d_state and dt_rank.
+    Scan { n_state: u32, dt_rank: u32 },
+}
+
+impl Spec {
+    /// The WGSL constants this spec defines.
+    fn header(&self) -> String {
+        match *self {
+            Spec::None => String::new(),
+            Spec::Mv(m) => m.header(),
+            Spec::Scan { n_state, dt_rank } => format!(
+                "const NS: u32 = {n_state}u;\nconst DT_RANK: u32 = {dt_rank}u;\n\
+                 const DT_GROUPS: u32 = {}u;\n",
+                dt_rank.div_ceil(4)
+            ),
+        }
+    }
+}
+
+/// The compiled-in shape of one `matvec.wgsl` pipeline (see [`MvShape::new`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct MvShape {
+    /// Output features.
+    pub rows: u32,
+    /// Input features.
+    pub cols: u32,
+    /// vec4 groups per weight row (ceil(cols / 4)).
+    pub groups: u32,
+    /// Threads per row (a power of two dividing MV_THREADS).
+    pub tpr: u32,
+    /// out += X·Wᵀ (the residual) instead of out = X·Wᵀ.
+    pub add: bool,
+    /// Token rows are the call's logits rows (the LM head), not all its tokens.
+    pub head: bool,
+}
+
+impl MvShape {
+    /// A shape whose threads read about six weight groups each: few enough that all loads are
+    /// in flight at once, enough that a wide matrix does not need thousands of workgroups.
+    pub(crate) fn new(rows: u32, cols: u32, groups: u32, add: bool, head: bool) -> Self {
+        let tpr = groups.div_ceil(6).next_power_of_two().clamp(32, MV_THREADS);
+        MvShape { rows, cols, groups, tpr, add, head }
+    }
+
+    /// Rows per workgroup.
+    pub(crate) fn rows_per_group(&self) -> u32 {
+        MV_THREADS / self.tpr
+    }
+
+    /// The WGSL constants `matvec.wgsl` expects.
+    fn header(&self) -> String {
+        let MvShape { rows, cols, groups, tpr, add, head } = *self;
+        let gpt = groups.div_ceil(tpr);
+        format!(
+            "const ROWS: u32 = {rows}u;\nconst COLS: u32 = {cols}u;\nconst GROUPS: u32 = {groups}u;\n\
+             const TPR: u32 = {tpr}u;\nconst GPT: u32 = {gpt}u;\nconst ADD: bool = {add};\n\
+             const HEAD: bool = {head};\n"
+        )
+    }
+}
+
+fn source(op: Op, f: Format, spec: Spec) -> String {
     let parts: &[&str] = match op {
         Op::Embed => &[include_str!("shaders/embed.wgsl")],
-        Op::MatPlain => &[include_str!("shaders/in_plain.wgsl"), OUT_PLAIN, MATMUL],
-        Op::MatNorm => &[IN_RMSNORM, OUT_PLAIN, MATMUL],
-        Op::MatNormConv => &[IN_RMSNORM, include_str!("shaders/out_conv.wgsl"), MATMUL],
+        Op::MvPlain => &[include_str!("shaders/mv_plain.wgsl"), MV_STORE, MATVEC],
+        Op::MvNorm => &[MV_NORM, MV_STORE, MATVEC],
+        Op::MvNormConv => &[MV_NORM, include_str!("shaders/mv_conv.wgsl"), MATVEC],
         Op::Conv => &[include_str!("shaders/conv.wgsl")],
         Op::RmsNorm => &[include_str!("shaders/rmsnorm.wgsl")],
         Op::Gemm => &[include_str!("shaders/gemm.wgsl")],
         Op::Scan => &[SCAN_COMMON, include_str!("shaders/scan.wgsl")],
-        Op::ScanLanes => &[SCAN_COMMON, include_str!("shaders/scan_lanes.wgsl")],
     };
     let mut s = String::from(COMMON);
     s.push_str(f.shader());
+    s.push_str(&spec.header());
     parts.iter().for_each(|p| s.push_str(p));
     s
 }
@@ -78,25 +142,30 @@ fn source(op: Op, f: Format) -> String {
 /// Compiled pipelines, built on first use.
 #[derive(Default)]
 pub(crate) struct Pipelines {
-    map: HashMap<(Op, Format), wgpu::ComputePipeline>,
+    map: HashMap<(Op, Format, Spec), wgpu::ComputePipeline>,
 }
 
 impl Pipelines {
-    /// The pipeline for `op` over weights in format `f`; a shader the device rejects is an error.
+    /// The pipeline for `op` over weights in format `f` with the sizes `spec` compiled in; a
+    /// shader the device rejects is an error.
     pub(crate) fn get(
         &mut self,
         dev: &wgpu::Device,
         op: Op,
         f: Format,
+        spec: Spec,
     ) -> Result<wgpu::ComputePipeline, GpuError> {
-        if let Some(p) = self.map.get(&(op, f)) {
+        if let Some(p) = self.map.get(&(op, f, spec)) {
             return Ok(p.clone());
         }
         let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
-        let label = format!("{op:?}/{f:?}");
+        let label = match spec {
+            Spec::Mv(s) => format!("{op:?}/{f:?}/{}x{}", s.rows, s.cols),
+            _ => format!("{op:?}/{f:?}"),
+        };
         let module = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(&label),
-            source: wgpu::ShaderSource::Wgsl(source(op, f).into()),
+            source: wgpu::ShaderSource::Wgsl(source(op, f, spec).into()),
         });
         let pipe = dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(&label),
@@ -114,7 +183,7 @@ impl Pipelines {
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(GpuError::Unsupported { what: format!("pipeline {label}: {e}") });
         }
-        self.map.insert((op, f), pipe.clone());
+        self.map.insert((op, f, spec), pipe.clone());
         Ok(pipe)
     }
 }
@@ -129,19 +198,14 @@ pub(crate) struct EmbedParams {
     pub _pad: u32,
 }
 
-/// `matmul.wgsl` Params (the meaning of `aux` depends on the prologue).
+/// `matvec.wgsl` Params (the meaning of `aux` depends on the prologue and epilogue).
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub(crate) struct MatParams {
-    pub rows: u32,
-    pub cols: u32,
-    pub groups: u32,
+pub(crate) struct MvParams {
     pub x_stride: u32,
     pub o_stride: u32,
-    pub add: u32,
-    pub head: u32,
     pub layer: u32,
-    pub aux: [u32; 8],
+    pub aux: [u32; 9],
 }
 
 /// `gemm.wgsl` Params.

@@ -3,10 +3,10 @@
 //!
 //! The plan, for a call of n tokens (B decode rows, or one slot's prefill chunk). Two paths are
 //! prerecorded; a call takes the small one when n ≤ GEMM_MIN_TOKENS (matrix × vectors,
-//! `matmul.wgsl`, conv fused into in_proj) and the GEMM one otherwise (in_proj and lm_head as
+//! `matvec.wgsl`, conv fused into in_proj) and the GEMM one otherwise (in_proj and lm_head as
 //! `gemm.wgsl` on inputs normed / convolved by their own kernels; the narrow x_proj and out_proj
-//! stay matrix × vectors). The scan takes 16 lanes per channel for up to SCAN_LANES_MAX_SEQS
-//! sequences (prefill chunks included), a thread per channel beyond:
+//! stay matrix × vectors). The scan is a thread per (sequence, channel), its states in registers.
+//! Matrix shapes and state sizes are compiled into the pipelines (`kernels::Spec`):
 //! ```text
 //! embed                    x  (n, d_model)      = token_embd[ids]
 //! per layer:
@@ -24,8 +24,8 @@
 
 use crate::device::{ErrorSlot, Gpu};
 use crate::kernels::{
-    ConvParams, EmbedParams, GEMM_MIN_TOKENS, GEMM_ROWS, GEMM_TOKENS, GemmParams, MM_ROWS, MM_TOKENS,
-    MatParams, NormParams, Op, Pipelines, Run, SCAN_LANES_CHANNELS, SCAN_LANES_MAX_SEQS, ScanParams, WG,
+    ConvParams, EmbedParams, GEMM_MIN_TOKENS, GEMM_ROWS, GEMM_TOKENS, GemmParams, MM_TOKENS, MvParams,
+    MvShape, NormParams, Op, Pipelines, Run, SCAN_CHANNELS, ScanParams, Spec, WG,
 };
 use crate::weights::{Format, Packed, pack, same_tensor};
 use crate::{GpuError, TokenId};
@@ -67,10 +67,6 @@ enum When {
     Small,
     /// n_tok > GEMM_MIN_TOKENS (GEMM).
     Big,
-    /// n_seq ≤ SCAN_LANES_MAX_SEQS (16 lanes per channel: prefill chunks, small batches).
-    FewSeqs,
-    /// n_seq > SCAN_LANES_MAX_SEQS (a thread per channel).
-    ManySeqs,
     /// n_out ≤ GEMM_MIN_TOKENS (LM head, matrix × vectors).
     HeadSmall,
     /// n_out > GEMM_MIN_TOKENS (LM head, GEMM).
@@ -83,8 +79,6 @@ impl When {
             When::Always => true,
             When::Small => run.n_tok <= GEMM_MIN_TOKENS,
             When::Big => run.n_tok > GEMM_MIN_TOKENS,
-            When::FewSeqs => run.n_seq <= SCAN_LANES_MAX_SEQS,
-            When::ManySeqs => run.n_seq > SCAN_LANES_MAX_SEQS,
             When::HeadSmall => run.n_out <= GEMM_MIN_TOKENS,
             When::HeadBig => run.n_out > GEMM_MIN_TOKENS,
         }
@@ -278,7 +272,39 @@ impl Builder<'_> {
         x: u32,
         rows: Rows,
     ) -> Result<Dispatch, GpuError> {
-        let pipeline = self.pipes.get(self.dev, op, w.map_or(Format::F32, |w| w.format))?;
+        self.dispatch_shaped(op, Spec::None, w, params, bufs, x, rows)
+    }
+
+    /// A `matvec.wgsl` dispatch (`op` one of the Mv ops) of X (cols) · `w`ᵀ, its shape compiled
+    /// into the pipeline; the grid covers `w`'s rows.
+    #[allow(clippy::too_many_arguments)]
+    fn matvec(
+        &mut self,
+        op: Op,
+        w: &GpuMatrix,
+        cols: u32,
+        (add, head): (bool, bool),
+        params: &MvParams,
+        bufs: &[(u32, &wgpu::Buffer)],
+        rows: Rows,
+    ) -> Result<Dispatch, GpuError> {
+        let shape = MvShape::new(w.rows, cols, w.groups, add, head);
+        let x = w.rows.div_ceil(shape.rows_per_group());
+        self.dispatch_shaped(op, Spec::Mv(shape), Some(w), params, bufs, x, rows)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch_shaped<P: bytemuck::Pod>(
+        &mut self,
+        op: Op,
+        spec: Spec,
+        w: Option<&GpuMatrix>,
+        params: &P,
+        bufs: &[(u32, &wgpu::Buffer)],
+        x: u32,
+        rows: Rows,
+    ) -> Result<Dispatch, GpuError> {
+        let pipeline = self.pipes.get(self.dev, op, w.map_or(Format::F32, |w| w.format), spec)?;
         let uni = self.init("params", bytemuck::bytes_of(params), wgpu::BufferUsages::UNIFORM)?;
         let mut entries = vec![(0, &uni)];
         if let Some(w) = w {
@@ -537,16 +563,8 @@ impl GpuModel {
             let w_out = b.matrix("ssm_out", &layer.ssm_out)?;
             bytes += [&w_in, &w_x, &w_dt, &w_out].iter().map(|w| matrix_bytes(w)).sum::<u64>();
             let l = l as u32;
-            let mp = |w: &GpuMatrix, cols: u32, x_stride: u32, o_stride: u32, aux: [u32; 8]| MatParams {
-                rows: w.rows,
-                cols,
-                groups: w.groups,
-                x_stride,
-                o_stride,
-                layer: l,
-                aux,
-                ..Default::default()
-            };
+            let mp =
+                |x_stride: u32, o_stride: u32, aux: [u32; 9]| MvParams { x_stride, o_stride, layer: l, aux };
             let gp = |w: &GpuMatrix, cols: u32, x_stride: u32, o_stride: u32| GemmParams {
                 rows: w.rows,
                 cols,
@@ -555,12 +573,11 @@ impl GpuModel {
                 o_stride,
                 ..Default::default()
             };
-            let tiles = |w: &GpuMatrix| w.rows.div_ceil(MM_ROWS);
             let gtiles = |w: &GpuMatrix| w.rows.div_ceil(GEMM_ROWS);
 
             // in_proj: xz = RMSNorm(x)·attn_norm · W_inᵀ (small calls: and the conv below)
             let (dc, nl) = (c.d_conv as u32, c.n_layer as u32);
-            let p = mp(&w_in, dm, dm, 2 * di, [o.attn_norm, eps, o.conv_w, o.conv_b, dc, nl, 0, 0]);
+            let p = mp(dm, 2 * di, [o.attn_norm, eps, o.conv_w, o.conv_b, dc, nl, 0, 0, 0]);
             let bufs = [
                 (1, &a.run),
                 (4, &a.x),
@@ -570,7 +587,7 @@ impl GpuModel {
                 (8, &a.meta),
                 (9, &a.u),
             ];
-            let d = b.dispatch(Op::MatNormConv, Some(&w_in), &p, &bufs, tiles(&w_in), Rows::TokenTiles)?;
+            let d = b.matvec(Op::MvNormConv, &w_in, dm, (false, false), &p, &bufs, Rows::TokenTiles)?;
             plan.push(d.on(small_path, "in_proj"));
             let np = NormParams {
                 cols: dm,
@@ -603,9 +620,9 @@ impl GpuModel {
             );
 
             // x_proj: xdb = u · W_xᵀ
-            let p = mp(&w_x, di, di, xl, [0; 8]);
+            let p = mp(di, xl, [0; 9]);
             let bufs = [(1, &a.run), (4, &a.u), (5, &a.xdb)];
-            let d = b.dispatch(Op::MatPlain, Some(&w_x), &p, &bufs, tiles(&w_x), Rows::TokenTiles)?;
+            let d = b.matvec(Op::MvPlain, &w_x, di, (false, false), &p, &bufs, Rows::TokenTiles)?;
             // Matrix × vectors on both paths: as a 32×32-tile GEMM this narrow matrix (r + 2N
             // rows) leaves most of the GPU idle (H200: 360 µs per layer at B=64).
             plan.push(d.on(When::Always, "x_proj"));
@@ -639,42 +656,33 @@ impl GpuModel {
                 (10, &self.states.ssm),
                 (11, &a.y),
             ];
-            let x = di.div_ceil(SCAN_LANES_CHANNELS);
-            let d = b.dispatch(Op::ScanLanes, Some(&w_dt), &sp, &bufs, x, Rows::Seqs)?;
-            plan.push(d.on(When::FewSeqs, "scan"));
-            let d = b.dispatch(Op::Scan, Some(&w_dt), &sp, &bufs, di.div_ceil(WG), Rows::Seqs)?;
-            plan.push(d.on(When::ManySeqs, "scan"));
+            let spec = Spec::Scan { n_state: ns, dt_rank: r };
+            let x = di.div_ceil(SCAN_CHANNELS);
+            let d = b.dispatch_shaped(Op::Scan, spec, Some(&w_dt), &sp, &bufs, x, Rows::Seqs)?;
+            plan.push(d.on(When::Always, "scan"));
 
             // out_proj: x += y · W_outᵀ
-            let p = MatParams { add: 1, ..mp(&w_out, di, di, dm, [0; 8]) };
+            let p = mp(di, dm, [0; 9]);
             let bufs = [(1, &a.run), (4, &a.y), (5, &a.x)];
-            let d = b.dispatch(Op::MatPlain, Some(&w_out), &p, &bufs, tiles(&w_out), Rows::TokenTiles)?;
+            let d = b.matvec(Op::MvPlain, &w_out, di, (true, false), &p, &bufs, Rows::TokenTiles)?;
             // Matrix × vectors on both paths, as x_proj (H200, 32×32-tile GEMM: 370 µs per layer
             // at B=64).
             plan.push(d.on(When::Always, "out_proj"));
         }
         let head = output.as_ref().unwrap_or(&embed);
         bytes += matrix_bytes(head);
-        let p = MatParams {
-            rows: head.rows,
-            cols: dm,
-            groups: head.groups,
-            x_stride: dm,
-            o_stride: head.rows,
-            head: 1,
-            aux: [norm_f, eps, 0, 0, 0, 0, 0, 0],
-            ..Default::default()
-        };
-        let x = head.rows.div_ceil(MM_ROWS);
+        let p =
+            MvParams { x_stride: dm, o_stride: head.rows, layer: 0, aux: [norm_f, eps, 0, 0, 0, 0, 0, 0, 0] };
         let max_x = lim.max_compute_workgroups_per_dimension;
-        if x > max_x || di.div_ceil(SCAN_LANES_CHANNELS) > max_x || embed.groups.div_ceil(WG) > max_x {
+        let x = head.rows.div_ceil(MvShape::new(head.rows, dm, head.groups, false, true).rows_per_group());
+        if x > max_x || di.div_ceil(SCAN_CHANNELS) > max_x || embed.groups.div_ceil(WG) > max_x {
             return Err(GpuError::TooLarge {
                 what: format!("workgroup grid of {x} for the LM head"),
                 limit: max_x.into(),
             });
         }
         let bufs = [(1, &a.run), (4, &a.x), (5, &a.logits), (6, &small)];
-        let d = b.dispatch(Op::MatNorm, Some(head), &p, &bufs, x, Rows::OutTiles)?;
+        let d = b.matvec(Op::MvNorm, head, dm, (false, true), &p, &bufs, Rows::OutTiles)?;
         plan.push(d.on(When::HeadSmall, "lm_head"));
         let np = NormParams {
             cols: dm,

@@ -1,23 +1,26 @@
-// One thread per (sequence, channel c), looping over the sequence's tokens in order: the
-// kernel for larger batches (see scan_common.wgsl for the maths).
+// One thread per (sequence, channel c), looping over the sequence's tokens in order (see
+// scan_common.wgsl for the maths). The channel's NS states stay in registers for the whole
+// sequence: read once, written once. Every loop but the token loop has a compiled-in trip
+// count, so a thread's loads are all in flight together.
 
 // Δ for token row `row` (xdb offset) and channel c.
-fn delta(row: u32, c: u32, sd: f32) -> f32 {
+fn delta(row: u32, c: u32) -> f32 {
+    let sd = seg_scale_dt(row);
     var acc = 0.0;
-    for (var g = 0u; g < p.dt_groups; g++) {
+    for (var g = 0u; g < DT_GROUPS; g++) {
         var dv = vec4<f32>(0.0);
         for (var k = 0u; k < 4u; k++) {
             let j = 4u * g + k;
-            if j < p.dt_rank {
-                dv[k] = xdb[row + j] * sd;
+            if j < DT_RANK {
+                dv[k] = xdb[row + j];
             }
         }
-        acc += dot(load_w(c, g, p.dt_groups), dv);
+        acc += dot(load_w(c, g, DT_GROUPS), dv);
     }
-    return softplus(acc + smalls[p.off_dt_bias + c]);
+    return softplus(acc * sd + smalls[p.off_dt_bias + c]);
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(32)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c = gid.x;
     let sq = gid.y;
@@ -25,28 +28,35 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let di = p.d_inner;
-    let ns = p.n_state;
     let slot = tokmeta[4u * (p.max_tok + sq)];
     let start = tokmeta[4u * (p.max_tok + sq) + 1u];
     let len = tokmeta[4u * (p.max_tok + sq) + 2u];
-    let h0 = ((slot * p.n_layer + p.layer) * di + c) * ns;
+    let h0 = ((slot * p.n_layer + p.layer) * di + c) * NS;
+    var h: array<f32, NS>;
+    var a: array<f32, NS>;
+    for (var n = 0u; n < NS; n++) {
+        h[n] = ssm[h0 + n];
+        a[n] = smalls[p.off_a + c * NS + n];
+    }
+    let d = smalls[p.off_d + c];
     for (var i = 0u; i < len; i++) {
         let t = start + i;
         let row = t * p.xdb_stride;
-        let b0 = row + p.dt_rank;
-        let c0 = b0 + ns;
-        let dt = delta(row, c, seg_scale(row, p.dt_rank));
-        let sb = seg_scale(b0, ns);
-        let sc = seg_scale(c0, ns);
+        let b0 = row + DT_RANK;
+        let c0 = b0 + NS;
+        let dt = delta(row, c);
         let uc = u[t * di + c];
+        let bu = dt * uc * seg_scale_ns(b0);
         var acc = 0.0;
-        for (var n = 0u; n < ns; n++) {
-            let h = ssm[h0 + n] * exp(dt * smalls[p.off_a + c * ns + n]) + dt * xdb[b0 + n] * sb * uc;
-            ssm[h0 + n] = h;
-            acc += h * xdb[c0 + n] * sc;
+        for (var n = 0u; n < NS; n++) {
+            h[n] = h[n] * exp(dt * a[n]) + bu * xdb[b0 + n];
+            acc += h[n] * xdb[c0 + n];
         }
-        let yc = acc + smalls[p.off_d + c] * uc;
+        let yc = acc * seg_scale_ns(c0) + d * uc;
         y[t * di + c] = yc * silu(xz[t * 2u * di + di + c]);
+    }
+    for (var n = 0u; n < NS; n++) {
+        ssm[h0 + n] = h[n];
     }
     shift_window(slot, start, len, c);
 }

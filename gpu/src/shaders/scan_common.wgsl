@@ -1,5 +1,6 @@
-// Shared by scan.wgsl and scan_lanes.wgsl: Δ projection + softplus, selective scan, D skip and
-// SiLU(z) gate, then the conv window shift. W_dt comes from `load_w` (a weights_*.wgsl file).
+// Used by scan.wgsl: Δ projection + softplus, selective scan, D skip and SiLU(z) gate, then the
+// conv window shift. W_dt comes from `load_w` (a weights_*.wgsl file). The sizes NS (d_state),
+// DT_RANK and DT_GROUPS are compiled in (a header the host writes), so the loops over them unroll.
 //
 // Mamba (Gu & Dao 2023), Eqn 2a/2b with ZOH on A and Euler on B:
 //   Δ = softplus(W_dt[c] · δ + b_dt[c])
@@ -33,17 +34,30 @@ struct Params {
 @group(0) @binding(10) var<storage, read_write> ssm: array<f32>;   // (slots, n_layer, d_inner, n_state)
 @group(0) @binding(11) var<storage, read_write> y: array<f32>;     // (n_tok, d_inner)
 
-// 1 / sqrt(mean(v²) + eps) over xdb[base .. base + n], or 1 when the model has no such norm.
-fn seg_scale(base: u32, n: u32) -> f32 {
+// 1 / sqrt(mean(v²) + eps) over xdb[base .. base + N], or 1 when the model has no such norm.
+fn seg_scale_dt(base: u32) -> f32 {
     if p.dbc_rms == 0u {
         return 1.0;
     }
     var s = 0.0;
-    for (var i = 0u; i < n; i++) {
+    for (var i = 0u; i < DT_RANK; i++) {
         let v = xdb[base + i];
         s += v * v;
     }
-    return 1.0 / sqrt(s / f32(n) + bitcast<f32>(p.eps_bits));
+    return 1.0 / sqrt(s / f32(DT_RANK) + bitcast<f32>(p.eps_bits));
+}
+
+// seg_scale_dt over NS values (B or C).
+fn seg_scale_ns(base: u32) -> f32 {
+    if p.dbc_rms == 0u {
+        return 1.0;
+    }
+    var s = 0.0;
+    for (var i = 0u; i < NS; i++) {
+        let v = xdb[base + i];
+        s += v * v;
+    }
+    return 1.0 / sqrt(s / f32(NS) + bitcast<f32>(p.eps_bits));
 }
 
 // softplus(x) = ln(1 + e^x), and x itself above 20 (as PyTorch, ggml and the engine do).

@@ -1,0 +1,12 @@
+// matvec prologue: X read as is.
+@group(0) @binding(4) var<storage, read> xin: array<f32>; // (n, x_stride)
+
+const NORM: bool = false;
+
+fn norm_w(g: u32) -> vec4<f32> {
+    return vec4<f32>(1.0);
+}
+
+fn inv_rms(sum_sq: f32) -> f32 {
+    return 1.0;
+}
