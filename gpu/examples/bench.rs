@@ -181,6 +181,13 @@ fn main() -> Result<(), String> {
         row("decode", b, secs / steps as f64, f64::from(b), wb);
         if o.breakdown {
             lines.push(breakdown(&mut gm, &format!("decode B={b}"), steps, |gm| gm.step(&rows, &mut out))?);
+            gm.step(&rows, &mut out).map_err(|e| e.to_string())?;
+            let (each, whole) = gm.kernel_times(b, 50).map_err(|e| e.to_string())?;
+            let each: Vec<String> = each.iter().map(|(k, us)| format!("{k} {us:.1}")).collect();
+            lines.push(format!(
+                "decode B={b}, replayed 50× in one pass: µs per dispatch: {}; whole plan {whole:.0} µs per call",
+                each.join(", ")
+            ));
         }
     }
     let toks: Vec<_> = (0..o.chunk).map(|i| TokenId(i % v as u32)).collect();

@@ -91,6 +91,16 @@ impl Gpu {
         format!("{} ({:?})", self.info.name, self.info.backend)
     }
 
+    /// The wgpu device (for tools that record their own work, e.g. the dispatch-cost example).
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The device's queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
     /// The device's limits (those of the adapter).
     pub fn limits(&self) -> wgpu::Limits {
         self.device.limits()

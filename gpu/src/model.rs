@@ -771,6 +771,63 @@ impl GpuModel {
         self.weight_bytes
     }
 
+    /// Microseconds per dispatch of each kernel kind, each replayed `reps` times back to back
+    /// (one pipeline, one bind group, a barrier between repeats) in one pass, for a call of
+    /// `n_tok` decode rows: the kernel's own cost, apart from switching between kernels. The
+    /// second value replays the whole plan `reps` times in one pass (µs per call). Run a
+    /// [`GpuModel::step`] of `n_tok` rows first: it writes the token table these replays read.
+    /// They overwrite activations and states: a profiling tool, not for serving.
+    pub fn kernel_times(
+        &mut self,
+        n_tok: u32,
+        reps: u32,
+    ) -> Result<(Vec<(&'static str, f64)>, f64), GpuError> {
+        let run = Run { n_tok, n_seq: n_tok, out_row0: 0, n_out: n_tok };
+        let grid = |d: &Dispatch| match d.rows {
+            Rows::Tokens => run.n_tok,
+            Rows::Outs => run.n_out,
+            Rows::TokenTiles => run.n_tok.div_ceil(MM_TOKENS),
+            Rows::OutTiles => run.n_out.div_ceil(MM_TOKENS),
+            Rows::GemmTiles => run.n_tok.div_ceil(GEMM_TOKENS),
+            Rows::GemmOutTiles => run.n_out.div_ceil(GEMM_TOKENS),
+            Rows::Seqs => run.n_seq,
+        };
+        let time = |ds: &[&Dispatch], reps: u32| -> Result<f64, GpuError> {
+            let mut enc = self.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                for _ in 0..reps {
+                    for d in ds {
+                        pass.set_pipeline(&d.pipeline);
+                        pass.set_bind_group(0, &d.bind, &[]);
+                        pass.dispatch_workgroups(d.x, grid(d), 1);
+                    }
+                }
+            }
+            let cmd = enc.finish();
+            let t = Instant::now();
+            self.queue.submit([cmd]);
+            self.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| GpuError::DeviceLost(e.to_string()))?;
+            Ok(t.elapsed().as_secs_f64() * 1e6)
+        };
+        let live: Vec<&Dispatch> = self.plan.iter().filter(|d| d.when.runs(&run)).collect();
+        let mut out: Vec<(&'static str, f64)> = Vec::new();
+        for d in &live {
+            if out.iter().any(|(k, _)| *k == d.kind) {
+                continue;
+            }
+            let one = time(&[d], 1)?;
+            let many = time(&[d], reps + 1)?;
+            out.push((d.kind, (many - one) / f64::from(reps)));
+        }
+        let one = time(&live, 1)?;
+        let many = time(&live, reps + 1)?;
+        self.errors.check()?;
+        Ok((out, (many - one) / f64::from(reps)))
+    }
+
     /// Zeroes a slot's state (a new sequence). Takes effect before the next step/prefill.
     pub fn reset(&mut self, slot: SlotId) -> Result<(), GpuError> {
         self.check_slot(slot)?;
