@@ -30,6 +30,8 @@ pub(crate) enum Op {
     /// The same with 16 threads per channel, for small batches (`scan_common.wgsl` +
     /// `scan_lanes.wgsl`).
     ScanLanes,
+    /// The index of each logits row's highest value, the greedy token (`argmax.wgsl`).
+    Argmax,
 }
 
 /// Workgroup tile of `matmul.wgsl`: output rows and tokens per workgroup.
@@ -68,6 +70,7 @@ fn source(op: Op, f: Format) -> String {
         Op::Gemm => &[include_str!("shaders/gemm.wgsl")],
         Op::Scan => &[SCAN_COMMON, include_str!("shaders/scan.wgsl")],
         Op::ScanLanes => &[SCAN_COMMON, include_str!("shaders/scan_lanes.wgsl")],
+        Op::Argmax => &[include_str!("shaders/argmax.wgsl")],
     };
     let mut s = String::from(COMMON);
     s.push_str(f.shader());
@@ -201,6 +204,15 @@ pub(crate) struct ScanParams {
     pub off_d: u32,
     pub xdb_stride: u32,
     pub max_tok: u32,
+    pub _pad: [u32; 2],
+}
+
+/// `argmax.wgsl` Params.
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct ArgmaxParams {
+    pub cols: u32,
+    pub stride: u32,
     pub _pad: [u32; 2],
 }
 
