@@ -7,7 +7,7 @@
 
 use crate::TokenId;
 use crate::arch::mamba::{Mamba, Scratch, State};
-use crate::sampler::{Sampler, SamplerConfig, StopMatcher};
+use crate::sampler::{Sampler, SamplerConfig, StopMatcher, argmax};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 /// Something that turns tokens into next-token logits while keeping one sequence's state.
@@ -17,6 +17,13 @@ pub trait Decoder {
     /// Feeds `tokens` (a prefill chunk, or one token when decoding) and returns the logits
     /// (vocab,) of the last one.
     fn feed(&mut self, tokens: &[TokenId]) -> Result<&mut [f32], Self::Error>;
+    /// Feeds `tokens` like [`Decoder::feed`] and returns only the greedy token after the last
+    /// one ([`argmax`] of the logits): what the sampler picks when
+    /// [`SamplerConfig::picks_argmax`]. This default takes it from `feed`'s logits; a decoder
+    /// that can get it without them (the host's wasi-nn) overrides it.
+    fn feed_greedy(&mut self, tokens: &[TokenId]) -> Result<TokenId, Self::Error> {
+        Ok(argmax(self.feed(tokens)?))
+    }
     /// Vocabulary size.
     fn vocab(&self) -> usize;
 }
@@ -158,10 +165,24 @@ impl<'t> Generator<'t> {
         self.produced
     }
 
+    /// Whether [`Generator::next`] needs the logits: false when sampling is greedy with no
+    /// repetition penalty ([`SamplerConfig::picks_argmax`]), so the decoder may hand over only
+    /// the argmax ([`Decoder::feed_greedy`]) and [`Generator::next_token`] takes it.
+    pub fn needs_logits(&self) -> bool {
+        !self.sampler.config().picks_argmax()
+    }
+
     /// Samples the next token from `logits` and returns it with the text it releases. After an
     /// event with `finish` set, stop calling.
     pub fn next(&mut self, logits: &mut [f32]) -> Produced<'_> {
         let token = self.sampler.sample(logits, self.recent.as_slice());
+        self.next_token(token)
+    }
+
+    /// Takes `token` as the next one, chosen without the sampler (the decoder's argmax when
+    /// [`Generator::needs_logits`] is false, which is what [`Generator::next`] would pick), and
+    /// returns the text it releases, as [`Generator::next`].
+    pub fn next_token(&mut self, token: TokenId) -> Produced<'_> {
         self.recent.push(token);
         self.produced += 1;
         self.out.clear();

@@ -50,6 +50,15 @@ pub struct SamplerConfig {
     pub seed: u64,
 }
 
+impl SamplerConfig {
+    /// Whether [`Sampler::sample`] always returns [`argmax`] of the logits as given: greedy
+    /// (`temperature <= 0`) with no repetition penalty (1, or a window of 0 tokens). Then a
+    /// decoder may hand over only the argmax instead of the logits.
+    pub fn picks_argmax(&self) -> bool {
+        self.temperature <= 0.0 && (self.repetition_penalty == 1.0 || self.repeat_last_n == 0)
+    }
+}
+
 impl Default for SamplerConfig {
     fn default() -> Self {
         Self {
@@ -117,7 +126,7 @@ impl Sampler {
             return TokenId(0);
         }
         if self.cfg.temperature <= 0.0 {
-            return TokenId(argmax(logits));
+            return argmax(logits);
         }
 
         // Candidates, top-k.
@@ -206,15 +215,20 @@ impl Sampler {
     }
 }
 
-/// Index of the highest value, the lowest index among equals (no NaN).
-fn argmax(xs: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in xs.iter().enumerate() {
-        if x > xs[best] {
-            best = i;
+/// The greedy choice: the index of the highest logit, the lowest among equals, NaN counting as
+/// −∞; 0 when every logit is −∞ or NaN, or there are none. What [`Sampler::sample`] returns
+/// when `temperature <= 0` and no repetition penalty applies (see
+/// [`SamplerConfig::picks_argmax`]), so a backend that computes it elsewhere (the GPU) must
+/// follow the same rules.
+pub fn argmax(logits: &[f32]) -> TokenId {
+    let (mut best, mut top) = (0, f32::NEG_INFINITY);
+    for (i, &x) in logits.iter().enumerate() {
+        // NaN > anything is false: a NaN is never taken, as −∞ is not.
+        if x > top {
+            (best, top) = (i, x);
         }
     }
-    best as u32
+    TokenId(best as u32)
 }
 
 /// `e^x`, computed with the same bits on every IEEE-754 platform: `x = k·ln 2 + y` with `k` an

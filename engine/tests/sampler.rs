@@ -3,7 +3,7 @@
 //! same tokens there.
 
 use tinystate_engine::TokenId;
-use tinystate_engine::sampler::{Sampler, SamplerConfig, StopMatcher, portable_exp};
+use tinystate_engine::sampler::{Sampler, SamplerConfig, StopMatcher, argmax, portable_exp};
 
 fn cfg(temperature: f32, seed: u64) -> SamplerConfig {
     SamplerConfig {
@@ -37,6 +37,40 @@ fn greedy_picks_argmax_lowest_id() {
     assert_eq!(draw(&mut s, &[0.1, 3.0, -2.0, 3.0, 1.0], &[]), 1);
     assert_eq!(draw(&mut s, &[-1.0, -1.0], &[]), 0);
     assert_eq!(draw(&mut s, &[-5.0, -4.0, -4.5], &[]), 1);
+}
+
+/// `argmax` is the greedy sampler's answer on every kind of row, NaN and infinities included.
+#[test]
+fn argmax_is_what_greedy_sampling_picks() {
+    let (nan, inf) = (f32::NAN, f32::INFINITY);
+    let rows: [&[f32]; 10] = [
+        &[0.1, 3.0, -2.0, 3.0, 1.0],
+        &[nan, 0.0, nan, -1.0],
+        &[nan; 4],
+        &[-inf; 3],
+        &[nan, -inf, nan],
+        &[0.0, inf, 5.0, inf],
+        &[-1.0, -0.0, 0.0],
+        &[-3.0, -2.0, nan, -2.5],
+        &[7.0],
+        &[],
+    ];
+    let want = [1, 1, 0, 0, 0, 1, 1, 1, 0, 0];
+    let mut greedy = Sampler::new(cfg(0.0, 0), 5);
+    for (row, want) in rows.iter().zip(want) {
+        assert_eq!(argmax(row), TokenId(want), "{row:?}");
+        assert_eq!(draw(&mut greedy, row, &[TokenId(1)]), want, "{row:?}");
+    }
+}
+
+#[test]
+fn picks_argmax_only_for_greedy_without_a_penalty() {
+    assert!(cfg(0.0, 0).picks_argmax());
+    assert!(SamplerConfig { top_k: 3, top_p: 0.5, min_p: 0.2, ..cfg(0.0, 1) }.picks_argmax());
+    assert!(SamplerConfig { repetition_penalty: 1.3, repeat_last_n: 0, ..cfg(0.0, 0) }.picks_argmax());
+    assert!(!SamplerConfig { repetition_penalty: 1.3, ..cfg(0.0, 0) }.picks_argmax());
+    assert!(!cfg(0.1, 0).picks_argmax());
+    assert!(!cfg(f32::NAN, 0).picks_argmax());
 }
 
 #[test]

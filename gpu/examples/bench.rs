@@ -2,9 +2,11 @@
 //!
 //! ```text
 //! cargo run --release -p tinystate-gpu --example bench -- MODEL.gguf [--batches 1,8,64,256]
-//!     [--steps 64] [--runs 5] [--chunk 64] [--breakdown]
+//!     [--steps 64] [--runs 5] [--chunk 64] [--breakdown] [--greedy]
 //! ```
 //! Each row times `runs` runs of `steps` calls (after warm-up) and reports the median.
+//! `--greedy`: rows and prefill chunks want no logits, so a call reads back only each row's
+//! greedy token (4 bytes) instead of its logits (vocab × 4 bytes), as greedy requests do.
 //! `--breakdown` then reruns each row's calls once more with profiling on and prints, per row,
 //! the mean CPU time of each phase of a call (token table write, recording, submit, wait + map,
 //! logits copy) and, where the device has timestamp queries inside passes, the mean GPU time per
@@ -16,7 +18,7 @@ use std::time::Instant;
 use tinystate_engine::TokenId;
 use tinystate_engine::arch::mamba::Mamba;
 use tinystate_engine::gguf::Gguf;
-use tinystate_gpu::{AdapterChoice, CallProfile, Gpu, GpuError, GpuModel, SlotId};
+use tinystate_gpu::{AdapterChoice, CallProfile, Gpu, GpuError, GpuModel, SlotId, StepRow};
 
 /// Peak read bandwidth measured on an H200 through wgpu 30 (DESIGN.md).
 const PEAK_BYTES_PER_S: f64 = 4.2e12;
@@ -28,6 +30,7 @@ struct Opts {
     runs: usize,
     chunk: u32,
     breakdown: bool,
+    greedy: bool,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -39,6 +42,7 @@ fn parse_args() -> Result<Opts, String> {
         runs: 5,
         chunk: 64,
         breakdown: false,
+        greedy: false,
     };
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or(format!("{a} needs a value"));
@@ -53,13 +57,15 @@ fn parse_args() -> Result<Opts, String> {
             "--runs" => o.runs = val()?.parse().map_err(|e| format!("--runs: {e}"))?,
             "--chunk" => o.chunk = val()?.parse().map_err(|e| format!("--chunk: {e}"))?,
             "--breakdown" => o.breakdown = true,
+            "--greedy" => o.greedy = true,
             _ if o.path.is_empty() => o.path = a,
             _ => return Err(format!("unexpected argument {a}")),
         }
     }
     if o.path.is_empty() || o.batches.is_empty() || o.steps == 0 || o.runs == 0 || o.chunk == 0 {
         return Err(
-            "usage: bench MODEL.gguf [--batches 1,8,64,256] [--steps N] [--runs N] [--chunk N] [--breakdown]"
+            "usage: bench MODEL.gguf [--batches 1,8,64,256] [--steps N] [--runs N] [--chunk N] [--breakdown] \
+             [--greedy]"
                 .into(),
         );
     }
@@ -161,6 +167,8 @@ fn main() -> Result<(), String> {
         o.path, c.d_model, c.n_layer, c.d_inner, v
     );
     println!("device: {}", gpu.describe());
+    let read_back = if o.greedy { "the greedy token only (--greedy)" } else { "every row's logits" };
+    println!("read back per row: {read_back}");
     println!(
         "dispatches per call: {} at B=1, {} at B={max_b}, {} for a {}-token prefill (one submission)",
         gm.dispatches_per_call(),
@@ -173,15 +181,19 @@ fn main() -> Result<(), String> {
     println!("|---|---|---|---|---|---|---|");
     let wb = gm.weight_bytes_per_call();
     let mut lines = Vec::new();
+    let logits = !o.greedy;
     for &b in &o.batches {
-        let rows: Vec<_> = (0..b).map(|i| (SlotId(i), TokenId(i % v as u32))).collect();
-        let mut out = vec![0.0; b as usize * v];
+        let rows: Vec<_> =
+            (0..b).map(|i| StepRow { slot: SlotId(i), token: TokenId(i % v as u32), logits }).collect();
+        let mut ids = vec![TokenId(0); b as usize];
+        let mut out = vec![0.0; if logits { b as usize * v } else { 0 }];
         let steps = o.steps;
-        let secs = median_secs(o.runs, || (0..steps).try_for_each(|_| gm.step(&rows, &mut out)))?;
+        let mut step = |gm: &mut GpuModel| gm.step(&rows, &mut ids, &mut out);
+        let secs = median_secs(o.runs, || (0..steps).try_for_each(|_| step(&mut gm)))?;
         row("decode", b, secs / steps as f64, f64::from(b), wb);
         if o.breakdown {
-            lines.push(breakdown(&mut gm, &format!("decode B={b}"), steps, |gm| gm.step(&rows, &mut out))?);
-            gm.step(&rows, &mut out).map_err(|e| e.to_string())?;
+            lines.push(breakdown(&mut gm, &format!("decode B={b}"), steps, &mut step)?);
+            step(&mut gm).map_err(|e| e.to_string())?;
             let (each, whole) = gm.kernel_times(b, 50).map_err(|e| e.to_string())?;
             let each: Vec<String> = each.iter().map(|(k, us)| format!("{k} {us:.1}")).collect();
             lines.push(format!(
@@ -193,11 +205,15 @@ fn main() -> Result<(), String> {
     let toks: Vec<_> = (0..o.chunk).map(|i| TokenId(i % v as u32)).collect();
     let mut out = vec![0.0; v];
     let calls = o.steps.div_ceil(8);
-    let secs = median_secs(o.runs, || (0..calls).try_for_each(|_| gm.prefill(SlotId(0), &toks, &mut out)))?;
+    let mut prefill = |gm: &mut GpuModel| {
+        let out = logits.then_some(&mut out[..]);
+        gm.prefill(SlotId(0), &toks, out).map(|_| ())
+    };
+    let secs = median_secs(o.runs, || (0..calls).try_for_each(|_| prefill(&mut gm)))?;
     row("prefill", o.chunk, secs / calls as f64, f64::from(o.chunk), wb);
     if o.breakdown {
         let what = format!("prefill {}", o.chunk);
-        lines.push(breakdown(&mut gm, &what, calls, |gm| gm.prefill(SlotId(0), &toks, &mut out))?);
+        lines.push(breakdown(&mut gm, &what, calls, &mut prefill)?);
         println!();
         lines.iter().for_each(|l| println!("{l}"));
     }

@@ -28,6 +28,8 @@ pub(crate) enum Op {
     /// Δ projection, selective scan, gate and conv window shift, a thread per channel
     /// (`scan_common.wgsl` + `scan.wgsl`).
     Scan,
+    /// The index of each logits row's highest value, the greedy token (`argmax.wgsl`).
+    Argmax,
 }
 
 /// Threads per `matvec.wgsl` workgroup.
@@ -131,6 +133,7 @@ fn source(op: Op, f: Format, spec: Spec) -> String {
         Op::RmsNorm => &[include_str!("shaders/rmsnorm.wgsl")],
         Op::Gemm => &[include_str!("shaders/gemm.wgsl")],
         Op::Scan => &[SCAN_COMMON, include_str!("shaders/scan.wgsl")],
+        Op::Argmax => &[include_str!("shaders/argmax.wgsl")],
     };
     let mut s = String::from(COMMON);
     s.push_str(f.shader());
@@ -274,6 +277,15 @@ pub(crate) struct ScanParams {
     pub off_d: u32,
     pub xdb_stride: u32,
     pub max_tok: u32,
+    pub _pad: [u32; 2],
+}
+
+/// `argmax.wgsl` Params.
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct ArgmaxParams {
+    pub cols: u32,
+    pub stride: u32,
     pub _pad: [u32; 2],
 }
 

@@ -10,8 +10,9 @@
 //!    bind group, so recording a step only sets pipelines and dispatches.
 //! 3. [`GpuModel::step`] (B rows, each its own slot) and [`GpuModel::prefill`] (a chunk of one
 //!    slot) validate their input, write the token table, record the whole forward pass into one
-//!    compute pass (four dispatches per layer, see `model.rs`) and submit it once; only the wanted
-//!    logits rows are copied back.
+//!    compute pass (four dispatches per layer, see `model.rs`) and submit it once. Every row's
+//!    greedy token (its logits' argmax, computed on the GPU) is copied back, 4 bytes a row; its
+//!    logits (vocab × 4 bytes) only if the caller wants them ([`StepRow::logits`]).
 //!
 //! Every kernel has a CPU twin in `tinystate-engine`; `tests/parity.rs` checks them against each
 //! other. The crate knows nothing of wasi-nn, HTTP or async: callers own scheduling.
@@ -23,7 +24,7 @@ mod model;
 mod weights;
 
 pub use device::{AdapterChoice, Gpu};
-pub use model::{CallProfile, GpuModel, SlotId};
+pub use model::{CallProfile, GpuModel, SlotId, StepRow};
 pub use tinystate_engine::TokenId;
 
 /// Why a GPU operation failed. Messages say what and which value.

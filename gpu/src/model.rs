@@ -16,16 +16,19 @@
 //!   scan                   y  (n, d_inner)      = scan(u, softplus(W_dt·δ + b), A, B, C, D) · SiLU(z)
 //!   out_proj               x += y · W_outᵀ
 //! lm_head                  logits (n_out, vocab) = RMSNorm(x[rows])·norm_f · W_outputᵀ
+//! argmax                   ids (n_out,)          = the highest logit's index per row
 //! ```
-//! so a small call is 4·n_layer + 2 dispatches and a GEMM call 6·n_layer + 3, in one submission.
+//! so a small call is 4·n_layer + 3 dispatches and a GEMM call 6·n_layer + 4, in one submission.
+//! Every call reads back the ids (4 bytes a row: the greedy token); only the logits rows the
+//! caller asks for are copied back too ([`StepRow::logits`], [`GpuModel::prefill`]).
 //! Each sequence's token rows are described by a small table (`meta`, see
 //! `shaders/common.wgsl`) written before the submission; the conv reads a slot's window and the
 //! scan kernel, which runs after every reader, shifts it.
 
 use crate::device::{ErrorSlot, Gpu};
 use crate::kernels::{
-    ConvParams, EmbedParams, GEMM_MIN_TOKENS, GEMM_ROWS, GEMM_TOKENS, GemmParams, MM_TOKENS, MvParams,
-    MvShape, NormParams, Op, Pipelines, Run, SCAN_CHANNELS, ScanParams, Spec, WG,
+    ArgmaxParams, ConvParams, EmbedParams, GEMM_MIN_TOKENS, GEMM_ROWS, GEMM_TOKENS, GemmParams, MM_TOKENS,
+    MvParams, MvShape, NormParams, Op, Pipelines, Run, SCAN_CHANNELS, ScanParams, Spec, WG,
 };
 use crate::weights::{Format, Packed, pack, same_tensor};
 use crate::{GpuError, TokenId};
@@ -38,6 +41,17 @@ use wgpu::util::DeviceExt;
 /// Index of a fixed-size state slot on the GPU (0..slots).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SlotId(pub u32);
+
+/// One decode row of a [`GpuModel::step`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepRow {
+    /// The sequence's state slot.
+    pub slot: SlotId,
+    /// The token it feeds.
+    pub token: TokenId,
+    /// Whether the caller wants this row's logits back; its argmax comes back either way.
+    pub logits: bool,
+}
 
 /// How a dispatch's second grid dimension follows the call's sizes.
 #[derive(Clone, Copy, Debug)]
@@ -110,12 +124,12 @@ pub struct CallProfile {
     pub record: Duration,
     /// `queue.submit`.
     pub submit: Duration,
-    /// Waiting for the GPU and mapping the logits.
+    /// Waiting for the GPU and mapping what the call reads back.
     pub wait: Duration,
-    /// Copying the mapped logits into the caller's slice.
+    /// Copying the mapped ids and logits into the caller's slices.
     pub copy: Duration,
     /// GPU nanoseconds per kernel kind ("embed", "norm", "in_proj", "conv", "x_proj", "scan",
-    /// "out_proj", "lm_head"), summed over the call, in order of first use. Empty unless
+    /// "out_proj", "lm_head", "argmax"), summed over the call, in order of first use. Empty unless
     /// profiling is on and the device has timestamp queries inside passes.
     pub gpu_ns: Vec<(&'static str, f64)>,
 }
@@ -151,8 +165,17 @@ struct Acts {
     xn: wgpu::Buffer,
     /// Logits (max_batch, vocab).
     logits: wgpu::Buffer,
-    /// Mappable copy of the logits (max_batch, vocab).
+    /// Index of each logits row's highest value (max_batch,) u32.
+    argmax: wgpu::Buffer,
+    /// Mappable copy of what a call reads back: `argmax` (max_batch,) u32 at 0, then the wanted
+    /// logits rows, contiguous, from [`staged_logits_at`] (up to max_batch × vocab f32).
     staging: wgpu::Buffer,
+}
+
+/// Byte offset of the logits rows in the staging buffer: after the ids, 8-aligned so a mapped
+/// view of them is aligned for f32 whatever `max_batch` is.
+fn staged_logits_at(max_batch: u32) -> u64 {
+    (4 * u64::from(max_batch)).next_multiple_of(8)
 }
 
 /// Resident recurrent states of every slot.
@@ -213,6 +236,8 @@ pub struct GpuModel {
     profile: CallProfile,
     /// Kind of each timed dispatch of the last call.
     timed: Vec<&'static str>,
+    /// Logits rows the next call copies back, as runs (first row, rows), in row order.
+    copies: Vec<(u32, u32)>,
 }
 
 /// Builds buffers and bind groups, checking sizes against the device limits.
@@ -441,6 +466,7 @@ impl GpuModel {
             profiling: false,
             profile: CallProfile::default(),
             timed: Vec::new(),
+            copies: Vec::new(),
         };
         m.build_plan(&mut b, model, &lim)?;
         m.timer = Self::timer(gpu, m.plan.len() as u32 + 1);
@@ -468,9 +494,10 @@ impl GpuModel {
             y: b.storage("y", f(c.d_inner), none)?,
             xn: b.storage("xn", f(c.d_model), none)?,
             logits: b.storage("logits", logits_bytes, wgpu::BufferUsages::COPY_SRC)?,
+            argmax: b.storage("argmax", 4 * u64::from(max_batch), wgpu::BufferUsages::COPY_SRC)?,
             staging: b.dev.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("staging"),
-                size: logits_bytes,
+                size: staged_logits_at(max_batch) + logits_bytes,
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             }),
@@ -708,8 +735,21 @@ impl GpuModel {
         let x = head.rows.div_ceil(GEMM_ROWS);
         let d = b.dispatch(Op::Gemm, Some(head), &p, &bufs, x, Rows::GemmOutTiles)?;
         plan.push(d.on(When::HeadBig, "lm_head"));
+        self.push_argmax(b, &mut plan)?;
         self.plan = plan;
         self.weight_bytes = bytes;
+        Ok(())
+    }
+
+    /// Records the argmax of every logits row (the greedy token), after the LM head: one
+    /// workgroup per row, into `acts.argmax`.
+    fn push_argmax(&self, b: &mut Builder<'_>, plan: &mut Vec<Dispatch>) -> Result<(), GpuError> {
+        let vocab = u32_of("vocab", self.config.vocab)?;
+        // Rows are `vocab` apart: the layout the read-back copies assume.
+        let p = ArgmaxParams { cols: vocab, stride: vocab, _pad: [0; 2] };
+        let a = &self.acts;
+        let bufs = [(1, &a.run), (4, &a.logits), (5, &a.argmax)];
+        plan.push(b.dispatch(Op::Argmax, None, &p, &bufs, 1, Rows::Outs)?.on(When::Always, "argmax"));
         Ok(())
     }
 
@@ -837,36 +877,52 @@ impl GpuModel {
         Ok(())
     }
 
-    /// One decode step for every (slot, token) row, one submission. Slots in a batch are distinct.
-    /// Writes rows.len() × vocab logits into `logits` (row-major, in the order of `rows`).
-    pub fn step(&mut self, rows: &[(SlotId, TokenId)], logits: &mut [f32]) -> Result<(), GpuError> {
+    /// One decode step for every row, one submission. Slots in a batch are distinct. Writes
+    /// each row's greedy token (the index of its highest logit, the lowest among equals; NaN
+    /// counts as −∞) into `argmax` (rows.len()), and the logits of the rows that want them into
+    /// `logits` (those rows × vocab, row-major, in the order of `rows`, contiguous).
+    pub fn step(
+        &mut self,
+        rows: &[StepRow],
+        argmax: &mut [TokenId],
+        logits: &mut [f32],
+    ) -> Result<(), GpuError> {
         let n = rows.len();
         if n == 0 || n > self.max_batch as usize {
             return Err(GpuError::BadInput(format!("batch of {n} rows; allowed 1..={}", self.max_batch)));
         }
-        self.check_logits(logits, n)?;
-        for (i, &(slot, tok)) in rows.iter().enumerate() {
-            self.check_slot(slot)?;
-            self.check_token(tok)?;
-            if rows[..i].iter().any(|&(s, _)| s == slot) {
-                return Err(GpuError::BadInput(format!("slot {} appears twice in one batch", slot.0)));
+        check_ids(argmax, n)?;
+        self.check_logits(logits, rows.iter().filter(|r| r.logits).count())?;
+        for (i, r) in rows.iter().enumerate() {
+            self.check_slot(r.slot)?;
+            self.check_token(r.token)?;
+            if rows[..i].iter().any(|o| o.slot == r.slot) {
+                return Err(GpuError::BadInput(format!("slot {} appears twice in one batch", r.slot.0)));
             }
         }
         let t0 = Instant::now();
         let meta = &mut self.meta;
         meta.clear();
         meta.resize(4 * (self.max_tok as usize + n), 0);
-        for (i, &(slot, tok)) in rows.iter().enumerate() {
-            meta[4 * i..4 * i + 4].copy_from_slice(&[tok.0, slot.0, i as u32, 0]);
+        for (i, r) in rows.iter().enumerate() {
+            meta[4 * i..4 * i + 4].copy_from_slice(&[r.token.0, r.slot.0, i as u32, 0]);
             let s = 4 * (self.max_tok as usize + i);
-            meta[s..s + 4].copy_from_slice(&[slot.0, i as u32, 1, 0]);
+            meta[s..s + 4].copy_from_slice(&[r.slot.0, i as u32, 1, 0]);
         }
+        logits_runs(rows.iter().map(|r| r.logits), &mut self.copies);
         let n = n as u32;
-        self.call(t0, Run { n_tok: n, n_seq: n, out_row0: 0, n_out: n }, logits)
+        self.call(t0, Run { n_tok: n, n_seq: n, out_row0: 0, n_out: n }, argmax, logits)
     }
 
-    /// A prefill chunk of 1..=max_chunk tokens for one slot; writes the last position's logits (vocab).
-    pub fn prefill(&mut self, slot: SlotId, tokens: &[TokenId], logits: &mut [f32]) -> Result<(), GpuError> {
+    /// A prefill chunk of 1..=max_chunk tokens for one slot. Returns the greedy token after the
+    /// last position (as [`GpuModel::step`]); writes that position's logits (vocab) into
+    /// `logits` if given.
+    pub fn prefill(
+        &mut self,
+        slot: SlotId,
+        tokens: &[TokenId],
+        logits: Option<&mut [f32]>,
+    ) -> Result<TokenId, GpuError> {
         let n = tokens.len();
         if n == 0 || n > self.max_chunk as usize {
             return Err(GpuError::BadInput(format!(
@@ -874,7 +930,9 @@ impl GpuModel {
                 self.max_chunk
             )));
         }
-        self.check_logits(logits, 1)?;
+        let want = logits.is_some();
+        let logits = logits.unwrap_or_default();
+        self.check_logits(logits, usize::from(want))?;
         self.check_slot(slot)?;
         tokens.iter().try_for_each(|&t| self.check_token(t))?;
         let t0 = Instant::now();
@@ -886,8 +944,11 @@ impl GpuModel {
         }
         let s = 4 * self.max_tok as usize;
         meta[s..s + 4].copy_from_slice(&[slot.0, 0, n as u32, 0]);
+        logits_runs(std::iter::once(want), &mut self.copies);
         let n = n as u32;
-        self.call(t0, Run { n_tok: n, n_seq: 1, out_row0: n - 1, n_out: 1 }, logits)
+        let mut id = [TokenId(0)];
+        self.call(t0, Run { n_tok: n, n_seq: 1, out_row0: n - 1, n_out: 1 }, &mut id, logits)?;
+        Ok(id[0])
     }
 
     fn check_slot(&self, slot: SlotId) -> Result<(), GpuError> {
@@ -919,8 +980,15 @@ impl GpuModel {
     }
 
     /// Writes the token table (`self.meta`, built since `t0`), records and submits the plan's
-    /// dispatches for `run`, reads back `out`.
-    fn call(&mut self, t0: Instant, run: Run, out: &mut [f32]) -> Result<(), GpuError> {
+    /// dispatches for `run`, reads back the ids of its `run.n_out` rows into `ids` and the
+    /// logits rows of `self.copies` into `logits`.
+    fn call(
+        &mut self,
+        t0: Instant,
+        run: Run,
+        ids: &mut [TokenId],
+        logits: &mut [f32],
+    ) -> Result<(), GpuError> {
         self.errors.check()?;
         self.queue.write_buffer(&self.acts.meta, 0, bytemuck::cast_slice(&self.meta));
         self.queue.write_buffer(&self.acts.run, 0, bytemuck::bytes_of(&run));
@@ -957,8 +1025,7 @@ impl GpuModel {
                 pass.write_timestamp(&t.set, self.timed.len() as u32);
             }
         }
-        let bytes = 4 * out.len() as u64;
-        enc.copy_buffer_to_buffer(&self.acts.logits, 0, &self.acts.staging, 0, bytes);
+        self.record_copies(&mut enc, run.n_out);
         let queries = self.timed.len() as u32 + 1;
         if let Some(t) = timer {
             enc.resolve_query_set(&t.set, 0..queries, &t.resolve, 0);
@@ -968,7 +1035,7 @@ impl GpuModel {
         let t2 = Instant::now();
         self.queue.submit([cmd]);
         let t3 = Instant::now();
-        let (t4, t5) = self.read_back(bytes, out, timer.map(|t| (&t.readback, 8 * u64::from(queries))))?;
+        let (t4, t5) = self.read_back(ids, logits, timer.map(|t| (&t.readback, 8 * u64::from(queries))))?;
         self.profile.write = t1 - t0;
         self.profile.record = t2 - t1;
         self.profile.submit = t3 - t2;
@@ -992,14 +1059,35 @@ impl GpuModel {
         }
     }
 
-    /// Maps the first `bytes` of the staging buffer (and `also`, mapped until the caller unmaps
-    /// it), waits, copies the logits to `out`. Returns when the wait and the copy ended.
+    /// Records the copies into the staging buffer: the ids of the `n_out` rows at 0, then the
+    /// logits rows of `self.copies`, contiguous, from [`staged_logits_at`].
+    fn record_copies(&self, enc: &mut wgpu::CommandEncoder, n_out: u32) {
+        let a = &self.acts;
+        enc.copy_buffer_to_buffer(&a.argmax, 0, &a.staging, 0, 4 * u64::from(n_out));
+        let row = 4 * self.config.vocab as u64;
+        let mut at = staged_logits_at(self.max_batch);
+        for &(first, rows) in &self.copies {
+            let bytes = u64::from(rows) * row;
+            enc.copy_buffer_to_buffer(&a.logits, u64::from(first) * row, &a.staging, at, bytes);
+            at += bytes;
+        }
+    }
+
+    /// Maps what the call copied into the staging buffer (and `also`, mapped until the caller
+    /// unmaps it), waits, copies the ids to `ids` and the logits rows to `logits`. Returns when
+    /// the wait and the copy ended.
     fn read_back(
         &self,
-        bytes: u64,
-        out: &mut [f32],
+        ids: &mut [TokenId],
+        logits: &mut [f32],
         also: Option<(&wgpu::Buffer, u64)>,
     ) -> Result<(Instant, Instant), GpuError> {
+        let logits_at = staged_logits_at(self.max_batch);
+        // Only the ids when no logits are wanted: 4 bytes a row.
+        let bytes = match logits.len() {
+            0 => 4 * ids.len() as u64,
+            n => logits_at + 4 * n as u64,
+        };
         let (tx, rx) = mpsc::channel();
         let slice = self.acts.staging.slice(..bytes);
         let tx2 = tx.clone();
@@ -1029,17 +1117,170 @@ impl GpuModel {
             let view =
                 slice.get_mapped_range().map_err(|e| GpuError::DeviceLost(format!("mapped range: {e}")))?;
             let src: &[u8] = &view;
-            match bytemuck::try_cast_slice::<u8, f32>(src) {
-                // GPU buffers are little-endian: a plain copy where the host is too.
-                Ok(v) if cfg!(target_endian = "little") => out.copy_from_slice(&v[..out.len()]),
-                _ => {
-                    for (o, c) in out.iter_mut().zip(src.chunks_exact(4)) {
-                        *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                    }
-                }
+            for (id, c) in ids.iter_mut().zip(src.chunks_exact(4)) {
+                *id = TokenId(u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+            }
+            if !logits.is_empty() {
+                copy_f32(&src[logits_at as usize..], logits);
             }
         }
         self.acts.staging.unmap();
         Ok((waited, Instant::now()))
+    }
+}
+
+/// `out.len()` little-endian f32s from the front of `src`.
+fn copy_f32(src: &[u8], out: &mut [f32]) {
+    let src = &src[..4 * out.len()];
+    match bytemuck::try_cast_slice::<u8, f32>(src) {
+        // GPU buffers are little-endian: a plain copy where the host is too.
+        Ok(v) if cfg!(target_endian = "little") => out.copy_from_slice(v),
+        _ => {
+            for (o, c) in out.iter_mut().zip(src.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+    }
+}
+
+/// The rows whose flag is set, as runs of consecutive rows (first, count) into `runs`, so
+/// a batch in which every row wants logits is one copy.
+fn logits_runs(wants: impl Iterator<Item = bool>, runs: &mut Vec<(u32, u32)>) {
+    runs.clear();
+    for (i, want) in wants.enumerate() {
+        let i = i as u32;
+        match runs.last_mut() {
+            _ if !want => {}
+            Some((first, n)) if *first + *n == i => *n += 1,
+            _ => runs.push((i, 1)),
+        }
+    }
+}
+
+/// Checks that an ids buffer holds one id per row.
+fn check_ids(ids: &[TokenId], rows: usize) -> Result<(), GpuError> {
+    if ids.len() != rows {
+        return Err(GpuError::BadInput(format!("argmax buffer holds {} ids; need {rows}", ids.len())));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::logits_runs;
+
+    fn runs(wants: &[bool]) -> Vec<(u32, u32)> {
+        let mut r = vec![(9, 9)]; // cleared first
+        logits_runs(wants.iter().copied(), &mut r);
+        r
+    }
+
+    #[test]
+    fn logits_rows_copy_as_runs_of_consecutive_rows() {
+        assert_eq!(runs(&[]), []);
+        assert_eq!(runs(&[false, false]), []);
+        assert_eq!(runs(&[true; 4]), [(0, 4)]);
+        assert_eq!(runs(&[true, false, true, true, false, false, true]), [(0, 1), (2, 2), (6, 1)]);
+    }
+}
+
+/// `argmax.wgsl` on hand-made rows, against the engine's [`argmax`] (the sampler's greedy rule).
+#[cfg(test)]
+mod argmax_kernel {
+    use super::*;
+    use crate::AdapterChoice;
+    use tinystate_engine::sampler::argmax;
+
+    /// Runs the kernel over `rows` (each `cols` long) and returns its ids; None without a
+    /// device (and `CI` unset).
+    fn gpu_argmax(rows: &[Vec<f32>], cols: usize) -> Option<Vec<u32>> {
+        let gpu = match Gpu::open(AdapterChoice::Any) {
+            Ok(g) => g,
+            Err(e) if std::env::var_os("CI").is_none() => {
+                eprintln!("skipping GPU test: {e}");
+                return None;
+            }
+            Err(e) => panic!("CI is set and no GPU adapter is usable: {e}"),
+        };
+        let dev = &gpu.device;
+        let mut b = Builder { dev, limit: u64::MAX, pipes: Pipelines::default() };
+        let n = rows.len() as u32;
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        let storage = wgpu::BufferUsages::STORAGE;
+        let logits = b.init("logits", bytemuck::cast_slice(&flat), storage).unwrap();
+        let ids = b.storage("ids", 4 * u64::from(n), wgpu::BufferUsages::COPY_SRC).unwrap();
+        let run = Run { n_tok: n, n_seq: n, out_row0: 0, n_out: n };
+        let run = b.init("run", bytemuck::bytes_of(&run), wgpu::BufferUsages::UNIFORM).unwrap();
+        let p = ArgmaxParams { cols: cols as u32, stride: cols as u32, _pad: [0; 2] };
+        let bufs = [(1, &run), (4, &logits), (5, &ids)];
+        let d = b.dispatch(Op::Argmax, None, &p, &bufs, 1, Rows::Outs).unwrap();
+        let read = dev.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("read"),
+            size: 4 * u64::from(n),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = dev.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&d.pipeline);
+            pass.set_bind_group(0, &d.bind, &[]);
+            pass.dispatch_workgroups(1, n, 1);
+        }
+        enc.copy_buffer_to_buffer(&ids, 0, &read, 0, 4 * u64::from(n));
+        gpu.queue.submit([enc.finish()]);
+        read.slice(..).map_async(wgpu::MapMode::Read, |r| r.expect("map"));
+        dev.poll(wgpu::PollType::wait_indefinitely()).expect("poll");
+        let got = bytemuck::cast_slice::<u8, u32>(&read.slice(..).get_mapped_range().unwrap()).to_vec();
+        gpu.errors.check().expect("no validation error");
+        Some(got)
+    }
+
+    /// A row of `cols` values below zero, varied, with `set` (index, value) written over it.
+    fn row(cols: usize, set: &[(usize, f32)]) -> Vec<f32> {
+        let mut r: Vec<f32> = (0..cols).map(|i| -1.0 - (i * 37 % 101) as f32).collect();
+        set.iter().for_each(|&(i, v)| r[i] = v);
+        r
+    }
+
+    fn check(rows: Vec<Vec<f32>>, cols: usize, want: &[u32]) {
+        let Some(got) = gpu_argmax(&rows, cols) else { return };
+        for (i, r) in rows.iter().enumerate() {
+            assert_eq!(argmax(r).0, want[i], "the engine, row {i}");
+            assert_eq!(got[i], want[i], "the kernel, row {i}");
+        }
+    }
+
+    #[test]
+    fn ties_nan_and_infinities_as_the_sampler() {
+        let (nan, inf) = (f32::NAN, f32::INFINITY);
+        // 200 columns: threads 0..8 hold four values, the others three.
+        let c = 200;
+        let rows = vec![
+            vec![0.0; c],  // all equal: the lowest id
+            vec![-inf; c], // all −∞: 0
+            vec![nan; c],  // all NaN: 0
+            (0..c).map(|i| if i % 2 == 0 { nan } else { -inf }).collect(),
+            row(c, &[(70, 5.0), (3, 5.0)]),   // a tie across threads (3 and 6)
+            row(c, &[(130, 5.0), (66, 5.0)]), // a tie inside thread 2
+            row(c, &[(199, 5.0), (150, 5.0), (64, 5.0)]),
+            row(c, &[(100, inf), (40, inf), (7, 1e30)]),
+            row(c, &[(0, nan), (1, nan), (5, -0.5)]), // NaN is not the highest
+            row(c, &[(9, -0.0), (12, 0.0)]),          // −0 = +0: the lowest id
+            row(c, &[(2, -inf), (150, f32::MAX), (151, f32::MAX)]),
+            row(c, &[(199, f32::MIN_POSITIVE)]), // the last column, after every thread's end
+            row(c, &[]),
+        ];
+        let want = [0, 0, 0, 0, 3, 66, 64, 40, 5, 9, 150, 199, 0];
+        check(rows, c, &want);
+    }
+
+    #[test]
+    fn rows_shorter_than_the_workgroup() {
+        // 10 columns: 54 threads have no value; they must not win, even against −∞.
+        let c = 10;
+        let rows =
+            vec![vec![-f32::INFINITY; c], row(c, &[(9, 2.0)]), row(c, &[(4, -0.0)]), vec![f32::NAN; c]];
+        check(rows, c, &[0, 9, 4, 0]);
     }
 }

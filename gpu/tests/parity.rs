@@ -1,6 +1,8 @@
 //! GPU vs the engine's CPU decoder on the parity fixtures (every weight type) and the default
 //! model: decode steps at batch 1, 3 and 64 (a different token stream per slot), chunked prefill
-//! (chunks 1, 5, 64) interleaved with other slots' steps, resets, and bad input.
+//! (chunks 1, 5, 64) interleaved with other slots' steps, resets, and bad input. Every call's
+//! greedy token (the GPU's argmax) must be the argmax of the same call's GPU logits, and a
+//! batch in which only some rows want logits must return exactly those rows.
 //!
 //! Tolerances (max |Δlogit| against the CPU engine), by weight type:
 //! - F32, F16: both sides compute in f32 on the same weights; only summation order differs.
@@ -14,7 +16,8 @@ use tinystate_engine::TokenId;
 use tinystate_engine::arch::mamba::Mamba;
 use tinystate_engine::generate::{CpuDecoder, Decoder};
 use tinystate_engine::gguf::Gguf;
-use tinystate_gpu::{AdapterChoice, Gpu, GpuError, GpuModel, SlotId};
+use tinystate_engine::sampler;
+use tinystate_gpu::{AdapterChoice, Gpu, GpuError, GpuModel, SlotId, StepRow};
 
 const CONFIGS: [&str; 2] = ["tiny", "odd"];
 const TYPES: [&str; 4] = ["f32", "f16", "q8_0", "q4_0"];
@@ -90,6 +93,16 @@ fn margin(v: &[f32]) -> f32 {
     v[m] - second
 }
 
+/// Asserts that the GPU's greedy token is the sampler's greedy choice on the GPU's own logits.
+fn check_argmax(what: &str, id: TokenId, logits: &[f32]) {
+    assert_eq!(id, sampler::argmax(logits), "{what}: GPU argmax vs its logits");
+}
+
+/// Rows that all want logits, one per (slot, token).
+fn rows_of(pairs: &[(SlotId, TokenId)]) -> Vec<StepRow> {
+    pairs.iter().map(|&(slot, token)| StepRow { slot, token, logits: true }).collect()
+}
+
 /// Asserts closeness and that the greedy choice agrees unless the CPU's top two are a near-tie.
 fn check(what: &str, gpu: &[f32], cpu: &[f32], tol: f32) -> f32 {
     let d = max_abs_diff(gpu, cpu);
@@ -105,6 +118,7 @@ fn load_fixture(config: &str, ty: &str) -> Aligned {
 }
 
 /// Steps `streams` (one slot each, slots 0..) in lockstep at batch streams.len(); returns max |Δ|.
+/// Checks each row's argmax against its logits too.
 fn step_streams(
     gm: &mut GpuModel,
     m: &Mamba<'_>,
@@ -116,14 +130,17 @@ fn step_streams(
     let v = m.config.vocab;
     let mut cpus: Vec<_> = streams.iter().map(|_| CpuDecoder::new(m, 1)).collect();
     let mut out = vec![0.0; streams.len() * v];
+    let mut ids = vec![TokenId(0); streams.len()];
     let mut worst = 0.0f32;
     for pos in 0..steps {
-        let rows: Vec<_> = streams.iter().enumerate().map(|(k, s)| (SlotId(k as u32), s[pos])).collect();
-        gm.step(&rows, &mut out).unwrap();
+        let pairs: Vec<_> = streams.iter().enumerate().map(|(k, s)| (SlotId(k as u32), s[pos])).collect();
+        gm.step(&rows_of(&pairs), &mut ids, &mut out).unwrap();
         for (k, cpu) in cpus.iter_mut().enumerate() {
             let want = cpu.feed(&[streams[k][pos]]).unwrap();
-            let d = check(&format!("{what} slot {k} pos {pos}"), &out[k * v..(k + 1) * v], want, tol);
-            worst = worst.max(d);
+            let what = format!("{what} slot {k} pos {pos}");
+            let got = &out[k * v..(k + 1) * v];
+            worst = worst.max(check(&what, got, want, tol));
+            check_argmax(&what, ids[k], got);
         }
     }
     worst
@@ -173,9 +190,10 @@ fn matches_transformers_on_the_same_weights() {
             let hf = transformers_logits(config, ty);
             let mut gm = GpuModel::load(&gpu, &m, 1, 1, 8).unwrap();
             let mut out = vec![0.0; v];
+            let mut id = [TokenId(0)];
             let mut worst = 0.0f32;
             for (pos, &t) in base.iter().enumerate() {
-                gm.step(&[(SlotId(0), t)], &mut out).unwrap();
+                gm.step(&rows_of(&[(SlotId(0), t)]), &mut id, &mut out).unwrap();
                 let what = format!("{config}/{ty} pos {pos} vs transformers");
                 worst = worst.max(check(&what, &out, &hf[pos * v..(pos + 1) * v], 1e-4));
             }
@@ -206,10 +224,12 @@ fn chunked_prefill_matches_cpu_interleaved_with_steps() {
                 let mut cpu_others: Vec<_> = others.iter().map(|_| CpuDecoder::new(&m, 1)).collect();
                 let mut out = vec![0.0; v];
                 let mut out2 = vec![0.0; 2 * v];
+                let mut ids = [TokenId(0); 2];
                 for (i, piece) in base.chunks(chunk).enumerate() {
-                    gm.prefill(SlotId(1), piece, &mut out).unwrap();
-                    let rows = [(SlotId(0), others[0][i]), (SlotId(2), others[1][i])];
-                    gm.step(&rows, &mut out2).unwrap();
+                    let id = gm.prefill(SlotId(1), piece, Some(&mut out)).unwrap();
+                    check_argmax(&format!("{what} piece {i}"), id, &out);
+                    let rows = rows_of(&[(SlotId(0), others[0][i]), (SlotId(2), others[1][i])]);
+                    gm.step(&rows, &mut ids, &mut out2).unwrap();
                     for k in 0..2 {
                         let want = cpu_others[k].feed(&[others[k][i]]).unwrap();
                         check(
@@ -224,7 +244,7 @@ fn chunked_prefill_matches_cpu_interleaved_with_steps() {
                 worst = worst.max(check(&format!("{what} last"), &out, cpu.feed(&base).unwrap(), tol(ty)));
                 // The state after the prefill continues like the CPU's.
                 let next = TokenId(3);
-                gm.prefill(SlotId(1), &[next], &mut out).unwrap();
+                gm.prefill(SlotId(1), &[next], Some(&mut out)).unwrap();
                 worst = worst.max(check(&format!("{what} next"), &out, cpu.feed(&[next]).unwrap(), tol(ty)));
                 eprintln!("{what}: prefill max |Δ| vs CPU {worst:.2e}");
             }
@@ -252,10 +272,11 @@ fn default_model_batch_64_and_prefill() {
     gm.reset(SlotId(5)).unwrap();
     // Two chunks of 12 (chunks 1, 5 and 64 run on the fixtures), continuing a used slot's
     // neighbours untouched.
-    gm.prefill(SlotId(5), &base[..12], &mut out).unwrap();
-    gm.prefill(SlotId(5), &base[12..24], &mut out).unwrap();
+    gm.prefill(SlotId(5), &base[..12], None).unwrap();
+    let id = gm.prefill(SlotId(5), &base[12..24], Some(&mut out)).unwrap();
     let mut cpu = CpuDecoder::new(&m, 64);
     let dp = check("default prefill 2×12", &out, cpu.feed(&base[..24]).unwrap(), tol);
+    check_argmax("default prefill 2×12", id, &out);
     eprintln!("default-q8_0: max |Δ| vs CPU: B=64 step {d:.2e}, prefill(2×12) {dp:.2e}");
 }
 
@@ -268,19 +289,77 @@ fn bad_input_is_an_error_not_a_panic() {
     let v = m.config.vocab;
     let mut gm = GpuModel::load(&gpu, &m, 2, 2, 4).unwrap();
     let mut out = vec![0.0; 2 * v];
+    let mut ids = vec![TokenId(0); 3];
     let bad = |r: Result<(), GpuError>| assert!(matches!(r, Err(GpuError::BadInput(_))), "{r:?}");
-    bad(gm.step(&[(SlotId(2), TokenId(1))], &mut out[..v]));
-    bad(gm.step(&[(SlotId(0), TokenId(v as u32))], &mut out[..v]));
-    bad(gm.step(&[(SlotId(0), TokenId(1)), (SlotId(0), TokenId(2))], &mut out));
-    bad(gm.step(&[(SlotId(0), TokenId(1)); 3], &mut vec![0.0; 3 * v]));
-    bad(gm.step(&[], &mut out));
-    bad(gm.step(&[(SlotId(0), TokenId(1))], &mut out));
-    bad(gm.prefill(SlotId(0), &[], &mut out[..v]));
-    bad(gm.prefill(SlotId(0), &[TokenId(1); 5], &mut out[..v]));
-    bad(gm.prefill(SlotId(9), &[TokenId(1)], &mut out[..v]));
+    let one = |slot, token| rows_of(&[(SlotId(slot), TokenId(token))]);
+    bad(gm.step(&one(2, 1), &mut ids[..1], &mut out[..v]));
+    bad(gm.step(&one(0, v as u32), &mut ids[..1], &mut out[..v]));
+    bad(gm.step(&rows_of(&[(SlotId(0), TokenId(1)), (SlotId(0), TokenId(2))]), &mut ids[..2], &mut out));
+    bad(gm.step(&rows_of(&[(SlotId(0), TokenId(1)); 3]), &mut ids, &mut vec![0.0; 3 * v]));
+    bad(gm.step(&[], &mut ids[..0], &mut out));
+    bad(gm.step(&one(0, 1), &mut ids[..1], &mut out));
+    // One id per row, and logits for exactly the rows that want them.
+    bad(gm.step(&one(0, 1), &mut ids[..2], &mut out[..v]));
+    bad(gm.step(&one(0, 1), &mut ids[..0], &mut out[..v]));
+    let no_logits = [StepRow { slot: SlotId(0), token: TokenId(1), logits: false }];
+    bad(gm.step(&no_logits, &mut ids[..1], &mut out[..v]));
+    let prefill = |gm: &mut GpuModel, slot, tokens: &[TokenId], out: Option<&mut [f32]>| {
+        gm.prefill(SlotId(slot), tokens, out).map(|_| ())
+    };
+    bad(prefill(&mut gm, 0, &[], Some(&mut out[..v])));
+    bad(prefill(&mut gm, 0, &[TokenId(1); 5], Some(&mut out[..v])));
+    bad(prefill(&mut gm, 9, &[TokenId(1)], Some(&mut out[..v])));
+    bad(prefill(&mut gm, 0, &[TokenId(1)], Some(&mut out)));
+    bad(prefill(&mut gm, 0, &[TokenId(1)], Some(&mut [])));
     bad(gm.reset(SlotId(2)));
     bad(GpuModel::load(&gpu, &m, 0, 1, 1).map(|_| ()));
     // Still usable afterwards.
-    gm.step(&[(SlotId(1), TokenId(1))], &mut out[..v]).unwrap();
+    gm.step(&one(1, 1), &mut ids[..1], &mut out[..v]).unwrap();
     assert!(out[..v].iter().all(|x| x.is_finite()));
+}
+
+/// A batch in which only some rows want logits: every row's argmax comes back, and the logits
+/// buffer holds exactly the wanted rows, in order, equal to the same step with every row's
+/// logits. Prefill without logits returns the same token as with them.
+#[test]
+fn only_the_rows_that_want_logits_come_back() {
+    let Some(gpu) = gpu() else { return };
+    let file = load_fixture("odd", "f32");
+    let g = Gguf::parse(file.bytes()).unwrap();
+    let m = Mamba::load(&g).unwrap();
+    let v = m.config.vocab;
+    let mut gm = GpuModel::load(&gpu, &m, 5, 5, 8).unwrap();
+    let base = fixture_tokens("odd");
+    let prompt = &base[..6];
+    let pairs: Vec<_> = (0..5).map(|k| (SlotId(k), base[k as usize + 6])).collect();
+    // Each pass: the same prompt in every slot, then one step over all five with `wants`.
+    let mut pass = |wants: [bool; 5]| {
+        let mut prefill_ids = Vec::new();
+        for k in 0..5 {
+            gm.reset(SlotId(k)).unwrap();
+            let mut last = vec![0.0; v];
+            let logits = wants[k as usize].then_some(&mut last[..]);
+            prefill_ids.push(gm.prefill(SlotId(k), prompt, logits).unwrap());
+        }
+        let rows: Vec<_> =
+            pairs.iter().zip(wants).map(|(&(slot, token), logits)| StepRow { slot, token, logits }).collect();
+        let mut ids = vec![TokenId(u32::MAX); 5];
+        let mut out = vec![f32::NAN; wants.iter().filter(|&&w| w).count() * v];
+        gm.step(&rows, &mut ids, &mut out).unwrap();
+        (prefill_ids, ids, out)
+    };
+    let (all_prefill, all_ids, all) = pass([true; 5]);
+    for k in 0..5 {
+        check_argmax(&format!("all rows, row {k}"), all_ids[k], &all[k * v..(k + 1) * v]);
+    }
+    for wants in [[false, true, false, true, true], [true, false, false, false, false], [false; 5]] {
+        let (prefill_ids, ids, out) = pass(wants);
+        assert_eq!(prefill_ids, all_prefill, "{wants:?}: prefill tokens");
+        assert_eq!(ids, all_ids, "{wants:?}: step tokens");
+        let wanted: Vec<f32> =
+            (0..5).filter(|&k| wants[k]).flat_map(|k| all[k * v..(k + 1) * v].to_vec()).collect();
+        assert_eq!(out.len(), wanted.len(), "{wants:?}");
+        // The same rows of the same sized call: bit for bit.
+        assert!(out.iter().zip(&wanted).all(|(a, b)| a.to_bits() == b.to_bits()), "{wants:?}: logits rows");
+    }
 }

@@ -100,7 +100,7 @@ fn prepare(
                     Some(_) => ApiError::invalid(Some("prompt"), "'prompt' must be a string"),
                 });
             }
-            seq.finish()?;
+            seq.finish(&request.params)?;
             Ok((seq, request))
         }
         Endpoint::Chat => {
@@ -119,7 +119,7 @@ fn prepare(
             for piece in prompt.as_bytes().chunks(crate::json_stream::OUT_CHUNK) {
                 seq.push(piece);
             }
-            seq.finish()?;
+            seq.finish(&request.params)?;
             Ok((seq, request))
         }
     }

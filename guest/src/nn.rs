@@ -7,13 +7,18 @@
 //!   cannot call imports);
 //! - each `feed` is `compute([("tokens", I32 [n])])` with n ≤ [`MAX_CHUNK`] (longer inputs go in
 //!   several computes) → `[("logits", FP32 [vocab])]`, copied into a buffer reused for every
-//!   step, so memory per request stays constant.
+//!   step, so memory per request stays constant;
+//! - each `feed_greedy` (greedy sampling with nothing else reading the logits, see
+//!   [`Decoder::feed_greedy`]) adds `("greedy", U8 [1] = 1)` → `[("token", I32 [1])]`: the
+//!   host's argmax, 4 bytes instead of the logits (on the GPU backend, computed there).
 //!
 //! The state lives in the host, owned by the execution context; dropping the decoder (or the
 //! instance) frees it.
 
 use tinystate_engine::TokenId;
 use tinystate_engine::generate::Decoder;
+
+use bindings::wasi::nn::inference::NamedTensor;
 
 use crate::api::{ApiError, MODEL_ALIAS};
 
@@ -110,18 +115,23 @@ impl NnDecoder {
         self.ctx.as_ref().ok_or_else(|| NnError::protocol("no execution context".into()))
     }
 
-    /// One compute of at most [`MAX_CHUNK`] tokens; the logits land in `self.logits`.
-    fn compute(&mut self, tokens: &[TokenId]) -> Result<(), NnError> {
+    /// One compute of at most [`MAX_CHUNK`] tokens, with the `"greedy"` input if `greedy`;
+    /// returns the outputs.
+    fn compute(&mut self, tokens: &[TokenId], greedy: bool) -> Result<Vec<NamedTensor>, NnError> {
         self.bytes.clear();
         self.bytes.extend(tokens.iter().flat_map(|t| t.0.to_le_bytes()));
-        let input = Tensor::new(&[tokens.len() as u32], TensorType::I32, &self.bytes);
+        let mut inputs =
+            vec![("tokens".to_owned(), Tensor::new(&[tokens.len() as u32], TensorType::I32, &self.bytes))];
+        if greedy {
+            inputs.push(("greedy".to_owned(), Tensor::new(&[1], TensorType::U8, &[1])));
+        }
         let ctx = self.connect()?;
-        let outputs =
-            ctx.compute(vec![("tokens".to_owned(), input)]).map_err(|e| NnError::from_wasi("compute", e))?;
-        let (_, t) = outputs
-            .into_iter()
-            .find(|(name, _)| name == "logits")
-            .ok_or_else(|| NnError::protocol("the host returned no 'logits' output".into()))?;
+        ctx.compute(inputs).map_err(|e| NnError::from_wasi("compute", e))
+    }
+
+    /// One compute for the logits; they land in `self.logits`.
+    fn compute_logits(&mut self, tokens: &[TokenId]) -> Result<(), NnError> {
+        let t = output(self.compute(tokens, false)?, "logits")?;
         if t.ty() != TensorType::Fp32 {
             return Err(NnError::protocol("the host's 'logits' are not FP32".into()));
         }
@@ -133,6 +143,29 @@ impl NnDecoder {
         self.logits.extend(data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
         Ok(())
     }
+
+    /// One compute for the greedy token.
+    fn compute_token(&mut self, tokens: &[TokenId]) -> Result<TokenId, NnError> {
+        let t = output(self.compute(tokens, true)?, "token")?;
+        let data = t.data();
+        match (t.ty(), data.as_slice()) {
+            // Non-negative as an I32: the host's ids are below the vocabulary size.
+            (TensorType::I32, &[a, b, c, d]) if d < 0x80 => Ok(TokenId(u32::from_le_bytes([a, b, c, d]))),
+            (ty, _) => Err(NnError::protocol(format!(
+                "the host's 'token' is {ty:?} of {} bytes, not one non-negative I32",
+                data.len()
+            ))),
+        }
+    }
+}
+
+/// The output called `name`.
+fn output(outputs: Vec<NamedTensor>, name: &str) -> Result<Tensor, NnError> {
+    outputs
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, t)| t)
+        .ok_or_else(|| NnError::protocol(format!("the host returned no '{name}' output")))
 }
 
 impl Default for NnDecoder {
@@ -149,9 +182,17 @@ impl Decoder for NnDecoder {
             return Err(NnError::protocol("no tokens to feed".into()));
         }
         for chunk in tokens.chunks(MAX_CHUNK) {
-            self.compute(chunk)?;
+            self.compute_logits(chunk)?;
         }
         Ok(&mut self.logits)
+    }
+
+    fn feed_greedy(&mut self, tokens: &[TokenId]) -> Result<TokenId, NnError> {
+        let mut token = Err(NnError::protocol("no tokens to feed".into()));
+        for chunk in tokens.chunks(MAX_CHUNK) {
+            token = Ok(self.compute_token(chunk)?);
+        }
+        token
     }
 
     fn vocab(&self) -> usize {

@@ -6,6 +6,14 @@
 //! yields the logits. So memory holds the decoder (recurrent state and chunk scratch, or in the
 //! `nn` build a handle to the host's), one piece of text, one logits vector and at most a chunk
 //! plus one piece's tokens, whatever the prompt's length.
+//!
+//! Greedy requests without a repetition penalty ([`SamplerConfig::picks_argmax`]) never look
+//! at the logits: the final chunk and every generated token are fed with
+//! [`Decoder::feed_greedy`], which in the `nn` build asks the host for only the token (4 bytes
+//! instead of the vocabulary's logits) and in the embedded build takes the argmax of the
+//! engine's logits; either way the text is the one the sampler would give.
+//!
+//! [`SamplerConfig::picks_argmax`]: tinystate_engine::sampler::SamplerConfig::picks_argmax
 
 use tinystate_engine::TokenId;
 use tinystate_engine::arch::mamba::DEFAULT_MAX_CHUNK;
@@ -36,8 +44,11 @@ pub struct Sequence {
     recent: Vec<TokenId>,
     /// The model's side: recurrent state and working memory (or the host's, `nn`).
     dec: Dec,
-    /// Logits (vocab,) after the prompt's last token, set by [`Sequence::finish`].
+    /// Logits (vocab,) after the prompt's last token, set by [`Sequence::finish`] unless it
+    /// took the greedy token instead.
     logits: Vec<f32>,
+    /// The greedy token after the prompt's last token, when [`Sequence::finish`] took it.
+    first: Option<TokenId>,
     tokens: usize,
     bytes: u64,
     error: Option<ApiError>,
@@ -70,6 +81,7 @@ impl Sequence {
             recent: Vec::with_capacity(2 * RECENT),
             dec: e.decoder(),
             logits: Vec::with_capacity(e.tokenizer.vocab_size()),
+            first: None,
             tokens: 0,
             bytes: 0,
             error: None,
@@ -93,6 +105,8 @@ impl Sequence {
         self.dec.reset();
         self.pending.clear();
         self.recent.clear();
+        self.logits.clear();
+        self.first = None;
         self.tokens = 0;
         self.bytes = 0;
         self.error = None;
@@ -145,8 +159,9 @@ impl Sequence {
         }
     }
 
-    /// Ends the prompt and runs what is left of it.
-    pub fn finish(&mut self) -> Result<Usage, ApiError> {
+    /// Ends the prompt and runs what is left of it, for generating with `params` (greedy ones
+    /// take only the next token, not the logits).
+    pub fn finish(&mut self, params: &GenerateParams) -> Result<Usage, ApiError> {
         if let Some(e) = self.error.take() {
             return Err(e);
         }
@@ -162,9 +177,13 @@ impl Sequence {
         if self.pending.is_empty() {
             return Err(ApiError::invalid(Some("prompt"), "the prompt encodes to no tokens"));
         }
-        let logits = self.dec.feed(&self.pending)?;
-        self.logits.clear();
-        self.logits.extend_from_slice(logits);
+        if params.sampler.picks_argmax() {
+            self.first = Some(self.dec.feed_greedy(&self.pending)?);
+        } else {
+            let logits = self.dec.feed(&self.pending)?;
+            self.logits.clear();
+            self.logits.extend_from_slice(logits);
+        }
         self.pending.clear();
         Ok(Usage { prompt: self.tokens })
     }
@@ -179,20 +198,33 @@ impl Sequence {
         self.bytes
     }
 
-    /// Generates after [`Sequence::finish`]: `each(text, finish)` gets every piece of text; it
-    /// returns `Err` to stop early (client gone). Returns the finish reason and the number of
-    /// tokens generated, or why decoding failed.
+    /// Generates after [`Sequence::finish`] (given the same `params`): `each(text, finish)`
+    /// gets every piece of text; it returns `Err` to stop early (client gone). Returns the
+    /// finish reason and the number of tokens generated, or why decoding failed.
     pub fn generate(
         &mut self,
         params: &GenerateParams,
         mut each: impl FnMut(&str, Option<FinishReason>) -> Result<(), ()>,
     ) -> Result<(FinishReason, usize), ApiError> {
         let e = self.e;
+        // No logits when finish took the greedy token: the sampler never runs, so it gets no
+        // buffers either.
         let mut generator = Generator::new(&e.tokenizer, self.logits.len(), params);
         generator.observe_prompt(&self.recent);
-        let mut logits: &mut [f32] = &mut self.logits;
+        if generator.needs_logits() == self.first.is_some() {
+            return Err(ApiError::internal("the prompt was finished for other sampling settings"));
+        }
+        // Greedy: only tokens cross from the decoder; otherwise the logits, sampled here.
+        let mut next = match self.first.take() {
+            Some(t) => Next::Token(t),
+            None => Next::Logits(&mut self.logits),
+        };
         loop {
-            let p = generator.next(logits);
+            let greedy = matches!(next, Next::Token(_));
+            let p = match next {
+                Next::Token(t) => generator.next_token(t),
+                Next::Logits(logits) => generator.next(logits),
+            };
             let (token, finish) = (p.token, p.finish);
             if each(p.text, finish).is_err() {
                 return Ok((finish.unwrap_or(FinishReason::Stop), generator.produced()));
@@ -200,9 +232,18 @@ impl Sequence {
             if let Some(f) = finish {
                 return Ok((f, generator.produced()));
             }
-            logits = self.dec.feed(&[token])?;
+            next = match greedy {
+                true => Next::Token(self.dec.feed_greedy(&[token])?),
+                false => Next::Logits(self.dec.feed(&[token])?),
+            };
         }
     }
+}
+
+/// What the decoder gave for the next token: the greedy token itself, or the logits to sample.
+enum Next<'a> {
+    Token(TokenId),
+    Logits(&'a mut [f32]),
 }
 
 /// Prompt size after [`Sequence::finish`].
@@ -237,10 +278,11 @@ mod tests {
                 seq.push(p);
             }
         }
-        let usage = seq.finish().unwrap();
+        let params = greedy(n);
+        let usage = seq.finish(&params).unwrap();
         let mut out = String::new();
         let (_, produced) = seq
-            .generate(&greedy(n), |t, _| {
+            .generate(&params, |t, _| {
                 out.push_str(t);
                 Ok(())
             })
@@ -272,7 +314,51 @@ mod tests {
     fn empty_and_oversized_prompts() {
         let e = crate::model::engine().unwrap();
         let mut seq = Sequence::new(e, false);
-        assert_eq!(seq.finish().unwrap_err().param, Some("prompt"));
+        assert_eq!(seq.finish(&greedy(1)).unwrap_err().param, Some("prompt"));
+    }
+
+    /// Generates `n` tokens after `text` with `params`; the text and the tokens' count.
+    fn generate_with(text: &str, params: &GenerateParams) -> (String, usize) {
+        let e = crate::model::engine().unwrap();
+        let mut seq = Sequence::new(e, false);
+        seq.push(text.as_bytes());
+        seq.finish(params).unwrap();
+        let mut out = String::new();
+        let (_, n) = seq
+            .generate(params, |t, _| {
+                out.push_str(t);
+                Ok(())
+            })
+            .unwrap();
+        (out, n)
+    }
+
+    /// Greedy sampling takes the decoder's argmax instead of the logits; top-k 1 at
+    /// temperature 1 samples from the logits and must pick the same tokens.
+    #[test]
+    fn greedy_argmax_path_gives_the_sampled_text() {
+        let fast = greedy(24);
+        let mut sampled = greedy(24);
+        sampled.sampler.temperature = 1.0;
+        sampled.sampler.top_k = 1;
+        assert!(fast.sampler.picks_argmax() && !sampled.sampler.picks_argmax());
+        for prompt in ["Once upon a time", "The quick brown fox", "1, 2, 3,"] {
+            let (a, na) = generate_with(prompt, &fast);
+            let (b, nb) = generate_with(prompt, &sampled);
+            assert_eq!((na, &a), (nb, &b), "prompt {prompt:?}");
+            assert!(!a.is_empty(), "prompt {prompt:?}");
+        }
+    }
+
+    #[test]
+    fn generate_refuses_params_other_than_finish_had() {
+        let e = crate::model::engine().unwrap();
+        let mut seq = Sequence::new(e, false);
+        seq.push(b"Once upon a time");
+        let mut sampled = greedy(4);
+        sampled.sampler.temperature = 0.7;
+        seq.finish(&greedy(4)).unwrap();
+        assert!(seq.generate(&sampled, |_, _| Ok(())).is_err());
     }
 
     /// Linear memory does not grow with the prompt: a 256 KiB prompt after a 1 KiB one.

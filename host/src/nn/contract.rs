@@ -1,5 +1,6 @@
-//! The tensor contract of `compute` (see the [module docs](super)): limits, and the checks that
-//! turn a guest's input tensors into token ids. Nothing here panics on guest input.
+//! The tensor contract of `compute` (see the [module docs](super)): limits, the checks that
+//! turn a guest's input tensors into token ids and the greedy flag, and the output tensors.
+//! Nothing here panics on guest input.
 
 use tinystate_engine::TokenId;
 
@@ -15,8 +16,44 @@ pub const MAX_CONTEXTS_PER_INSTANCE: usize = 4;
 pub const MAX_TENSOR_BYTES: usize = 16 << 20;
 /// The input's name.
 pub const INPUT_TOKENS: &str = "tokens";
-/// The output's name.
+/// The optional input asking for the greedy token instead of the logits.
+pub const INPUT_GREEDY: &str = "greedy";
+/// The output's name without [`INPUT_GREEDY`].
 pub const OUTPUT_LOGITS: &str = "logits";
+/// The output's name with [`INPUT_GREEDY`].
+pub const OUTPUT_TOKEN: &str = "token";
+
+/// What one `compute` asks for, from its input tensors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inputs {
+    /// The tokens to feed (range unchecked: see [`check_tokens`]).
+    pub tokens: Vec<TokenId>,
+    /// Whether the guest wants only the greedy token ([`OUTPUT_TOKEN`]) instead of the logits.
+    pub greedy: bool,
+}
+
+/// What one `compute` returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// The logits after the last token, as little-endian f32 bytes ([`logits_bytes`]).
+    Logits(Vec<u8>),
+    /// The greedy token after the last token: the highest logit's id, the lowest among equals.
+    Token(TokenId),
+}
+
+impl Output {
+    /// The output tensor and its name: [`OUTPUT_LOGITS`] FP32 `[vocab]`, or [`OUTPUT_TOKEN`]
+    /// I32 `[1]`.
+    pub fn into_tensor(self) -> (&'static str, TensorParts) {
+        match self {
+            Self::Logits(bytes) => (OUTPUT_LOGITS, logits_output(bytes)),
+            Self::Token(t) => {
+                let data = t.0.to_le_bytes().to_vec();
+                (OUTPUT_TOKEN, TensorParts { dims: vec![1], ty: TensorType::I32, data })
+            }
+        }
+    }
+}
 
 /// A tensor as the guest built it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,27 +66,47 @@ pub struct TensorParts {
     pub data: Vec<u8>,
 }
 
-/// Checks that `inputs` is exactly one tensor named [`INPUT_TOKENS`], `I32`, `[n]` or `[1, n]`
-/// with 4·n bytes, and returns its ids (range is checked by [`check_tokens`]).
-pub fn tokens_input<'t>(
-    inputs: impl ExactSizeIterator<Item = (&'t str, &'t TensorParts)>,
-) -> Result<Vec<TokenId>, NnError> {
-    let n_inputs = inputs.len();
-    let mut tokens = None;
+/// Checks that `inputs` holds exactly one tensor named [`INPUT_TOKENS`], `I32`, `[n]` or
+/// `[1, n]` with 4·n bytes, and at most one [`INPUT_GREEDY`] (`U8`, `[1]`, 0 or 1), and nothing
+/// else; returns the ids (range is checked by [`check_tokens`]) and the flag.
+pub fn parse_inputs<'t>(inputs: impl Iterator<Item = (&'t str, &'t TensorParts)>) -> Result<Inputs, NnError> {
+    let (mut tokens, mut greedy) = (None, None);
     for (name, t) in inputs {
-        if name != INPUT_TOKENS {
-            return Err(NnError::Input(format!(
-                "unknown input '{name}'; the only input is '{INPUT_TOKENS}'"
-            )));
+        match name {
+            INPUT_TOKENS if tokens.is_none() => tokens = Some(decode_tokens(t)?),
+            INPUT_GREEDY if greedy.is_none() => greedy = Some(decode_greedy(t)?),
+            INPUT_TOKENS | INPUT_GREEDY => {
+                return Err(NnError::Input(format!("input '{name}' is given twice; give it once")));
+            }
+            _ => {
+                return Err(NnError::Input(format!(
+                    "unknown input '{name}'; the inputs are '{INPUT_TOKENS}' and, optionally, \
+                     '{INPUT_GREEDY}'"
+                )));
+            }
         }
-        if n_inputs != 1 {
-            return Err(NnError::Input(format!(
-                "expected one input '{INPUT_TOKENS}', got {n_inputs} inputs"
-            )));
-        }
-        tokens = Some(decode_tokens(t)?);
     }
-    tokens.ok_or_else(|| NnError::Input(format!("no inputs; expected '{INPUT_TOKENS}'")))
+    let tokens = tokens.ok_or_else(|| NnError::Input(format!("no input '{INPUT_TOKENS}'")))?;
+    Ok(Inputs { tokens, greedy: greedy.unwrap_or(false) })
+}
+
+/// The [`INPUT_GREEDY`] flag: `U8`, dimensions `[1]`, one byte, 0 (logits) or 1 (the token).
+fn decode_greedy(t: &TensorParts) -> Result<bool, NnError> {
+    if t.ty != TensorType::U8 {
+        return Err(NnError::Input(format!("input '{INPUT_GREEDY}' must be U8, not {:?}", t.ty)));
+    }
+    if t.dims != [1] || t.data.len() != 1 {
+        return Err(NnError::Input(format!(
+            "input '{INPUT_GREEDY}' must have dimensions [1] and 1 byte, not {:?} and {} bytes",
+            t.dims,
+            t.data.len()
+        )));
+    }
+    match t.data[0] {
+        0 => Ok(false),
+        1 => Ok(true),
+        v => Err(NnError::Input(format!("input '{INPUT_GREEDY}' must be 0 or 1, not {v}"))),
+    }
 }
 
 fn decode_tokens(t: &TensorParts) -> Result<Vec<TokenId>, NnError> {
@@ -113,14 +170,81 @@ mod tests {
         TensorParts { dims, ty: TensorType::I32, data: ids.iter().flat_map(|i| i.to_le_bytes()).collect() }
     }
 
+    fn greedy(dims: Vec<u32>, ty: TensorType, data: &[u8]) -> TensorParts {
+        TensorParts { dims, ty, data: data.to_vec() }
+    }
+
+    fn flag(v: u8) -> TensorParts {
+        greedy(vec![1], TensorType::U8, &[v])
+    }
+
+    fn parse_all(inputs: &[(&str, TensorParts)]) -> Result<Inputs, NnError> {
+        parse_inputs(inputs.iter().map(|(n, t)| (*n, t)))
+    }
+
     fn parse(inputs: &[(&str, TensorParts)]) -> Result<Vec<TokenId>, NnError> {
-        tokens_input(inputs.iter().map(|(n, t)| (*n, t)))
+        parse_all(inputs).map(|i| i.tokens)
     }
 
     #[test]
     fn accepts_n_and_1_by_n() {
         assert_eq!(parse(&[("tokens", tokens(&[1, 2], vec![2]))]).unwrap(), [TokenId(1), TokenId(2)]);
         assert_eq!(parse(&[("tokens", tokens(&[7], vec![1, 1]))]).unwrap(), [TokenId(7)]);
+    }
+
+    #[test]
+    fn greedy_is_optional_in_either_order_and_0_means_absent() {
+        let t = tokens(&[4, 5], vec![2]);
+        let ids = vec![TokenId(4), TokenId(5)];
+        let cases = [
+            (vec![("tokens", t.clone())], false),
+            (vec![("tokens", t.clone()), ("greedy", flag(1))], true),
+            (vec![("greedy", flag(1)), ("tokens", t.clone())], true),
+            (vec![("tokens", t.clone()), ("greedy", flag(0))], false),
+        ];
+        for (inputs, want) in cases {
+            assert_eq!(
+                parse_all(&inputs).unwrap(),
+                Inputs { tokens: ids.clone(), greedy: want },
+                "{inputs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_bad_greedy_inputs_with_a_message() {
+        let t = tokens(&[1], vec![1]);
+        let cases = [
+            (greedy(vec![1], TensorType::I32, &[1, 0, 0, 0]), "must be U8"),
+            (greedy(vec![1, 1], TensorType::U8, &[1]), "dimensions [1]"),
+            (greedy(vec![2], TensorType::U8, &[1, 1]), "dimensions [1]"),
+            (greedy(vec![1], TensorType::U8, &[]), "1 byte"),
+            (greedy(vec![1], TensorType::U8, &[1, 0]), "1 byte"),
+            (flag(2), "must be 0 or 1, not 2"),
+            (flag(255), "must be 0 or 1, not 255"),
+        ];
+        for (g, want) in cases {
+            let e = parse_all(&[("tokens", t.clone()), ("greedy", g.clone())]).unwrap_err();
+            assert_eq!(e.code(), crate::nn::wit::ErrorCode::InvalidArgument, "{e}");
+            assert!(e.to_string().contains("'greedy'") && e.to_string().contains(want), "{g:?}: {e}");
+        }
+        let e = parse_all(&[("tokens", t.clone()), ("greedy", flag(1)), ("greedy", flag(1))]).unwrap_err();
+        assert!(e.to_string().contains("'greedy' is given twice"), "{e}");
+        // Still exactly one "tokens": greedy alone is not enough.
+        let e = parse_all(&[("greedy", flag(1))]).unwrap_err();
+        assert!(e.to_string().contains("no input 'tokens'"), "{e}");
+    }
+
+    #[test]
+    fn outputs_are_named_tensors() {
+        let (name, t) = Output::Token(TokenId(258)).into_tensor();
+        assert_eq!(
+            (name, &t.dims[..], t.ty, &t.data[..]),
+            ("token", &[1][..], TensorType::I32, &[2, 1, 0, 0][..])
+        );
+        let (name, t) = Output::Logits(logits_bytes(&[1.0, -2.5])).into_tensor();
+        assert_eq!((name, &t.dims[..], t.ty), ("logits", &[2][..], TensorType::Fp32));
+        assert_eq!(t.data, [1.0f32.to_le_bytes(), (-2.5f32).to_le_bytes()].concat());
     }
 
     #[test]

@@ -2,15 +2,17 @@
 //! and its scratch; `compute` moves them onto tokio's blocking pool, runs the chunk there (the
 //! engine's matrix products use the rayon pool, so a chunk uses every core and many requests
 //! share them), and takes them back. If the guest goes away mid-compute the result is dropped
-//! with the state.
+//! with the state. A greedy compute takes the argmax of the logits there too, with the
+//! sampler's rule ([`argmax`]).
 
 use std::sync::Arc;
 
 use tinystate_engine::TokenId;
 use tinystate_engine::arch::mamba::{DEFAULT_MAX_CHUNK, Mamba, Scratch, State};
+use tinystate_engine::sampler::argmax;
 
 use super::NnError;
-use super::contract::logits_bytes;
+use super::contract::{Output, logits_bytes};
 
 /// A model's weights (views into the mapped file) for the CPU backend.
 pub struct CpuModel {
@@ -45,22 +47,25 @@ impl CpuContext {
         Self { model, seq: Some(Box::new(seq)) }
     }
 
-    /// Runs `tokens` (already checked against the vocabulary) and returns the last logits as
-    /// little-endian f32 bytes.
-    pub async fn compute(&mut self, tokens: Vec<TokenId>) -> Result<Vec<u8>, NnError> {
+    /// Runs `tokens` (already checked against the vocabulary) and returns the last logits, or
+    /// with `greedy` their argmax.
+    pub async fn compute(&mut self, tokens: Vec<TokenId>, greedy: bool) -> Result<Output, NnError> {
         let mut seq = self
             .seq
             .take()
             .ok_or_else(|| NnError::Backend("this context's state was lost by an earlier failure".into()))?;
         let model = self.model.clone();
-        let (seq, logits) = tokio::task::spawn_blocking(move || {
+        let (seq, output) = tokio::task::spawn_blocking(move || {
             let Sequence { state, scratch } = &mut *seq;
-            let logits = model.model.forward(state, scratch, &tokens, true).map(|l| logits_bytes(l));
-            (seq, logits)
+            let output = model.model.forward(state, scratch, &tokens, true).map(|l| match greedy {
+                true => Output::Token(argmax(l)),
+                false => Output::Logits(logits_bytes(l)),
+            });
+            (seq, output)
         })
         .await
         .map_err(|e| NnError::Backend(format!("CPU task: {e}")))?;
         self.seq = Some(seq);
-        logits.ok_or(NnError::Empty)
+        output.ok_or(NnError::Empty)
     }
 }

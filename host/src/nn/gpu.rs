@@ -5,8 +5,8 @@
 //! 1. A context ([`GpuContext`]) takes a fixed-size state slot from the model's free list when it
 //!    is made (none free: `too-large`, naming `--nn-slots`). Memory per request is that slot,
 //!    whatever the prompt or output length.
-//! 2. `compute` sends `(slot, tokens, reply)` to the batcher over a channel and awaits the reply;
-//!    the async task holds no thread while the GPU works.
+//! 2. `compute` sends `(slot, tokens, greedy, reply)` to the batcher over a channel and awaits
+//!    the reply; the async task holds no thread while the GPU works.
 //! 3. The batcher loops: it takes everything that is waiting, runs **every waiting decode**
 //!    (one-token compute) as one [`GpuModel::step`] of up to `max_batch` rows, then **prefill
 //!    pieces** of up to the model's `max_chunk` tokens ([`GpuModel::prefill`]), oldest first:
@@ -16,6 +16,10 @@
 //!    step when many requests start at once (one piece per turn made admissions, not decode
 //!    steps, the limit at 256 streams on the H200), and a step takes whatever arrived while the
 //!    last one ran (continuous batching).
+//!
+//!    Every call computes each row's greedy token on the GPU and reads it back (4 bytes); a
+//!    row's logits (vocab × 4 bytes) are read back only for a compute without `greedy`, so one
+//!    step mixes both kinds of rows, and a chunk's pieces before its last read back none.
 //! 4. A dropped context sends its slot back through the same channel; the batcher drops any
 //!    work still queued for it, resets the slot ([`GpuModel::reset`]) and only then puts it on
 //!    the free list, so a slot is always zero when it is handed out again.
@@ -30,10 +34,10 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use tinystate_engine::TokenId;
-use tinystate_gpu::{GpuError, GpuModel, SlotId};
+use tinystate_gpu::{GpuError, GpuModel, SlotId, StepRow};
 use tokio::sync::oneshot;
 
-use super::contract::logits_bytes;
+use super::contract::{Output, logits_bytes};
 use super::{NnError, NnStats};
 
 /// Default number of state slots per model (`--nn-slots`).
@@ -56,10 +60,17 @@ pub trait Stepper: Send + 'static {
     fn max_chunk(&self) -> usize;
     /// Zeroes a slot before its next use.
     fn reset(&mut self, slot: SlotId) -> Result<(), GpuError>;
-    /// One decode step for distinct slots; rows.len() × vocab logits.
-    fn step(&mut self, rows: &[(SlotId, TokenId)], logits: &mut [f32]) -> Result<(), GpuError>;
-    /// A chunk of one slot; the last position's logits (vocab).
-    fn prefill(&mut self, slot: SlotId, tokens: &[TokenId], logits: &mut [f32]) -> Result<(), GpuError>;
+    /// One decode step for distinct slots: each row's greedy token into `argmax` (rows.len()),
+    /// the logits of the rows that want them into `logits` (those rows × vocab, in row order).
+    fn step(&mut self, rows: &[StepRow], argmax: &mut [TokenId], logits: &mut [f32]) -> Result<(), GpuError>;
+    /// A chunk of one slot: the greedy token after its last position, and that position's
+    /// logits (vocab) into `logits` if given.
+    fn prefill(
+        &mut self,
+        slot: SlotId,
+        tokens: &[TokenId],
+        logits: Option<&mut [f32]>,
+    ) -> Result<TokenId, GpuError>;
 }
 
 impl Stepper for GpuModel {
@@ -78,16 +89,23 @@ impl Stepper for GpuModel {
     fn reset(&mut self, slot: SlotId) -> Result<(), GpuError> {
         GpuModel::reset(self, slot)
     }
-    fn step(&mut self, rows: &[(SlotId, TokenId)], logits: &mut [f32]) -> Result<(), GpuError> {
-        GpuModel::step(self, rows, logits)
+    fn step(&mut self, rows: &[StepRow], argmax: &mut [TokenId], logits: &mut [f32]) -> Result<(), GpuError> {
+        GpuModel::step(self, rows, argmax, logits)
     }
-    fn prefill(&mut self, slot: SlotId, tokens: &[TokenId], logits: &mut [f32]) -> Result<(), GpuError> {
+    fn prefill(
+        &mut self,
+        slot: SlotId,
+        tokens: &[TokenId],
+        logits: Option<&mut [f32]>,
+    ) -> Result<TokenId, GpuError> {
         GpuModel::prefill(self, slot, tokens, logits)
     }
 }
 
-/// The answer to one compute: logits (vocab,) as little-endian f32 bytes.
-type Reply = oneshot::Sender<Result<Vec<u8>, NnError>>;
+/// The answer to one compute: the logits, or the greedy token.
+type Answer = Result<Output, NnError>;
+/// Where the batcher sends it.
+type Reply = oneshot::Sender<Answer>;
 
 /// What contexts send the batcher.
 enum Msg {
@@ -101,6 +119,8 @@ enum Msg {
 struct Job {
     slot: SlotId,
     tokens: Vec<TokenId>,
+    /// Only the greedy token, not the logits.
+    greedy: bool,
     reply: Reply,
 }
 
@@ -143,19 +163,19 @@ pub struct GpuContext {
     backend: Arc<GpuBackend>,
     slot: SlotId,
     /// The reply of a compute whose future was dropped before it came.
-    waiting: Option<oneshot::Receiver<Result<Vec<u8>, NnError>>>,
+    waiting: Option<oneshot::Receiver<Answer>>,
 }
 
 impl GpuContext {
     /// Runs `tokens` (already checked against the vocabulary) in this context's slot and
-    /// returns the last logits as little-endian f32 bytes.
-    pub async fn compute(&mut self, tokens: Vec<TokenId>) -> Result<Vec<u8>, NnError> {
+    /// returns the last logits, or with `greedy` their argmax.
+    pub async fn compute(&mut self, tokens: Vec<TokenId>, greedy: bool) -> Answer {
         if self.waiting.is_some() {
             // The state may or may not hold the cancelled chunk: it is no longer a sequence.
             return Err(NnError::Backend("an earlier compute on this context was cancelled".into()));
         }
         let (reply, rx) = oneshot::channel();
-        let job = Job { slot: self.slot, tokens, reply };
+        let job = Job { slot: self.slot, tokens, greedy, reply };
         self.backend
             .tx
             .send(Msg::Compute(job))
@@ -195,11 +215,13 @@ struct Batcher<M> {
     /// Slots whose contexts are gone, freed at the end of the turn.
     releases: Vec<SlotId>,
     /// This step's rows (max_batch,) and their jobs.
-    rows: Vec<(SlotId, TokenId)>,
+    rows: Vec<StepRow>,
     batch: Vec<Job>,
     /// Whether a slot already has a row in this step (slots,).
     in_batch: Vec<bool>,
-    /// Step logits (max_batch, vocab).
+    /// Step greedy tokens (max_batch,).
+    ids: Vec<TokenId>,
+    /// Step logits of the rows that want them (up to max_batch, vocab).
     logits: Vec<f32>,
     /// Prefill logits (vocab,).
     last: Vec<f32>,
@@ -219,6 +241,7 @@ impl<M: Stepper> Batcher<M> {
             rows: Vec::with_capacity(max_batch),
             batch: Vec::with_capacity(max_batch),
             in_batch: vec![false; model.slots() as usize],
+            ids: vec![TokenId(0); max_batch],
             logits: vec![0.0; max_batch * vocab],
             last: vec![0.0; vocab],
             model,
@@ -275,7 +298,7 @@ impl<M: Stepper> Batcher<M> {
             if let Some(mark) = self.in_batch.get_mut(slot) {
                 *mark = true;
             }
-            self.rows.push((job.slot, job.tokens[0]));
+            self.rows.push(StepRow { slot: job.slot, token: job.tokens[0], logits: !job.greedy });
             self.batch.push(job);
         }
         if self.batch.is_empty() {
@@ -283,21 +306,30 @@ impl<M: Stepper> Batcher<M> {
         }
         let n = self.rows.len();
         self.stats.batch_size.observe(n as f64);
-        let out = &mut self.logits[..n * self.vocab];
-        let result = self.model.step(&self.rows, out);
+        let v = self.vocab;
+        let wanted = self.rows.iter().filter(|r| r.logits).count();
+        let (ids, out) = (&mut self.ids[..n], &mut self.logits[..wanted * v]);
+        let result = self.model.step(&self.rows, ids, out);
         if let Err(e) = &result {
             tracing::error!(rows = n, "wasi-nn GPU step failed: {e}");
         }
+        // The wanted logits rows are packed in row order: the k-th such row is row k of `out`.
+        let mut k = 0;
         for (i, job) in self.batch.drain(..).enumerate() {
             let answer = match &result {
-                Ok(()) => Ok(logits_bytes(&out[i * self.vocab..(i + 1) * self.vocab])),
+                Ok(()) if job.greedy => Ok(Output::Token(ids[i])),
+                Ok(()) => {
+                    let row = &out[k * v..(k + 1) * v];
+                    k += 1;
+                    Ok(Output::Logits(logits_bytes(row)))
+                }
                 Err(e) => Err(NnError::Backend(e.to_string())),
             };
             // A closed receiver only means the caller went away meanwhile.
             let _ = job.reply.send(answer);
         }
-        for &(slot, _) in &self.rows {
-            if let Some(mark) = self.in_batch.get_mut(slot.0 as usize) {
+        for r in &self.rows {
+            if let Some(mark) = self.in_batch.get_mut(r.slot.0 as usize) {
                 *mark = false;
             }
         }
@@ -315,17 +347,21 @@ impl<M: Stepper> Batcher<M> {
     }
 
     /// One piece (up to max_chunk tokens) of the oldest prefill; answers when its last piece ran.
+    /// Only the last piece of a compute without `greedy` reads back logits.
     fn prefill_piece(&mut self) {
         while self.prefills.front().is_some_and(|p| p.job.reply.is_closed()) {
             self.prefills.pop_front();
         }
         let Some(p) = self.prefills.front_mut() else { return };
         let end = p.job.tokens.len().min(p.done + self.model.max_chunk());
-        let result = self.model.prefill(p.job.slot, &p.job.tokens[p.done..end], &mut self.last);
+        let last = end == p.job.tokens.len();
+        let logits = (last && !p.job.greedy).then_some(&mut self.last[..]);
+        let result = self.model.prefill(p.job.slot, &p.job.tokens[p.done..end], logits);
         p.done = end;
         let answer = match result {
-            Ok(()) if end < p.job.tokens.len() => return,
-            Ok(()) => Ok(logits_bytes(&self.last)),
+            Ok(_) if !last => return,
+            Ok(id) if p.job.greedy => Ok(Output::Token(id)),
+            Ok(_) => Ok(Output::Logits(logits_bytes(&self.last))),
             Err(e) => {
                 tracing::error!(tokens = end, "wasi-nn GPU prefill failed: {e}");
                 Err(NnError::Backend(e.to_string()))
@@ -359,13 +395,21 @@ mod tests {
     use crate::nn::cpu::{CpuContext, CpuModel};
     use tinystate_engine::arch::mamba::{Mamba, Scratch, State};
     use tinystate_engine::gguf::Gguf;
+    use tinystate_engine::sampler::argmax;
 
     /// A call the twin saw.
     #[derive(Clone, Debug, PartialEq, Eq)]
     enum Call {
-        Step(Vec<u32>),
-        Prefill(u32, usize),
+        /// (slot, wants logits) per row.
+        Step(Vec<(u32, bool)>),
+        /// Slot, tokens, wants logits.
+        Prefill(u32, usize, bool),
         Reset(u32),
+    }
+
+    /// A step in which every row wants logits.
+    fn logits_step(slots: &[u32]) -> Call {
+        Call::Step(slots.iter().map(|&s| (s, true)).collect())
     }
 
     /// The CPU twin of a [`GpuModel`]: the engine's Mamba with one [`State`] per slot.
@@ -429,29 +473,49 @@ mod tests {
             self.states[slot.0 as usize].reset();
             Ok(())
         }
-        fn step(&mut self, rows: &[(SlotId, TokenId)], logits: &mut [f32]) -> Result<(), GpuError> {
-            self.calls.lock().unwrap().push(Call::Step(rows.iter().map(|r| r.0.0).collect()));
+        fn step(
+            &mut self,
+            rows: &[StepRow],
+            ids: &mut [TokenId],
+            logits: &mut [f32],
+        ) -> Result<(), GpuError> {
+            self.calls.lock().unwrap().push(Call::Step(rows.iter().map(|r| (r.slot.0, r.logits)).collect()));
             self.failing()?;
             let v = self.vocab();
-            for (i, &(slot, tok)) in rows.iter().enumerate() {
-                let state = &mut self.states[slot.0 as usize];
-                let out = self.model.forward(state, &mut self.scratch, &[tok], true).expect("logits");
-                logits[i * v..(i + 1) * v].copy_from_slice(out);
+            // The GPU's layout: an id per row, logits packed for the rows that want them.
+            assert_eq!(ids.len(), rows.len(), "one id per row");
+            assert_eq!(logits.len(), rows.iter().filter(|r| r.logits).count() * v, "wanted rows × vocab");
+            let mut k = 0;
+            for (i, r) in rows.iter().enumerate() {
+                let state = &mut self.states[r.slot.0 as usize];
+                let out = self.model.forward(state, &mut self.scratch, &[r.token], true).expect("logits");
+                ids[i] = argmax(out);
+                if r.logits {
+                    logits[k * v..(k + 1) * v].copy_from_slice(out);
+                    k += 1;
+                }
             }
             Ok(())
         }
-        fn prefill(&mut self, slot: SlotId, tokens: &[TokenId], logits: &mut [f32]) -> Result<(), GpuError> {
+        fn prefill(
+            &mut self,
+            slot: SlotId,
+            tokens: &[TokenId],
+            logits: Option<&mut [f32]>,
+        ) -> Result<TokenId, GpuError> {
             assert!(tokens.len() <= self.max_chunk, "a piece of {} tokens", tokens.len());
-            self.calls.lock().unwrap().push(Call::Prefill(slot.0, tokens.len()));
+            self.calls.lock().unwrap().push(Call::Prefill(slot.0, tokens.len(), logits.is_some()));
             self.failing()?;
             let state = &mut self.states[slot.0 as usize];
-            logits
-                .copy_from_slice(self.model.forward(state, &mut self.scratch, tokens, true).expect("logits"));
-            Ok(())
+            let out = self.model.forward(state, &mut self.scratch, tokens, true).expect("logits");
+            if let Some(l) = logits {
+                l.copy_from_slice(out);
+            }
+            Ok(argmax(out))
         }
     }
 
-    type Answer = oneshot::Receiver<Result<Vec<u8>, NnError>>;
+    type Answer = oneshot::Receiver<super::Answer>;
 
     /// A batcher on `twin` driven by hand (no thread), and the sender of its inbox.
     fn batcher(twin: Twin) -> (Batcher<Twin>, mpsc::Sender<Msg>) {
@@ -460,11 +524,32 @@ mod tests {
         (Batcher::new(twin, rx, free, Arc::new(NnStats::new())), tx)
     }
 
+    /// Sends a compute for the logits.
     fn send(tx: &mpsc::Sender<Msg>, slot: u32, tokens: &[u32]) -> Answer {
+        send_job(tx, slot, tokens, false)
+    }
+
+    fn send_job(tx: &mpsc::Sender<Msg>, slot: u32, tokens: &[u32], greedy: bool) -> Answer {
         let (reply, rx) = oneshot::channel();
         let tokens = tokens.iter().map(|&t| TokenId(t)).collect();
-        tx.send(Msg::Compute(Job { slot: SlotId(slot), tokens, reply })).unwrap();
+        tx.send(Msg::Compute(Job { slot: SlotId(slot), tokens, greedy, reply })).unwrap();
         rx
+    }
+
+    /// The logits of an answer for them, as floats.
+    fn logits_of(a: super::Answer) -> Vec<f32> {
+        match a {
+            Ok(Output::Logits(b)) => floats(&b),
+            other => panic!("expected logits, got {other:?}"),
+        }
+    }
+
+    /// The token of an answer for it.
+    fn token_of(a: super::Answer) -> TokenId {
+        match a {
+            Ok(Output::Token(t)) => t,
+            other => panic!("expected a token, got {other:?}"),
+        }
     }
 
     /// A turn whose decode step took no time: exactly one prefill piece.
@@ -494,16 +579,17 @@ mod tests {
         assert!(decodes[3].try_recv().is_ok());
         assert!(long.try_recv().is_err(), "8 of 10 tokens done");
         turn(&mut b);
-        assert_eq!(long.try_recv().unwrap().unwrap().len(), 4 * b.vocab);
+        assert_eq!(logits_of(long.try_recv().unwrap()).len(), b.vocab);
         turn(&mut b);
         assert!(short.try_recv().is_ok());
+        // Only a chunk's last piece reads back logits.
         let want = [
-            Call::Step(vec![0, 1, 2]),
-            Call::Prefill(4, 4),
-            Call::Step(vec![3]),
-            Call::Prefill(4, 4),
-            Call::Prefill(4, 2),
-            Call::Prefill(5, 3),
+            logits_step(&[0, 1, 2]),
+            Call::Prefill(4, 4, false),
+            logits_step(&[3]),
+            Call::Prefill(4, 4, false),
+            Call::Prefill(4, 2, true),
+            Call::Prefill(5, 3, true),
         ];
         assert_eq!(*calls.lock().unwrap(), want);
     }
@@ -518,7 +604,8 @@ mod tests {
         b.decode_turn();
         b.prefill_turn(Duration::from_secs(60)); // a long step: every waiting prefill fits
         assert!(waiting.iter_mut().all(|r| r.try_recv().is_ok_and(|a| a.is_ok())));
-        assert_eq!(*calls.lock().unwrap(), [Call::Prefill(0, 3), Call::Prefill(1, 3), Call::Prefill(2, 3)]);
+        let want = [Call::Prefill(0, 3, true), Call::Prefill(1, 3, true), Call::Prefill(2, 3, true)];
+        assert_eq!(*calls.lock().unwrap(), want);
     }
 
     #[test]
@@ -547,9 +634,46 @@ mod tests {
         let _kept = send(&tx, 3, &[1; 9]); // queued when its context is dropped
         tx.send(Msg::Release(SlotId(3))).unwrap();
         turn(&mut b);
-        assert_eq!(*calls.lock().unwrap(), [Call::Prefill(3, 4), Call::Reset(3)]);
+        assert_eq!(*calls.lock().unwrap(), [Call::Prefill(3, 4, false), Call::Reset(3)]);
         assert_eq!(*lock(&b.free), [SlotId(3)]);
         assert!(b.decodes.is_empty() && b.prefills.is_empty());
+    }
+
+    /// Greedy and logits computes share steps: each gets its own kind of answer, and a greedy
+    /// token is the argmax of the logits the same sequence gives.
+    #[test]
+    fn a_step_mixes_greedy_and_logits_rows() {
+        let twin = Twin::new(4, 4, 8);
+        let calls = twin.calls.clone();
+        let (mut b, tx) = batcher(twin);
+        // Slots 0 and 1 run one sequence, 0 for the token and 1 for the logits; so do 2 and 3.
+        let prompt = [5, 9, 2, 7, 1, 3, 8, 4, 6, 2];
+        let mut p0 = send_job(&tx, 0, &prompt, true);
+        let mut p1 = send_job(&tx, 1, &prompt, false);
+        for _ in 0..4 {
+            turn(&mut b); // one piece per turn: two pieces each
+        }
+        let want = argmax(&logits_of(p1.try_recv().unwrap()));
+        assert_eq!(token_of(p0.try_recv().unwrap()), want);
+        for tok in [4, 8, 6] {
+            let answers = [(0, true), (1, false), (2, true), (3, false)]
+                .map(|(slot, greedy)| send_job(&tx, slot, &[tok], greedy));
+            turn(&mut b);
+            let [t0, l1, t2, l3] = answers.map(|mut r| r.try_recv().unwrap());
+            assert_eq!(token_of(t0), argmax(&logits_of(l1)), "token {tok}, slots 0 and 1");
+            assert_eq!(token_of(t2), argmax(&logits_of(l3)), "token {tok}, slots 2 and 3");
+        }
+        let step = Call::Step(vec![(0, false), (1, true), (2, false), (3, true)]);
+        let want = [
+            Call::Prefill(0, 8, false),
+            Call::Prefill(0, 2, false),
+            Call::Prefill(1, 8, false),
+            Call::Prefill(1, 2, true),
+            step.clone(),
+            step.clone(),
+            step,
+        ];
+        assert_eq!(*calls.lock().unwrap(), want);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -560,13 +684,15 @@ mod tests {
             let prompt = (0..40).map(|j| TokenId((i * 7 + j) % 50)).collect();
             std::iter::once(prompt).chain((0..6).map(|j| vec![TokenId(i + j)])).collect()
         };
+        // Odd contexts ask for the greedy token, even ones for the logits: steps mix both.
+        let greedy = |i: u32| i % 2 == 1;
         let run_gpu = |i: u32| {
             let b = backend.clone();
             tokio::spawn(async move {
                 let mut ctx = b.new_context().unwrap();
                 let mut out = Vec::new();
                 for chunk in script(i) {
-                    out.push(ctx.compute(chunk).await.unwrap());
+                    out.push(ctx.compute(chunk, greedy(i)).await);
                 }
                 out
             })
@@ -576,9 +702,12 @@ mod tests {
             let got = t.await.unwrap();
             let mut alone = CpuContext::new(cpu.clone());
             for (chunk, g) in script(i as u32).into_iter().zip(got) {
-                let want = alone.compute(chunk).await.unwrap();
-                let diff =
-                    floats(&want).iter().zip(floats(&g)).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                let want = logits_of(alone.compute(chunk, false).await);
+                if greedy(i as u32) {
+                    assert_eq!(token_of(g), argmax(&want), "context {i}");
+                    continue;
+                }
+                let diff = want.iter().zip(logits_of(g)).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
                 assert!(diff < 1e-4, "context {i}: max difference {diff}");
             }
         }
@@ -609,7 +738,7 @@ mod tests {
         drop(a);
         settle(&stats, 1).await;
         let mut c = backend.new_context().expect("the released slot");
-        assert_eq!(c.compute(vec![TokenId(1)]).await.unwrap().len(), 4 * backend_vocab());
+        assert_eq!(logits_of(c.compute(vec![TokenId(1)], false).await).len(), backend_vocab());
     }
 
     fn backend_vocab() -> usize {

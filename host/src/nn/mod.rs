@@ -25,22 +25,26 @@
 //! | graph names | the `NAME`s of `--model NAME=FILE` (`load-by-name`); `load` (weight bytes) is `unsupported-operation` |
 //! | guest environment | `TINYSTATE_MODELS`: the names, comma-separated, in `--model` order (the first is the default) |
 //! | input | exactly one named tensor `"tokens"`: type `I32`, dimensions `[n]` or `[1, n]`, `n` in 1..=[`MAX_CHUNK`], little-endian ids, each in `0..vocab` |
-//! | output | one named tensor `"logits"`: type `FP32`, dimensions `[vocab]`, the logits after the last input token |
+//! | input (optional) | at most one named tensor `"greedy"`: type `U8`, dimensions `[1]`, value 1 (0 is the same as leaving it out): ask for the greedy token instead of the logits |
+//! | output | without `"greedy"`: one named tensor `"logits"`: type `FP32`, dimensions `[vocab]`, the logits after the last input token |
+//! | output with `"greedy"` | one named tensor `"token"`: type `I32`, dimensions `[1]`, the id of the highest logit after the last input token (the lowest id among equals; NaN counts as −∞; all −∞/NaN gives 0), and no `"logits"`: what greedy sampling without a repetition penalty picks, for 4 bytes instead of vocab × 4 (the GPU backend computes it on the device and copies back only that) |
 //! | state | carried by the execution context from one `compute` to the next: n > 1 is a prefill chunk, n = 1 a decode step |
 //! | limits | at most [`MAX_CONTEXTS_PER_INSTANCE`] live contexts and [`MAX_TENSOR_BYTES`] of live tensor data per instance |
 //! | state slots (GPU) | `--nn-slots` per model (default 256), one per live context, server-wide; the CPU backend allocates a state per context instead |
 //! | numerics | CPU: the engine (activations quantised to Q8 against Q8_0 weights); GPU: activations in f32. Logits differ slightly, so a greedy near-tie may pick another token |
 //!
 //! Errors (`errors.error-code`): unknown name → `not-found`; wrong tensor name, count, type or
-//! shape, bad data length, token out of range, no tokens → `invalid-argument`; a chunk over
-//! [`MAX_CHUNK`], too many contexts, and (GPU) no free state slot → `too-large`; a backend
-//! failure (GPU device lost, validation error) → `runtime-error` for the requests of that GPU
-//! call, logged; the server keeps running. The message (`error.data`) says which value and which limit.
-//! A bad input is never a trap; a tensor constructor over [`MAX_TENSOR_BYTES`] is (it cannot
-//! return an error).
+//! shape, bad data length, a `"greedy"` value other than 0 or 1, token out of range, no tokens
+//! → `invalid-argument`; a chunk over [`MAX_CHUNK`], too many contexts, and (GPU) no free state
+//! slot → `too-large`; a backend failure (GPU device lost, validation error) → `runtime-error`
+//! for the requests of that GPU call, logged; the server keeps running. The message
+//! (`error.data`) says which value and which limit. A bad input is never a trap; a tensor
+//! constructor over [`MAX_TENSOR_BYTES`] is (it cannot return an error).
 //!
-//! A later extension may add output names (e.g. `"top-k"`); a guest names the outputs it
-//! wants only by reading them, so new names do not break old guests.
+//! The inputs choose the outputs: `"greedy"` swaps `"logits"` for `"token"`. A later extension
+//! may add output names (e.g. `"top-k"`) the same way, behind optional inputs of its own; a
+//! guest that sends none of them gets `"logits"` as before, so new names do not break old
+//! guests. A guest finds an output by its name, not by its position in the list.
 #![deny(missing_docs)]
 
 pub mod contract;
@@ -65,6 +69,7 @@ use tinystate_engine::arch::mamba::State;
 
 use crate::model_file::ModelFile;
 use crate::serve::metrics::Histogram;
+use contract::Output;
 
 #[cfg(doc)]
 use contract::{MAX_CHUNK, MAX_CONTEXTS_PER_INSTANCE, MAX_TENSOR_BYTES};
@@ -326,14 +331,14 @@ enum Inner {
 }
 
 impl Context {
-    /// Feeds `tokens` (1..=[`MAX_CHUNK`], each below the vocabulary size) and returns the
-    /// logits (vocab,) after the last one, as little-endian f32 bytes.
-    pub async fn compute(&mut self, tokens: Vec<TokenId>) -> Result<Vec<u8>, NnError> {
+    /// Feeds `tokens` (1..=[`MAX_CHUNK`], each below the vocabulary size) and returns what
+    /// follows the last one: the logits (vocab,), or with `greedy` only the highest logit's id.
+    pub async fn compute(&mut self, tokens: Vec<TokenId>, greedy: bool) -> Result<Output, NnError> {
         contract::check_tokens(&tokens, self.vocab)?;
         match &mut self.inner {
-            Inner::Cpu(c) => c.compute(tokens).await,
+            Inner::Cpu(c) => c.compute(tokens, greedy).await,
             #[cfg(feature = "gpu")]
-            Inner::Gpu(c) => c.compute(tokens).await,
+            Inner::Gpu(c) => c.compute(tokens, greedy).await,
         }
     }
 }
@@ -537,24 +542,58 @@ mod tests {
         load_tiny("model-q8_0.gguf", &config(BackendChoice::Cpu, 1)).expect("load tiny")
     }
 
+    /// The logits of a compute without `greedy`.
+    async fn logits(ctx: &mut Context, tokens: Vec<TokenId>) -> Result<Vec<u8>, NnError> {
+        match ctx.compute(tokens, false).await? {
+            Output::Logits(b) => Ok(b),
+            o => panic!("asked for logits, got {o:?}"),
+        }
+    }
+
+    /// The token of a compute with `greedy`.
+    async fn token(ctx: &mut Context, tokens: Vec<TokenId>) -> Result<TokenId, NnError> {
+        match ctx.compute(tokens, true).await? {
+            Output::Token(t) => Ok(t),
+            o => panic!("asked for the greedy token, got {o:?}"),
+        }
+    }
+
+    /// Runs `chunks` on two fresh contexts of `m`, one with `greedy` and one without, and
+    /// checks that every token is the sampler's greedy choice on the other's logits.
+    async fn greedy_matches_logits(m: &Model, chunks: &[Vec<TokenId>]) {
+        let (mut g, mut l) = (m.new_context().unwrap(), m.new_context().unwrap());
+        for (i, chunk) in chunks.iter().enumerate() {
+            let got = token(&mut g, chunk.clone()).await.unwrap();
+            let want =
+                tinystate_engine::sampler::argmax(&floats(&logits(&mut l, chunk.clone()).await.unwrap()));
+            assert_eq!(got, want, "chunk {i} on {}", m.backend_name());
+        }
+    }
+
+    /// A prompt over several GPU prefill pieces, then decode steps.
+    fn prompt_and_steps(vocab: usize) -> Vec<Vec<TokenId>> {
+        let prompt = (0..300).map(|i| TokenId((i * 7 + 3) % vocab as u32)).collect();
+        std::iter::once(prompt).chain((0..6).map(|i| vec![TokenId(i * 11 % vocab as u32)])).collect()
+    }
+
     #[tokio::test]
     async fn cpu_context_computes_and_checks_inputs() {
         let models = tiny();
         let m = models.get("tiny").unwrap();
         let mut ctx = m.new_context().unwrap();
-        let logits = ctx.compute(vec![TokenId(1), TokenId(2)]).await.unwrap();
-        assert_eq!(logits.len(), 4 * m.vocab);
+        let first = logits(&mut ctx, vec![TokenId(1), TokenId(2)]).await.unwrap();
+        assert_eq!(first.len(), 4 * m.vocab);
         // Decode steps continue the same sequence.
-        let step = ctx.compute(vec![TokenId(3)]).await.unwrap();
-        assert_ne!(step, logits);
-        let e = ctx.compute(vec![TokenId(m.vocab as u32)]).await.unwrap_err();
+        let step = logits(&mut ctx, vec![TokenId(3)]).await.unwrap();
+        assert_ne!(step, first);
+        let e = ctx.compute(vec![TokenId(m.vocab as u32)], false).await.unwrap_err();
         assert_eq!(e.code(), wit::ErrorCode::InvalidArgument, "{e}");
-        let e = ctx.compute(vec![]).await.unwrap_err();
+        let e = ctx.compute(vec![], true).await.unwrap_err();
         assert_eq!(e, NnError::Empty);
-        let e = ctx.compute(vec![TokenId(0); contract::MAX_CHUNK + 1]).await.unwrap_err();
+        let e = ctx.compute(vec![TokenId(0); contract::MAX_CHUNK + 1], false).await.unwrap_err();
         assert_eq!(e.code(), wit::ErrorCode::TooLarge, "{e}");
         // A failed compute leaves the context usable.
-        assert_eq!(ctx.compute(vec![TokenId(3)]).await.unwrap().len(), 4 * m.vocab);
+        assert_eq!(logits(&mut ctx, vec![TokenId(3)]).await.unwrap().len(), 4 * m.vocab);
     }
 
     #[tokio::test]
@@ -562,12 +601,19 @@ mod tests {
         let models = tiny();
         let m = models.get("tiny").unwrap();
         let ids: Vec<TokenId> = (0..70).map(|i| TokenId(i % m.vocab as u32)).collect();
-        let whole = m.new_context().unwrap().compute(ids.clone()).await.unwrap();
+        let whole = logits(&mut m.new_context().unwrap(), ids.clone()).await.unwrap();
         let mut ctx = m.new_context().unwrap();
-        ctx.compute(ids[..50].to_vec()).await.unwrap();
-        let split = ctx.compute(ids[50..].to_vec()).await.unwrap();
+        token(&mut ctx, ids[..50].to_vec()).await.unwrap();
+        let split = logits(&mut ctx, ids[50..].to_vec()).await.unwrap();
         let diff = floats(&whole).iter().zip(floats(&split)).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         assert!(diff < 1e-3, "max difference {diff}");
+    }
+
+    #[tokio::test]
+    async fn cpu_greedy_token_is_the_argmax_of_the_logits() {
+        let models = tiny();
+        let m = models.get("tiny").unwrap();
+        greedy_matches_logits(&m, &prompt_and_steps(m.vocab)).await;
     }
 
     #[test]
@@ -618,7 +664,8 @@ mod tests {
         let prompt: Vec<TokenId> = (0..300).map(|i| TokenId(i % g.vocab as u32)).collect();
         let chunks = [prompt, vec![TokenId(5)], vec![TokenId(9)]];
         for chunk in chunks {
-            let (a, b) = (gc.compute(chunk.clone()).await.unwrap(), cc.compute(chunk).await.unwrap());
+            let (a, b) =
+                (logits(&mut gc, chunk.clone()).await.unwrap(), logits(&mut cc, chunk).await.unwrap());
             let diff = floats(&a).iter().zip(floats(&b)).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
             assert!(diff < 1e-3, "max difference {diff}");
         }
@@ -626,7 +673,17 @@ mod tests {
         let e = g.new_context().map(|_| ()).unwrap_err();
         assert_eq!(e.code(), wit::ErrorCode::TooLarge, "{e}");
         assert_eq!(stats.slots_in_use.load(std::sync::atomic::Ordering::Relaxed), 2);
-        let e = gc.compute(vec![TokenId(g.vocab as u32)]).await.unwrap_err();
+        let e = gc.compute(vec![TokenId(g.vocab as u32)], true).await.unwrap_err();
         assert_eq!(e.code(), wit::ErrorCode::InvalidArgument, "{e}");
+    }
+
+    /// The GPU's greedy token (its argmax kernel) is the sampler's choice on the GPU's logits,
+    /// through prefill pieces and decode steps.
+    #[cfg(feature = "gpu")]
+    #[tokio::test]
+    async fn gpu_greedy_token_is_the_argmax_of_its_logits() {
+        let Some((gpu, _)) = tiny_on_gpu(2) else { return };
+        let m = gpu.get("tiny").unwrap();
+        greedy_matches_logits(&m, &prompt_and_steps(m.vocab)).await;
     }
 }

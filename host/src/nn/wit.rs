@@ -219,20 +219,21 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             for (name, t) in &inputs {
                 tensors.push((name.as_str(), self.table.get(t)?));
             }
-            contract::tokens_input(tensors.into_iter())
+            contract::parse_inputs(tensors.into_iter())
         };
         // The guest handed over ownership of the input tensors.
         for (_, t) in inputs {
             tensor::HostTensor::drop(self, t).await?;
         }
-        let tokens = match parsed {
-            Ok(t) => t,
+        let inputs = match parsed {
+            Ok(i) => i,
             Err(e) => return Ok(Err(self.error(e)?)),
         };
-        match self.table.get_mut(&c)?.ctx.compute(tokens).await {
-            Ok(logits) => {
-                let t = self.push_tensor(contract::logits_output(logits))?;
-                Ok(Ok(vec![(contract::OUTPUT_LOGITS.to_owned(), t)]))
+        match self.table.get_mut(&c)?.ctx.compute(inputs.tokens, inputs.greedy).await {
+            Ok(output) => {
+                let (name, tensor) = output.into_tensor();
+                let t = self.push_tensor(tensor)?;
+                Ok(Ok(vec![(name.to_owned(), t)]))
             }
             Err(e) => Ok(Err(self.error(e)?)),
         }
