@@ -194,8 +194,9 @@ fn main() -> Result<(), String> {
         if o.breakdown {
             lines.push(breakdown(&mut gm, &format!("decode B={b}"), steps, &mut step)?);
             step(&mut gm).map_err(|e| e.to_string())?;
-            let (each, whole) = gm.kernel_times(b, 50).map_err(|e| e.to_string())?;
-            let each: Vec<String> = each.iter().map(|(k, us)| format!("{k} {us:.1}")).collect();
+            let t = gm.kernel_times(b, 50).map_err(|e| e.to_string())?;
+            let whole = t.whole;
+            let each: Vec<String> = t.each.iter().map(|(k, us)| format!("{k} {us:.1}")).collect();
             lines.push(format!(
                 "decode B={b}, replayed 50× in one pass: µs per dispatch: {}; whole plan {whole:.0} µs per call",
                 each.join(", ")

@@ -28,7 +28,10 @@ pub(crate) enum Op {
     /// Δ projection, selective scan, gate and conv window shift, a thread per channel
     /// (`scan_common.wgsl` + `scan.wgsl`).
     Scan,
-    /// The index of each logits row's highest value, the greedy token (`argmax.wgsl`).
+    /// Each slice's best logit (`argmax_common.wgsl` + `argmax_part.wgsl`).
+    ArgmaxPart,
+    /// The index of each logits row's highest value, the greedy token, from the slices' best
+    /// (`argmax_common.wgsl` + `argmax.wgsl`).
     Argmax,
 }
 
@@ -54,6 +57,9 @@ const MATVEC: &str = include_str!("shaders/matvec.wgsl");
 const MV_NORM: &str = include_str!("shaders/mv_norm.wgsl");
 const MV_STORE: &str = include_str!("shaders/mv_store.wgsl");
 const SCAN_COMMON: &str = include_str!("shaders/scan_common.wgsl");
+const ARGMAX_COMMON: &str = include_str!("shaders/argmax_common.wgsl");
+/// Slices per logits row in `argmax_part.wgsl` (its `PARTS`).
+pub(crate) const ARGMAX_PARTS: u32 = 64;
 
 /// Sizes compiled into a pipeline, so the shader's loops over them have constant trip counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -133,7 +139,8 @@ fn source(op: Op, f: Format, spec: Spec) -> String {
         Op::RmsNorm => &[include_str!("shaders/rmsnorm.wgsl")],
         Op::Gemm => &[include_str!("shaders/gemm.wgsl")],
         Op::Scan => &[SCAN_COMMON, include_str!("shaders/scan.wgsl")],
-        Op::Argmax => &[include_str!("shaders/argmax.wgsl")],
+        Op::ArgmaxPart => &[ARGMAX_COMMON, include_str!("shaders/argmax_part.wgsl")],
+        Op::Argmax => &[ARGMAX_COMMON, include_str!("shaders/argmax.wgsl")],
     };
     let mut s = String::from(COMMON);
     s.push_str(f.shader());
@@ -291,7 +298,7 @@ pub(crate) struct ArgmaxParams {
 
 /// `common.wgsl` Run: the sizes of one call.
 #[repr(C)]
-#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct Run {
     pub n_tok: u32,
     pub n_seq: u32,

@@ -4,8 +4,8 @@
 //! The plan, for a call of n tokens (B decode rows, or one slot's prefill chunk). Two paths are
 //! prerecorded; a call takes the small one when n ≤ GEMM_MIN_TOKENS (matrix × vectors,
 //! `matvec.wgsl`, conv fused into in_proj) and the GEMM one otherwise (in_proj and lm_head as
-//! `gemm.wgsl` on inputs normed / convolved by their own kernels; the narrow x_proj and out_proj
-//! stay matrix × vectors). The scan is a thread per (sequence, channel), its states in registers.
+//! `gemm.wgsl` on inputs normed / convolved by their own kernels; out_proj turns GEMM only past
+//! OUT_PROJ_GEMM_MIN tokens, and the narrow x_proj stays matrix × vectors). The scan is a thread per (sequence, channel), its states in registers.
 //! Matrix shapes and state sizes are compiled into the pipelines (`kernels::Spec`):
 //! ```text
 //! embed                    x  (n, d_model)      = token_embd[ids]
@@ -18,7 +18,7 @@
 //! lm_head                  logits (n_out, vocab) = RMSNorm(x[rows])·norm_f · W_outputᵀ
 //! argmax                   ids (n_out,)          = the highest logit's index per row
 //! ```
-//! so a small call is 4·n_layer + 3 dispatches and a GEMM call 6·n_layer + 4, in one submission.
+//! so a small call is 4·n_layer + 4 dispatches and a GEMM call 6·n_layer + 5, in one submission.
 //! Every call reads back the ids (4 bytes a row: the greedy token); only the logits rows the
 //! caller asks for are copied back too ([`StepRow::logits`], [`GpuModel::prefill`]).
 //! Each sequence's token rows are described by a small table (`meta`, see
@@ -27,8 +27,8 @@
 
 use crate::device::{ErrorSlot, Gpu};
 use crate::kernels::{
-    ArgmaxParams, ConvParams, EmbedParams, GEMM_MIN_TOKENS, GEMM_ROWS, GEMM_TOKENS, GemmParams, MM_TOKENS,
-    MvParams, MvShape, NormParams, Op, Pipelines, Run, SCAN_CHANNELS, ScanParams, Spec, WG,
+    ARGMAX_PARTS, ArgmaxParams, ConvParams, EmbedParams, GEMM_MIN_TOKENS, GEMM_ROWS, GEMM_TOKENS, GemmParams,
+    MM_TOKENS, MvParams, MvShape, NormParams, Op, Pipelines, Run, SCAN_CHANNELS, ScanParams, Spec, WG,
 };
 use crate::weights::{Format, Packed, pack, same_tensor};
 use crate::{GpuError, TokenId};
@@ -72,6 +72,24 @@ enum Rows {
     Seqs,
 }
 
+impl Rows {
+    /// The grid's second dimension for a call of sizes `run`.
+    fn count(self, run: &Run) -> u32 {
+        match self {
+            Rows::Tokens => run.n_tok,
+            Rows::Outs => run.n_out,
+            Rows::TokenTiles => run.n_tok.div_ceil(MM_TOKENS),
+            Rows::OutTiles => run.n_out.div_ceil(MM_TOKENS),
+            Rows::GemmTiles => run.n_tok.div_ceil(GEMM_TOKENS),
+            Rows::GemmOutTiles => run.n_out.div_ceil(GEMM_TOKENS),
+            Rows::Seqs => run.n_seq,
+        }
+    }
+}
+
+/// Calls of more tokens than this run out_proj as a GEMM, others as matrix × vectors.
+const OUT_PROJ_GEMM_MIN: u32 = 128;
+
 /// Which calls run a dispatch: both paths are prerecorded, a call picks one by its sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum When {
@@ -81,6 +99,10 @@ enum When {
     Small,
     /// n_tok > GEMM_MIN_TOKENS (GEMM).
     Big,
+    /// n_tok ≤ the value.
+    AtMost(u32),
+    /// n_tok > the value.
+    Above(u32),
     /// n_out ≤ GEMM_MIN_TOKENS (LM head, matrix × vectors).
     HeadSmall,
     /// n_out > GEMM_MIN_TOKENS (LM head, GEMM).
@@ -93,6 +115,8 @@ impl When {
             When::Always => true,
             When::Small => run.n_tok <= GEMM_MIN_TOKENS,
             When::Big => run.n_tok > GEMM_MIN_TOKENS,
+            When::AtMost(n) => run.n_tok <= n,
+            When::Above(n) => run.n_tok > n,
             When::HeadSmall => run.n_out <= GEMM_MIN_TOKENS,
             When::HeadBig => run.n_out > GEMM_MIN_TOKENS,
         }
@@ -113,6 +137,15 @@ impl Dispatch {
     fn on(self, when: When, kind: &'static str) -> Self {
         Dispatch { when, kind, ..self }
     }
+}
+
+/// What [`GpuModel::kernel_times`] measured, in µs.
+#[derive(Clone, Debug)]
+pub struct KernelTimes {
+    /// Per dispatch of each kernel kind, replayed alone.
+    pub each: Vec<(&'static str, f64)>,
+    /// Per call, the whole plan replayed.
+    pub whole: f64,
 }
 
 /// Where the time of the last call went (see [`GpuModel::set_profiling`]).
@@ -167,6 +200,9 @@ struct Acts {
     logits: wgpu::Buffer,
     /// Index of each logits row's highest value (max_batch,) u32.
     argmax: wgpu::Buffer,
+    /// Each logits row's slice winners (max_batch, ARGMAX_PARTS, 2) u32, between the two argmax
+    /// dispatches.
+    argmax_parts: wgpu::Buffer,
     /// Mappable copy of what a call reads back: `argmax` (max_batch,) u32 at 0, then the wanted
     /// logits rows, contiguous, from [`staged_logits_at`] (up to max_batch × vocab f32).
     staging: wgpu::Buffer,
@@ -182,7 +218,8 @@ fn staged_logits_at(max_batch: u32) -> u64 {
 struct States {
     /// Conv windows (slots, n_layer, d_conv − 1, d_inner).
     conv: wgpu::Buffer,
-    /// SSM states (slots, n_layer, d_inner, d_state).
+    /// SSM states (slots, n_layer, d_state, d_inner): the scan's threads (channels) read
+    /// consecutive words.
     ssm: wgpu::Buffer,
     /// Bytes per slot in `conv` / `ssm`.
     conv_slot: u64,
@@ -236,6 +273,8 @@ pub struct GpuModel {
     profile: CallProfile,
     /// Kind of each timed dispatch of the last call.
     timed: Vec<&'static str>,
+    /// The forward pass recorded ahead for the next call, and the sizes it was recorded for.
+    ahead: Option<(Run, wgpu::CommandBuffer)>,
     /// Logits rows the next call copies back, as runs (first row, rows), in row order.
     copies: Vec<(u32, u32)>,
 }
@@ -466,6 +505,7 @@ impl GpuModel {
             profiling: false,
             profile: CallProfile::default(),
             timed: Vec::new(),
+            ahead: None,
             copies: Vec::new(),
         };
         m.build_plan(&mut b, model, &lim)?;
@@ -495,6 +535,7 @@ impl GpuModel {
             xn: b.storage("xn", f(c.d_model), none)?,
             logits: b.storage("logits", logits_bytes, wgpu::BufferUsages::COPY_SRC)?,
             argmax: b.storage("argmax", 4 * u64::from(max_batch), wgpu::BufferUsages::COPY_SRC)?,
+            argmax_parts: b.storage("argmax parts", 8 * u64::from(max_batch * ARGMAX_PARTS), none)?,
             staging: b.dev.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("staging"),
                 size: staged_logits_at(max_batch) + logits_bytes,
@@ -692,9 +733,13 @@ impl GpuModel {
             let p = mp(di, dm, [0; 9]);
             let bufs = [(1, &a.run), (4, &a.y), (5, &a.x)];
             let d = b.matvec(Op::MvPlain, &w_out, di, (true, false), &p, &bufs, Rows::TokenTiles)?;
-            // Matrix × vectors on both paths, as x_proj (H200, 32×32-tile GEMM: 370 µs per layer
-            // at B=64).
-            plan.push(d.on(When::Always, "out_proj"));
+            // A 32×32-tile GEMM over this narrow matrix (d_model rows) keeps too few workgroups
+            // busy until the batch is large (H200, F16: 2.7 vs 1.5 ms per call at B=64, 3.2 vs
+            // 5.6 ms at B=256).
+            plan.push(d.on(When::AtMost(OUT_PROJ_GEMM_MIN), "out_proj"));
+            let p = GemmParams { add: 1, ..gp(&w_out, di, di, dm) };
+            let d = b.dispatch(Op::Gemm, Some(&w_out), &p, &bufs, gtiles(&w_out), Rows::GemmTiles)?;
+            plan.push(d.on(When::Above(OUT_PROJ_GEMM_MIN), "out_proj"));
         }
         let head = output.as_ref().unwrap_or(&embed);
         bytes += matrix_bytes(head);
@@ -745,11 +790,11 @@ impl GpuModel {
     /// workgroup per row, into `acts.argmax`.
     fn push_argmax(&self, b: &mut Builder<'_>, plan: &mut Vec<Dispatch>) -> Result<(), GpuError> {
         let vocab = u32_of("vocab", self.config.vocab)?;
-        // Rows are `vocab` apart: the layout the read-back copies assume.
-        let p = ArgmaxParams { cols: vocab, stride: vocab, _pad: [0; 2] };
         let a = &self.acts;
-        let bufs = [(1, &a.run), (4, &a.logits), (5, &a.argmax)];
-        plan.push(b.dispatch(Op::Argmax, None, &p, &bufs, 1, Rows::Outs)?.on(When::Always, "argmax"));
+        // Rows are `vocab` apart: the layout the read-back copies assume.
+        for d in argmax_dispatches(b, (&a.run, &a.logits, &a.argmax_parts, &a.argmax), vocab, vocab)? {
+            plan.push(d.on(When::Always, "argmax"));
+        }
         Ok(())
     }
 
@@ -817,21 +862,9 @@ impl GpuModel {
     /// second value replays the whole plan `reps` times in one pass (µs per call). Run a
     /// [`GpuModel::step`] of `n_tok` rows first: it writes the token table these replays read.
     /// They overwrite activations and states: a profiling tool, not for serving.
-    pub fn kernel_times(
-        &mut self,
-        n_tok: u32,
-        reps: u32,
-    ) -> Result<(Vec<(&'static str, f64)>, f64), GpuError> {
+    pub fn kernel_times(&mut self, n_tok: u32, reps: u32) -> Result<KernelTimes, GpuError> {
         let run = Run { n_tok, n_seq: n_tok, out_row0: 0, n_out: n_tok };
-        let grid = |d: &Dispatch| match d.rows {
-            Rows::Tokens => run.n_tok,
-            Rows::Outs => run.n_out,
-            Rows::TokenTiles => run.n_tok.div_ceil(MM_TOKENS),
-            Rows::OutTiles => run.n_out.div_ceil(MM_TOKENS),
-            Rows::GemmTiles => run.n_tok.div_ceil(GEMM_TOKENS),
-            Rows::GemmOutTiles => run.n_out.div_ceil(GEMM_TOKENS),
-            Rows::Seqs => run.n_seq,
-        };
+        let grid = |d: &Dispatch| d.rows.count(&run);
         let time = |ds: &[&Dispatch], reps: u32| -> Result<f64, GpuError> {
             let mut enc = self.device.create_command_encoder(&Default::default());
             {
@@ -865,7 +898,7 @@ impl GpuModel {
         let one = time(&live, 1)?;
         let many = time(&live, reps + 1)?;
         self.errors.check()?;
-        Ok((out, (many - one) / f64::from(reps)))
+        Ok(KernelTimes { each: out, whole: (many - one) / f64::from(reps) })
     }
 
     /// Zeroes a slot's state (a new sequence). Takes effect before the next step/prefill.
@@ -997,44 +1030,31 @@ impl GpuModel {
             self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("call") });
         self.record_resets(&mut enc);
         let timer = self.timer.as_ref().filter(|_| self.profiling);
-        self.timed.clear();
-        {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("forward"),
-                timestamp_writes: None,
-            });
-            for d in self.plan.iter().filter(|d| d.when.runs(&run)) {
-                let y = match d.rows {
-                    Rows::Tokens => run.n_tok,
-                    Rows::Outs => run.n_out,
-                    Rows::TokenTiles => run.n_tok.div_ceil(MM_TOKENS),
-                    Rows::OutTiles => run.n_out.div_ceil(MM_TOKENS),
-                    Rows::GemmTiles => run.n_tok.div_ceil(GEMM_TOKENS),
-                    Rows::GemmOutTiles => run.n_out.div_ceil(GEMM_TOKENS),
-                    Rows::Seqs => run.n_seq,
-                };
-                if let Some(t) = timer {
-                    pass.write_timestamp(&t.set, self.timed.len() as u32);
-                    self.timed.push(d.kind);
-                }
-                pass.set_pipeline(&d.pipeline);
-                pass.set_bind_group(0, &d.bind, &[]);
-                pass.dispatch_workgroups(d.x, y, 1);
+        let forward = match (timer, self.ahead.take()) {
+            (None, Some((r, cmd))) if r == run => cmd,
+            (None, _) => self.record_forward(run),
+            (Some(_), _) => {
+                // Profiled calls record inline, with a timestamp before each dispatch.
+                record_pass(&self.plan, &mut self.timed, &mut enc, run, timer);
+                self.device.create_command_encoder(&Default::default()).finish()
             }
-            if let Some(t) = timer {
-                pass.write_timestamp(&t.set, self.timed.len() as u32);
-            }
-        }
-        self.record_copies(&mut enc, run.n_out);
+        };
+        let mut tail = self.device.create_command_encoder(&Default::default());
+        self.record_copies(&mut tail, run.n_out);
         let queries = self.timed.len() as u32 + 1;
         if let Some(t) = timer {
-            enc.resolve_query_set(&t.set, 0..queries, &t.resolve, 0);
-            enc.copy_buffer_to_buffer(&t.resolve, 0, &t.readback, 0, 8 * u64::from(queries));
+            tail.resolve_query_set(&t.set, 0..queries, &t.resolve, 0);
+            tail.copy_buffer_to_buffer(&t.resolve, 0, &t.readback, 0, 8 * u64::from(queries));
         }
-        let cmd = enc.finish();
+        let cmds = [enc.finish(), forward, tail.finish()];
         let t2 = Instant::now();
-        self.queue.submit([cmd]);
+        self.queue.submit(cmds);
         let t3 = Instant::now();
+        if timer.is_none() {
+            // Record the next call's pass while the GPU runs this one: decode steps mostly repeat
+            // the batch size, and recording ~100 dispatches costs ~250 µs of CPU.
+            self.ahead = Some((run, self.record_forward(run)));
+        }
         let (t4, t5) = self.read_back(ids, logits, timer.map(|t| (&t.readback, 8 * u64::from(queries))))?;
         self.profile.write = t1 - t0;
         self.profile.record = t2 - t1;
@@ -1046,6 +1066,14 @@ impl GpuModel {
             read_timestamps(t, &self.timed, &mut self.profile.gpu_ns)?;
         }
         self.errors.check()
+    }
+
+    /// The forward pass of `run` as its own command buffer (no timestamps).
+    fn record_forward(&self, run: Run) -> wgpu::CommandBuffer {
+        let mut enc =
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
+        record_pass(&self.plan, &mut Vec::new(), &mut enc, run, None);
+        enc.finish()
     }
 
     fn record_resets(&mut self, enc: &mut wgpu::CommandEncoder) {
@@ -1157,6 +1185,46 @@ fn logits_runs(wants: impl Iterator<Item = bool>, runs: &mut Vec<(u32, u32)>) {
     }
 }
 
+/// Records the dispatches of `plan` that run for `run` in one compute pass; with `timer`, a
+/// timestamp before each (its kind pushed to `timed`) and one after the last.
+fn record_pass(
+    plan: &[Dispatch],
+    timed: &mut Vec<&'static str>,
+    enc: &mut wgpu::CommandEncoder,
+    run: Run,
+    timer: Option<&Timer>,
+) {
+    timed.clear();
+    let mut pass = enc
+        .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
+    for d in plan.iter().filter(|d| d.when.runs(&run)) {
+        if let Some(t) = timer {
+            pass.write_timestamp(&t.set, timed.len() as u32);
+            timed.push(d.kind);
+        }
+        pass.set_pipeline(&d.pipeline);
+        pass.set_bind_group(0, &d.bind, &[]);
+        pass.dispatch_workgroups(d.x, d.rows.count(&run), 1);
+    }
+    if let Some(t) = timer {
+        pass.write_timestamp(&t.set, timed.len() as u32);
+    }
+}
+
+/// The two argmax dispatches over (run, logits, parts, ids): slice winners, then each row's.
+fn argmax_dispatches(
+    b: &mut Builder<'_>,
+    (run, logits, parts, ids): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
+    cols: u32,
+    stride: u32,
+) -> Result<[Dispatch; 2], GpuError> {
+    let p = ArgmaxParams { cols, stride, _pad: [0; 2] };
+    let part =
+        b.dispatch(Op::ArgmaxPart, None, &p, &[(1, run), (4, logits), (6, parts)], ARGMAX_PARTS, Rows::Outs)?;
+    let best = b.dispatch(Op::Argmax, None, &p, &[(1, run), (5, ids), (6, parts)], 1, Rows::Outs)?;
+    Ok([part, best])
+}
+
 /// Checks that an ids buffer holds one id per row.
 fn check_ids(ids: &[TokenId], rows: usize) -> Result<(), GpuError> {
     if ids.len() != rows {
@@ -1211,9 +1279,8 @@ mod argmax_kernel {
         let ids = b.storage("ids", 4 * u64::from(n), wgpu::BufferUsages::COPY_SRC).unwrap();
         let run = Run { n_tok: n, n_seq: n, out_row0: 0, n_out: n };
         let run = b.init("run", bytemuck::bytes_of(&run), wgpu::BufferUsages::UNIFORM).unwrap();
-        let p = ArgmaxParams { cols: cols as u32, stride: cols as u32, _pad: [0; 2] };
-        let bufs = [(1, &run), (4, &logits), (5, &ids)];
-        let d = b.dispatch(Op::Argmax, None, &p, &bufs, 1, Rows::Outs).unwrap();
+        let parts = b.storage("parts", 8 * u64::from(n * ARGMAX_PARTS), wgpu::BufferUsages::empty()).unwrap();
+        let ds = argmax_dispatches(&mut b, (&run, &logits, &parts, &ids), cols as u32, cols as u32).unwrap();
         let read = dev.create_buffer(&wgpu::BufferDescriptor {
             label: Some("read"),
             size: 4 * u64::from(n),
@@ -1223,9 +1290,11 @@ mod argmax_kernel {
         let mut enc = dev.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            pass.set_pipeline(&d.pipeline);
-            pass.set_bind_group(0, &d.bind, &[]);
-            pass.dispatch_workgroups(1, n, 1);
+            for d in &ds {
+                pass.set_pipeline(&d.pipeline);
+                pass.set_bind_group(0, &d.bind, &[]);
+                pass.dispatch_workgroups(d.x, n, 1);
+            }
         }
         enc.copy_buffer_to_buffer(&ids, 0, &read, 0, 4 * u64::from(n));
         gpu.queue.submit([enc.finish()]);

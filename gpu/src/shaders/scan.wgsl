@@ -31,11 +31,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let slot = tokmeta[4u * (p.max_tok + sq)];
     let start = tokmeta[4u * (p.max_tok + sq) + 1u];
     let len = tokmeta[4u * (p.max_tok + sq) + 2u];
-    let h0 = ((slot * p.n_layer + p.layer) * di + c) * NS;
+    // States are (n_state, d_inner) per slot and layer: consecutive threads read consecutive words.
+    let h0 = (slot * p.n_layer + p.layer) * di * NS + c;
     var h: array<f32, NS>;
     var a: array<f32, NS>;
     for (var n = 0u; n < NS; n++) {
-        h[n] = ssm[h0 + n];
+        h[n] = ssm[h0 + n * di];
         a[n] = smalls[p.off_a + c * NS + n];
     }
     let d = smalls[p.off_d + c];
@@ -56,7 +57,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         y[t * di + c] = yc * silu(xz[t * 2u * di + di + c]);
     }
     for (var n = 0u; n < NS; n++) {
-        ssm[h0 + n] = h[n];
+        ssm[h0 + n * di] = h[n];
     }
     shift_window(slot, start, len, c);
 }

@@ -31,7 +31,7 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> conv_state: array<f32>; // (slots, n_layer, d_conv−1, d_inner)
 @group(0) @binding(8) var<storage, read> tokmeta: array<u32>;         // see common.wgsl
 @group(0) @binding(9) var<storage, read> u: array<f32>;            // (n_tok, d_inner) conv + SiLU output
-@group(0) @binding(10) var<storage, read_write> ssm: array<f32>;   // (slots, n_layer, d_inner, n_state)
+@group(0) @binding(10) var<storage, read_write> ssm: array<f32>;   // (slots, n_layer, n_state, d_inner)
 @group(0) @binding(11) var<storage, read_write> y: array<f32>;     // (n_tok, d_inner)
 
 // 1 / sqrt(mean(v²) + eps) over xdb[base .. base + N], or 1 when the model has no such norm.
