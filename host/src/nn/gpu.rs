@@ -17,6 +17,14 @@
 //!    steps, the limit at 256 streams on the H200), and a step takes whatever arrived while the
 //!    last one ran (continuous batching).
 //!
+//!
+//!    While other requests decode, a prompt with at most [`RIDE_MAX_TOKENS`] tokens left does
+//!    not get a prefill call of its own: it **rides along** the steps, one token per step as one
+//!    more row. A short prefill call costs about as much GPU time as a whole decode step (H200:
+//!    ~1–2 ms either way), so at 256 streams, where every request starts with a short prompt,
+//!    separate calls halved the aggregate rate; as rows they cost almost nothing. A prompt alone
+//!    (nothing decoding) still prefills as a chunk, the fastest way to its first token.
+//!
 //!    Every call computes each row's greedy token on the GPU and reads it back (4 bytes); a
 //!    row's logits (vocab × 4 bytes) are read back only for a compute without `greedy`, so one
 //!    step mixes both kinds of rows, and a chunk's pieces before its last read back none.
@@ -47,6 +55,9 @@ pub const MAX_BATCH: u32 = 256;
 /// Most tokens in one GPU prefill call; a guest chunk (up to 512) longer than this is split, and
 /// the pieces take turns with the decode steps.
 pub const MAX_PREFILL_PIECE: u32 = 128;
+/// A prompt with at most this many tokens left rides along the decode steps, a token per step,
+/// while other requests decode (see the module doc).
+pub const RIDE_MAX_TOKENS: usize = 16;
 
 /// What the batcher needs of a model: [`GpuModel`], or a CPU twin in tests.
 pub trait Stepper: Send + 'static {
@@ -214,9 +225,13 @@ struct Batcher<M> {
     prefills: VecDeque<Prefill>,
     /// Slots whose contexts are gone, freed at the end of the turn.
     releases: Vec<SlotId>,
-    /// This step's rows (max_batch,) and their jobs.
+    /// This step's rows (max_batch,): the decode jobs' (`batch`), then the riders'.
     rows: Vec<StepRow>,
     batch: Vec<Job>,
+    /// Indices in `prefills` of the prompts riding this step, in row order after `batch`.
+    riders: Vec<usize>,
+    /// Prompts with at most this many tokens left ride along steps ([`RIDE_MAX_TOKENS`]).
+    ride_max: usize,
     /// Whether a slot already has a row in this step (slots,).
     in_batch: Vec<bool>,
     /// Step greedy tokens (max_batch,).
@@ -240,6 +255,8 @@ impl<M: Stepper> Batcher<M> {
             releases: Vec::new(),
             rows: Vec::with_capacity(max_batch),
             batch: Vec::with_capacity(max_batch),
+            riders: Vec::with_capacity(max_batch),
+            ride_max: RIDE_MAX_TOKENS,
             in_batch: vec![false; model.slots() as usize],
             ids: vec![TokenId(0); max_batch],
             logits: vec![0.0; max_batch * vocab],
@@ -252,8 +269,9 @@ impl<M: Stepper> Batcher<M> {
     fn run(mut self) {
         while self.gather() {
             let t = Instant::now();
-            self.decode_turn();
-            self.prefill_turn(t.elapsed());
+            let stepped = self.decode_turn();
+            // After a step, the short prompts rode along it: chunks only for the long ones.
+            self.prefill_turn(t.elapsed(), stepped);
             self.free_released();
         }
     }
@@ -281,8 +299,9 @@ impl<M: Stepper> Batcher<M> {
         }
     }
 
-    /// One step over every waiting decode (up to max_batch, one row per slot).
-    fn decode_turn(&mut self) {
+    /// One step over every waiting decode (up to max_batch, one row per slot), with short
+    /// prompts riding along. Returns whether a step ran.
+    fn decode_turn(&mut self) -> bool {
         let max = self.model.max_batch();
         // Visit each queued job once; those left for a later step keep their order.
         for _ in 0..self.decodes.len() {
@@ -302,8 +321,9 @@ impl<M: Stepper> Batcher<M> {
             self.batch.push(job);
         }
         if self.batch.is_empty() {
-            return;
+            return false;
         }
+        self.add_riders(max);
         let n = self.rows.len();
         self.stats.batch_size.observe(n as f64);
         let v = self.vocab;
@@ -315,6 +335,7 @@ impl<M: Stepper> Batcher<M> {
         }
         // The wanted logits rows are packed in row order: the k-th such row is row k of `out`.
         let mut k = 0;
+        let decoded = self.batch.len();
         for (i, job) in self.batch.drain(..).enumerate() {
             let answer = match &result {
                 Ok(()) if job.greedy => Ok(Output::Token(ids[i])),
@@ -328,38 +349,102 @@ impl<M: Stepper> Batcher<M> {
             // A closed receiver only means the caller went away meanwhile.
             let _ = job.reply.send(answer);
         }
+        self.advance_riders(&result, decoded, k);
         for r in &self.rows {
             if let Some(mark) = self.in_batch.get_mut(r.slot.0 as usize) {
                 *mark = false;
             }
         }
         self.rows.clear();
+        true
+    }
+
+    /// Adds a row for the next token of each short prompt (oldest first) while the step has room
+    /// and the prompt's slot has no row yet.
+    fn add_riders(&mut self, max: usize) {
+        for (i, p) in self.prefills.iter().enumerate() {
+            let left = p.job.tokens.len() - p.done;
+            let slot = p.job.slot.0 as usize;
+            if self.rows.len() == max {
+                break;
+            }
+            if left > self.ride_max
+                || p.job.reply.is_closed()
+                || self.in_batch.get(slot).copied().unwrap_or(true)
+            {
+                continue;
+            }
+            self.in_batch[slot] = true;
+            let last = left == 1;
+            self.rows.push(StepRow {
+                slot: p.job.slot,
+                token: p.job.tokens[p.done],
+                logits: last && !p.job.greedy,
+            });
+            self.riders.push(i);
+        }
+    }
+
+    /// After a step: each rider took one token; those that took their last are answered (row
+    /// `decoded + r` for rider r; `k` wanted logits rows precede the riders') and leave the queue.
+    fn advance_riders(&mut self, result: &Result<(), GpuError>, decoded: usize, mut k: usize) {
+        let v = self.vocab;
+        let mut finished = Vec::new();
+        for (r, &i) in self.riders.iter().enumerate() {
+            let p = &mut self.prefills[i];
+            p.done += 1;
+            let answer = match result {
+                Ok(()) if p.done < p.job.tokens.len() => continue,
+                Ok(()) if p.job.greedy => Ok(Output::Token(self.ids[decoded + r])),
+                Ok(()) => {
+                    let row = &self.logits[k * v..(k + 1) * v];
+                    k += 1;
+                    Ok(Output::Logits(logits_bytes(row)))
+                }
+                Err(e) => Err(NnError::Backend(e.to_string())),
+            };
+            finished.push((i, answer));
+        }
+        self.riders.clear();
+        // Highest index first, so the lower indices stay valid.
+        for (i, answer) in finished.into_iter().rev() {
+            if let Some(p) = self.prefills.remove(i) {
+                let _ = p.job.reply.send(answer);
+            }
+        }
     }
 
     /// Prefill pieces, oldest first: one, then more while their time stays under `budget` (the
-    /// decode step's time this turn).
-    fn prefill_turn(&mut self, budget: Duration) {
+    /// decode step's time this turn). With `long_only`, only prompts too long to ride.
+    fn prefill_turn(&mut self, budget: Duration, long_only: bool) {
         let t = Instant::now();
-        self.prefill_piece();
+        self.prefill_piece(long_only);
         while !self.prefills.is_empty() && t.elapsed() < budget {
-            self.prefill_piece();
+            if !self.prefill_piece(long_only) {
+                break;
+            }
         }
     }
 
-    /// One piece (up to max_chunk tokens) of the oldest prefill; answers when its last piece ran.
-    /// Only the last piece of a compute without `greedy` reads back logits.
-    fn prefill_piece(&mut self) {
-        while self.prefills.front().is_some_and(|p| p.job.reply.is_closed()) {
-            self.prefills.pop_front();
-        }
-        let Some(p) = self.prefills.front_mut() else { return };
+    /// One piece (up to max_chunk tokens) of the oldest prefill (with `long_only`: the oldest
+    /// with more than `ride_max` tokens left); answers when its last piece ran. Only the last
+    /// piece of a compute without `greedy` reads back logits. False when there was none to run.
+    fn prefill_piece(&mut self, long_only: bool) -> bool {
+        self.prefills.retain(|p| !p.job.reply.is_closed());
+        let ride_max = self.ride_max;
+        let Some(at) =
+            self.prefills.iter().position(|p| !long_only || p.job.tokens.len() - p.done > ride_max)
+        else {
+            return false;
+        };
+        let p = &mut self.prefills[at];
         let end = p.job.tokens.len().min(p.done + self.model.max_chunk());
         let last = end == p.job.tokens.len();
         let logits = (last && !p.job.greedy).then_some(&mut self.last[..]);
         let result = self.model.prefill(p.job.slot, &p.job.tokens[p.done..end], logits);
         p.done = end;
         let answer = match result {
-            Ok(_) if !last => return,
+            Ok(_) if !last => return true,
             Ok(id) if p.job.greedy => Ok(Output::Token(id)),
             Ok(_) => Ok(Output::Logits(logits_bytes(&self.last))),
             Err(e) => {
@@ -367,9 +452,10 @@ impl<M: Stepper> Batcher<M> {
                 Err(NnError::Backend(e.to_string()))
             }
         };
-        if let Some(p) = self.prefills.pop_front() {
+        if let Some(p) = self.prefills.remove(at) {
             let _ = p.job.reply.send(answer);
         }
+        true
     }
 
     /// Resets and frees the slots of dropped contexts, dropping work still queued for them.
@@ -555,8 +641,8 @@ mod tests {
     /// A turn whose decode step took no time: exactly one prefill piece.
     fn turn(b: &mut Batcher<Twin>) {
         assert!(b.gather());
-        b.decode_turn();
-        b.prefill_turn(Duration::ZERO);
+        let stepped = b.decode_turn();
+        b.prefill_turn(Duration::ZERO, stepped);
         b.free_released();
     }
 
@@ -569,6 +655,7 @@ mod tests {
         let twin = Twin::new(8, 3, 4);
         let calls = twin.calls.clone();
         let (mut b, tx) = batcher(twin);
+        b.ride_max = 0; // chunk scheduling only (riding: its own test)
         let mut decodes: Vec<Answer> = (0..4).map(|s| send(&tx, s, &[s + 1])).collect();
         let mut long = send(&tx, 4, &[1; 10]);
         let mut short = send(&tx, 5, &[2; 3]);
@@ -595,14 +682,54 @@ mod tests {
     }
 
     #[test]
+    fn short_prompts_ride_along_decode_steps() {
+        let twin = Twin::new(8, 4, 4);
+        let calls = twin.calls.clone();
+        let (mut b, tx) = batcher(twin);
+        let mut first = send(&tx, 0, &[5]);
+        let mut logits_prompt = send(&tx, 1, &[7, 8, 9]);
+        let mut greedy_prompt = send_job(&tx, 2, &[3, 4], true);
+        let mut long = send(&tx, 3, &[1; 20]);
+        turn(&mut b);
+        assert!(first.try_recv().is_ok_and(|a| a.is_ok()));
+        // Slot 0 keeps decoding, so the prompts keep riding.
+        let mut next = send(&tx, 0, &[6]);
+        turn(&mut b);
+        assert!(next.try_recv().is_ok());
+        let greedy_token = token_of(greedy_prompt.try_recv().expect("2 tokens: done after 2 steps"));
+        assert!(logits_prompt.try_recv().is_err(), "one token left");
+        let _next = send(&tx, 0, &[7]);
+        turn(&mut b);
+        let got = logits_of(logits_prompt.try_recv().expect("done after 3 steps"));
+        // The long prompt (20 > RIDE_MAX_TOKENS) took a chunk piece after the first step; with 16
+        // left it rides too.
+        let want = [
+            Call::Step(vec![(0, true), (1, false), (2, false)]),
+            Call::Prefill(3, 4, false),
+            Call::Step(vec![(0, true), (1, false), (2, false), (3, false)]),
+            Call::Step(vec![(0, true), (1, true), (3, false)]),
+        ];
+        assert_eq!(*calls.lock().unwrap(), want);
+        assert!(long.try_recv().is_err(), "6 of 20 tokens done");
+        // The same answers as prefilling each prompt alone on a fresh model.
+        let mut alone = Twin::new(8, 4, 4);
+        let tokens = |t: &[u32]| t.iter().map(|&t| TokenId(t)).collect::<Vec<_>>();
+        let mut want_logits = vec![0.0; alone.vocab()];
+        alone.prefill(SlotId(1), &tokens(&[7, 8, 9]), Some(&mut want_logits)).unwrap();
+        let close = got.iter().zip(&want_logits).all(|(a, b)| (a - b).abs() <= 1e-4 * (1.0 + b.abs()));
+        assert!(close, "riding logits differ from a prefill's");
+        assert_eq!(greedy_token, alone.prefill(SlotId(2), &tokens(&[3, 4]), None).unwrap());
+    }
+
+    #[test]
     fn prefill_pieces_run_while_under_the_decode_step_time() {
         let twin = Twin::new(8, 4, 4);
         let calls = twin.calls.clone();
         let (mut b, tx) = batcher(twin);
         let mut waiting: Vec<Answer> = (0..3).map(|s| send(&tx, s, &[1; 3])).collect();
         assert!(b.gather());
-        b.decode_turn();
-        b.prefill_turn(Duration::from_secs(60)); // a long step: every waiting prefill fits
+        let stepped = b.decode_turn();
+        b.prefill_turn(Duration::from_secs(60), stepped); // a long step: every waiting prefill fits
         assert!(waiting.iter_mut().all(|r| r.try_recv().is_ok_and(|a| a.is_ok())));
         let want = [Call::Prefill(0, 3, true), Call::Prefill(1, 3, true), Call::Prefill(2, 3, true)];
         assert_eq!(*calls.lock().unwrap(), want);
