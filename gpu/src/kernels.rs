@@ -56,6 +56,10 @@ const COMMON: &str = include_str!("shaders/common.wgsl");
 const MATVEC: &str = include_str!("shaders/matvec.wgsl");
 const MV_NORM: &str = include_str!("shaders/mv_norm.wgsl");
 const MV_STORE: &str = include_str!("shaders/mv_store.wgsl");
+const MV_IN1: &str = include_str!("shaders/mv_in1.wgsl");
+const MV_IN4: &str = include_str!("shaders/mv_in4.wgsl");
+const MV_NW1: &str = include_str!("shaders/mv_nw1.wgsl");
+const MV_NW4: &str = include_str!("shaders/mv_nw4.wgsl");
 const SCAN_COMMON: &str = include_str!("shaders/scan_common.wgsl");
 const ARGMAX_COMMON: &str = include_str!("shaders/argmax_common.wgsl");
 /// Slices per logits row in `argmax_part.wgsl` (its `PARTS`).
@@ -102,14 +106,19 @@ pub(crate) struct MvShape {
     pub add: bool,
     /// Token rows are the call's logits rows (the LM head), not all its tokens.
     pub head: bool,
+    /// X rows (and the norm weights) are read as vec4: cols and the row stride are multiples
+    /// of 4 (`mv_in4.wgsl`, `mv_nw4.wgsl`; bindings 10 and 11 instead of 4 and 6).
+    pub x4: bool,
 }
 
 impl MvShape {
     /// A shape whose threads read about six weight groups each: few enough that all loads are
     /// in flight at once, enough that a wide matrix does not need thousands of workgroups.
-    pub(crate) fn new(rows: u32, cols: u32, groups: u32, add: bool, head: bool) -> Self {
+    /// `x_stride`: floats from one X row to the next.
+    pub(crate) fn new(rows: u32, cols: u32, groups: u32, x_stride: u32, (add, head): (bool, bool)) -> Self {
         let tpr = groups.div_ceil(6).next_power_of_two().clamp(32, MV_THREADS);
-        MvShape { rows, cols, groups, tpr, add, head }
+        let x4 = cols % 4 == 0 && x_stride % 4 == 0;
+        MvShape { rows, cols, groups, tpr, add, head, x4 }
     }
 
     /// Rows per workgroup.
@@ -119,7 +128,7 @@ impl MvShape {
 
     /// The WGSL constants `matvec.wgsl` expects.
     fn header(&self) -> String {
-        let MvShape { rows, cols, groups, tpr, add, head } = *self;
+        let MvShape { rows, cols, groups, tpr, add, head, .. } = *self;
         let gpt = groups.div_ceil(tpr);
         format!(
             "const ROWS: u32 = {rows}u;\nconst COLS: u32 = {cols}u;\nconst GROUPS: u32 = {groups}u;\n\
@@ -130,11 +139,15 @@ impl MvShape {
 }
 
 fn source(op: Op, f: Format, spec: Spec) -> String {
+    let x4 = matches!(spec, Spec::Mv(m) if m.x4);
+    let (input, nw) = if x4 { (MV_IN4, MV_NW4) } else { (MV_IN1, MV_NW1) };
+    // mv_conv.wgsl reads smalls as scalars: mv_nw1 declares them, with mv_nw4 mv_smalls does.
+    let conv_smalls = if x4 { include_str!("shaders/mv_smalls.wgsl") } else { "" };
     let parts: &[&str] = match op {
         Op::Embed => &[include_str!("shaders/embed.wgsl")],
-        Op::MvPlain => &[include_str!("shaders/mv_plain.wgsl"), MV_STORE, MATVEC],
-        Op::MvNorm => &[MV_NORM, MV_STORE, MATVEC],
-        Op::MvNormConv => &[MV_NORM, include_str!("shaders/mv_conv.wgsl"), MATVEC],
+        Op::MvPlain => &[input, include_str!("shaders/mv_plain.wgsl"), MV_STORE, MATVEC],
+        Op::MvNorm => &[input, nw, MV_NORM, MV_STORE, MATVEC],
+        Op::MvNormConv => &[input, nw, conv_smalls, MV_NORM, include_str!("shaders/mv_conv.wgsl"), MATVEC],
         Op::Conv => &[include_str!("shaders/conv.wgsl")],
         Op::RmsNorm => &[include_str!("shaders/rmsnorm.wgsl")],
         Op::Gemm => &[include_str!("shaders/gemm.wgsl")],

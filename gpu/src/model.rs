@@ -352,9 +352,25 @@ impl Builder<'_> {
         bufs: &[(u32, &wgpu::Buffer)],
         rows: Rows,
     ) -> Result<Dispatch, GpuError> {
-        let shape = MvShape::new(w.rows, cols, w.groups, add, head);
+        let shape = MvShape::new(w.rows, cols, w.groups, params.x_stride, (add, head));
         let x = w.rows.div_ceil(shape.rows_per_group());
-        self.dispatch_shaped(op, Spec::Mv(shape), Some(w), params, bufs, x, rows)
+        // The vec4 views bind the same buffers at other slots (see MvShape::x4): X 4 → 10, the
+        // norm weights 6 → 11, the conv keeping its scalar smalls at 6.
+        let mut bufs = bufs.to_vec();
+        if shape.x4 {
+            let smalls = bufs.iter().find(|(i, _)| *i == 6).map(|&(_, b)| b);
+            for e in bufs.iter_mut() {
+                match e.0 {
+                    4 => e.0 = 10,
+                    6 if op == Op::MvNorm => e.0 = 11,
+                    _ => {}
+                }
+            }
+            if let (Op::MvNormConv, Some(s)) = (op, smalls) {
+                bufs.push((11, s));
+            }
+        }
+        self.dispatch_shaped(op, Spec::Mv(shape), Some(w), params, &bufs, x, rows)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -394,9 +410,12 @@ impl Builder<'_> {
 /// The small per-layer f32 vectors of every layer, then norm_f, in one array.
 fn smalls(m: &Mamba<'_>) -> (Vec<f32>, Vec<SmallOffs>, u32) {
     let mut v = Vec::new();
+    // Every vector starts at a multiple of 4 floats, so the matvec kernels can read the norm
+    // weights as vec4 (mv_nw4.wgsl).
     let mut push = |s: &[f32]| {
         let off = v.len() as u32;
         v.extend_from_slice(s);
+        v.resize(v.len().next_multiple_of(4), 0.0);
         off
     };
     let offs = m
@@ -746,7 +765,8 @@ impl GpuModel {
         let p =
             MvParams { x_stride: dm, o_stride: head.rows, layer: 0, aux: [norm_f, eps, 0, 0, 0, 0, 0, 0, 0] };
         let max_x = lim.max_compute_workgroups_per_dimension;
-        let x = head.rows.div_ceil(MvShape::new(head.rows, dm, head.groups, false, true).rows_per_group());
+        let x =
+            head.rows.div_ceil(MvShape::new(head.rows, dm, head.groups, dm, (false, true)).rows_per_group());
         if x > max_x || di.div_ceil(SCAN_CHANNELS) > max_x || embed.groups.div_ceil(WG) > max_x {
             return Err(GpuError::TooLarge {
                 what: format!("workgroup grid of {x} for the LM head"),

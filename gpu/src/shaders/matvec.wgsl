@@ -8,8 +8,12 @@
 // iteration. A team of TPR threads owns one row; its lane j reads groups j, j + TPR, …
 // (consecutive lanes read consecutive words). RPW = 256 / TPR rows per workgroup.
 //
-// The prologue file (mv_plain / mv_norm) supplies `norm_w` (RMSNorm weights, folded into X) and
-// whether the sum of squares is wanted; the epilogue file (mv_store / mv_conv) stores the sums.
+// The input file (mv_in4: X as vec4 rows, one 16-byte load per group; mv_in1: scalars, for
+// widths that are not a multiple of 4) supplies `load_x`; the prologue file (mv_plain / mv_norm)
+// `norm_w` (RMSNorm weights, folded into X) and whether the sum of squares is wanted; the
+// epilogue file (mv_store / mv_conv) stores the sums. Vector loads matter: with four scalar loads
+// of X (and four of the norm weights) per weight group, the L1 traffic of X was several times
+// that of the weights (H200: the LM head took 3.4× longer at 8 tokens than at 1).
 struct Params {
     x_stride: u32, // floats per input row
     o_stride: u32, // floats per output row
@@ -34,22 +38,6 @@ const TT: u32 = 8u; // tokens per workgroup (grid y tiles the rest)
 const NV: u32 = 2u * TT;
 
 var<workgroup> red: array<f32, 4096>; // (NV, WGS) partial sums, reduced in place
-
-// Columns 4g..4g+4 of input row `row`, zero past COLS.
-fn load_x(row: u32, g: u32) -> vec4<f32> {
-    if COLS % 4u == 0u {
-        let b = row * p.x_stride + 4u * g;
-        return vec4<f32>(xin[b], xin[b + 1u], xin[b + 2u], xin[b + 3u]);
-    }
-    var v = vec4<f32>(0.0);
-    for (var k = 0u; k < 4u; k++) {
-        let c = 4u * g + k;
-        if c < COLS {
-            v[k] = xin[row * p.x_stride + c];
-        }
-    }
-    return v;
-}
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

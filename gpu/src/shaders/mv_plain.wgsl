@@ -1,6 +1,4 @@
 // matvec prologue: X read as is.
-@group(0) @binding(4) var<storage, read> xin: array<f32>; // (n, x_stride)
-
 const NORM: bool = false;
 
 fn norm_w(g: u32) -> vec4<f32> {
