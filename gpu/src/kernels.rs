@@ -117,7 +117,7 @@ impl MvShape {
     /// `x_stride`: floats from one X row to the next.
     pub(crate) fn new(rows: u32, cols: u32, groups: u32, x_stride: u32, (add, head): (bool, bool)) -> Self {
         let tpr = groups.div_ceil(6).next_power_of_two().clamp(32, MV_THREADS);
-        let x4 = cols % 4 == 0 && x_stride % 4 == 0;
+        let x4 = cols.is_multiple_of(4) && x_stride.is_multiple_of(4);
         MvShape { rows, cols, groups, tpr, add, head, x4 }
     }
 
