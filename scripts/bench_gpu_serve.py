@@ -19,6 +19,7 @@ B × 4.2 TB/s ÷ (weight bytes) tokens/s (4.2 TB/s: the read bandwidth measured 
 through wgpu, DESIGN.md). Prints Markdown for BENCHMARKS.md.
 """
 import argparse
+import http.client
 import json
 import os
 import subprocess
@@ -31,6 +32,20 @@ import bench_serve  # noqa: E402  (scripts/ is not a package)
 
 PEAK = 4.2e12
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def batch_stats(host, port):
+    """(sum, count) of the server's tinystate_nn_batch_size histogram: rows per GPU decode step."""
+    c = http.client.HTTPConnection(host, port)
+    c.request("GET", "/metrics")
+    text = c.getresponse().read().decode()
+    c.close()
+    vals = {}
+    for line in text.splitlines():
+        for k in ("tinystate_nn_batch_size_sum", "tinystate_nn_batch_size_count"):
+            if line.startswith(k + " ") or line.startswith(k + "{"):
+                vals[k] = float(line.split()[-1])
+    return vals.get("tinystate_nn_batch_size_sum", 0.0), vals.get("tinystate_nn_batch_size_count", 0.0)
 
 
 def weight_bytes(path):
@@ -76,29 +91,35 @@ def main():
             print(f"{Path(model).name}: single stream {single:.1f} tok/s", file=sys.stderr)
             for c in concs:
                 n = c * a.rounds
+                s0, n0 = batch_stats(host, port)
                 t0 = time.perf_counter()
                 rps, p50, p99, codes = bench_serve.hey(host, port, "bench", n, c, a.max_tokens, a.hey)
                 wall = time.perf_counter() - t0
+                s1, n1 = batch_stats(host, port)
+                mean_batch = (s1 - s0) / max(n1 - n0, 1)
                 ok = codes.get("200", 0)
                 agg = ok * a.max_tokens / wall
                 bound = c * PEAK / wb
-                rows.append((Path(model).name, wb, c, agg, agg / bound, p50, p99, codes, single))
-                print(f"  C={c}: {agg:.0f} tok/s, codes {codes}", file=sys.stderr)
+                rows.append((Path(model).name, wb, c, agg, agg / bound, p50, p99, codes, single, mean_batch))
+                print(f"  C={c}: {agg:.0f} tok/s, mean rows per step {mean_batch:.1f}, codes {codes}",
+                      file=sys.stderr)
         finally:
             server.terminate()
             server.wait()
     print(f"Models: {', '.join(Path(m).name for m in a.models)}; {a.max_tokens} tokens per request, "
           f"{a.rounds} requests per client; bound = streams × 4.2 TB/s ÷ weight bytes.\n")
-    print("| model | weights (MB) | streams | aggregate tok/s | of bound | p50 request (ms) | p99 (ms) | statuses |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | weights (MB) | streams | aggregate tok/s | of bound | mean rows per GPU step "
+          "| p50 request (ms) | p99 (ms) | statuses |")
+    print("|---|---|---|---|---|---|---|---|---|")
     seen = set()
-    for name, wb, c, agg, frac, p50, p99, codes, single in rows:
+    for name, wb, c, agg, frac, p50, p99, codes, single, mean_batch in rows:
         if name not in seen:
             seen.add(name)
             print(f"| {name} | {wb / 1e6:.1f} | 1 (streamed, 256 tokens) | {single:.0f} | "
-                  f"{single / (PEAK / wb):.2%} | | | |")
+                  f"{single / (PEAK / wb):.2%} | | | | |")
         st = ", ".join(f"{k}: {v}" for k, v in sorted(codes.items()))
-        print(f"| {name} | {wb / 1e6:.1f} | {c} | {agg:.0f} | {frac:.2%} | {p50:.0f} | {p99:.0f} | {st} |")
+        print(f"| {name} | {wb / 1e6:.1f} | {c} | {agg:.0f} | {frac:.2%} | {mean_batch:.1f} | {p50:.0f} "
+              f"| {p99:.0f} | {st} |")
     if a.peer:
         out = subprocess.run([sys.executable, a.peer], capture_output=True, text=True, env=os.environ).stdout
         print("\nPeer (same run): " + "; ".join(
