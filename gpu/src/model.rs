@@ -27,7 +27,7 @@
 
 use crate::device::{ErrorSlot, Gpu};
 use crate::kernels::{
-    ARGMAX_PARTS, ArgmaxParams, ConvParams, EmbedParams, GEMM_MIN_TOKENS, GEMM_ROWS, GEMM_TOKENS, GemmParams,
+    ARGMAX_PARTS, ArgmaxParams, ConvParams, EmbedParams, GEMM_MIN_TOKENS, GEMM_TOKENS, GemmParams, GemmShape,
     MM_TOKENS, MvParams, MvShape, NormParams, Op, Pipelines, Run, SCAN_CHANNELS, ScanParams, Spec, WG,
 };
 use crate::weights::{Format, Packed, pack, same_tensor};
@@ -357,6 +357,22 @@ impl Builder<'_> {
         self.dispatch_shaped(op, Spec::Mv(shape), Some(w), params, bufs, x, rows)
     }
 
+    /// A `gemm.wgsl` dispatch of X (cols) · `w`ᵀ, its shape and tile compiled into the
+    /// pipeline; the grid covers `w`'s rows, `rows` (GemmTiles or GemmOutTiles) the tokens.
+    fn gemm(
+        &mut self,
+        w: &GpuMatrix,
+        cols: u32,
+        (add, head): (bool, bool),
+        params: &GemmParams,
+        bufs: &[(u32, &wgpu::Buffer)],
+        rows: Rows,
+    ) -> Result<Dispatch, GpuError> {
+        let shape = GemmShape::new(w.rows, cols, w.groups, add, head);
+        let x = shape.row_tiles();
+        self.dispatch_shaped(Op::Gemm, Spec::Gemm(shape), Some(w), params, bufs, x, rows)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn dispatch_shaped<P: bytemuck::Pod>(
         &mut self,
@@ -633,15 +649,7 @@ impl GpuModel {
             let l = l as u32;
             let mp =
                 |x_stride: u32, o_stride: u32, aux: [u32; 9]| MvParams { x_stride, o_stride, layer: l, aux };
-            let gp = |w: &GpuMatrix, cols: u32, x_stride: u32, o_stride: u32| GemmParams {
-                rows: w.rows,
-                cols,
-                groups: w.groups,
-                x_stride,
-                o_stride,
-                ..Default::default()
-            };
-            let gtiles = |w: &GpuMatrix| w.rows.div_ceil(GEMM_ROWS);
+            let gp = |x_stride: u32, o_stride: u32| GemmParams { x_stride, o_stride, _pad: [0; 2] };
 
             // in_proj: xz = RMSNorm(x)·attn_norm · W_inᵀ (small calls: and the conv below)
             let (dc, nl) = (c.d_conv as u32, c.n_layer as u32);
@@ -666,9 +674,8 @@ impl GpuModel {
             };
             let bufs = [(1, &a.run), (4, &a.x), (5, &a.xn), (6, &small)];
             plan.push(b.dispatch(Op::RmsNorm, None, &np, &bufs, 1, Rows::Tokens)?.on(big_path, "norm"));
-            let p = gp(&w_in, dm, dm, 2 * di);
             let bufs = [(1, &a.run), (4, &a.xn), (5, &a.xz)];
-            let d = b.dispatch(Op::Gemm, Some(&w_in), &p, &bufs, gtiles(&w_in), Rows::GemmTiles)?;
+            let d = b.gemm(&w_in, dm, (false, false), &gp(dm, 2 * di), &bufs, Rows::GemmTiles)?;
             plan.push(d.on(big_path, "in_proj"));
 
             // conv: u = SiLU(conv1d(xz[:, :d_inner]))
@@ -737,8 +744,7 @@ impl GpuModel {
             // busy until the batch is large (H200, F16: 2.7 vs 1.5 ms per call at B=64, 3.2 vs
             // 5.6 ms at B=256).
             plan.push(d.on(When::AtMost(OUT_PROJ_GEMM_MIN), "out_proj"));
-            let p = GemmParams { add: 1, ..gp(&w_out, di, di, dm) };
-            let d = b.dispatch(Op::Gemm, Some(&w_out), &p, &bufs, gtiles(&w_out), Rows::GemmTiles)?;
+            let d = b.gemm(&w_out, di, (true, false), &gp(di, dm), &bufs, Rows::GemmTiles)?;
             plan.push(d.on(When::Above(OUT_PROJ_GEMM_MIN), "out_proj"));
         }
         let head = output.as_ref().unwrap_or(&embed);
@@ -766,19 +772,9 @@ impl GpuModel {
         };
         let bufs = [(1, &a.run), (4, &a.x), (5, &a.xn), (6, &small)];
         plan.push(b.dispatch(Op::RmsNorm, None, &np, &bufs, 1, Rows::Outs)?.on(When::HeadBig, "norm"));
-        let p = GemmParams {
-            rows: head.rows,
-            cols: dm,
-            groups: head.groups,
-            x_stride: dm,
-            o_stride: head.rows,
-            add: 0,
-            head: 1,
-            _pad: 0,
-        };
+        let p = GemmParams { x_stride: dm, o_stride: head.rows, _pad: [0; 2] };
         let bufs = [(1, &a.run), (4, &a.xn), (5, &a.logits)];
-        let x = head.rows.div_ceil(GEMM_ROWS);
-        let d = b.dispatch(Op::Gemm, Some(head), &p, &bufs, x, Rows::GemmOutTiles)?;
+        let d = b.gemm(head, dm, (false, true), &p, &bufs, Rows::GemmOutTiles)?;
         plan.push(d.on(When::HeadBig, "lm_head"));
         self.push_argmax(b, &mut plan)?;
         self.plan = plan;
