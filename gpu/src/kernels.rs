@@ -132,7 +132,8 @@ impl MvShape {
 }
 
 /// One `gemm.wgsl` workgroup's tile: BM weight rows × GEMM_TOKENS tokens, a TM rows × 4
-/// tokens register block per thread, so (BM / TM) · 16 threads.
+/// tokens register block per thread, so (BM / TM) · 16 threads (the shader's warp layout wants
+/// BM / TM a multiple of 4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct GemmTile {
     /// Weight rows per workgroup (a multiple of 32: the shader's swizzle and warp layout).
@@ -154,15 +155,13 @@ impl GemmTile {
     ///  - 32 × 64, 4×4 per thread, 128 threads: narrow matrices (in_proj 3072 rows: 96 row
     ///    tiles; out_proj 768 rows: 24), where bigger tiles would leave most SMs idle.
     pub(crate) fn for_rows(rows: u32) -> Self {
-        const TILES: [GemmTile; 3] =
-            [GemmTile { bm: 128, tm: 8 }, GemmTile { bm: 64, tm: 4 }, GemmTile { bm: 32, tm: 4 }];
-        TILES.into_iter().find(|t| rows.div_ceil(t.bm) >= 64).unwrap_or(TILES[2])
+        let all = Self::ALL;
+        all.into_iter().find(|t| rows.div_ceil(t.bm) >= 64).unwrap_or(all[all.len() - 1])
     }
 
-    /// Threads per workgroup.
-    pub(crate) fn threads(&self) -> u32 {
-        (self.bm / self.tm) * (GEMM_TOKENS / Self::TN)
-    }
+    /// Every tile [`GemmTile::for_rows`] picks from, largest first.
+    pub(crate) const ALL: [GemmTile; 3] =
+        [GemmTile { bm: 128, tm: 8 }, GemmTile { bm: 64, tm: 4 }, GemmTile { bm: 32, tm: 4 }];
 }
 
 /// The compiled-in shape of one `gemm.wgsl` pipeline: the matrix, the mode and the tile.
