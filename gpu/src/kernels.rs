@@ -39,10 +39,9 @@ pub(crate) enum Op {
 pub(crate) const MV_THREADS: u32 = 256;
 /// Tokens per `matvec.wgsl` workgroup (its `TT`).
 pub(crate) const MM_TOKENS: u32 = 8;
-/// Weight rows per `gemm.wgsl` workgroup.
-pub(crate) const GEMM_ROWS: u32 = 32;
-/// Tokens per `gemm.wgsl` workgroup.
-pub(crate) const GEMM_TOKENS: u32 = 32;
+/// Tokens per `gemm.wgsl` workgroup (the tile's BN, the same for every matrix): 64 covers a
+/// batch of 64 in one tile and keeps W traffic at one read per 64 tokens.
+pub(crate) const GEMM_TOKENS: u32 = 64;
 /// Calls with more token rows than this take the GEMM path (`gemm.wgsl`), others the matrix ×
 /// vector path (`matvec.wgsl`). At most MM_TOKENS: `mv_conv.wgsl` needs every token in one tile.
 pub(crate) const GEMM_MIN_TOKENS: u32 = MM_TOKENS;
@@ -72,6 +71,8 @@ pub(crate) enum Spec {
     None,
     /// A `matvec.wgsl` matrix.
     Mv(MvShape),
+    /// A `gemm.wgsl` matrix and tile.
+    Gemm(GemmShape),
     /// `scan.wgsl`: d_state and dt_rank.
     Scan { n_state: u32, dt_rank: u32 },
 }
@@ -82,6 +83,7 @@ impl Spec {
         match *self {
             Spec::None => String::new(),
             Spec::Mv(m) => m.header(),
+            Spec::Gemm(g) => g.header(),
             Spec::Scan { n_state, dt_rank } => format!(
                 "const NS: u32 = {n_state}u;\nconst DT_RANK: u32 = {dt_rank}u;\n\
                  const DT_GROUPS: u32 = {}u;\n",
@@ -138,6 +140,79 @@ impl MvShape {
     }
 }
 
+/// One `gemm.wgsl` workgroup's tile: BM weight rows × GEMM_TOKENS tokens, a TM rows × 4
+/// tokens register block per thread, so (BM / TM) · 16 threads (the shader's warp layout wants
+/// BM / TM a multiple of 4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct GemmTile {
+    /// Weight rows per workgroup (a multiple of 32: the shader's swizzle and warp layout).
+    pub bm: u32,
+    /// Rows per thread (4 or 8).
+    pub tm: u32,
+}
+
+impl GemmTile {
+    /// Tokens per thread.
+    const TN: u32 = 4;
+
+    /// The tile for a matrix of `rows` output features: the largest whose row tiles number at
+    /// least 64, so that a call of 64 tokens (one token tile) still spreads over ~half of an
+    /// H200's 132 SMs and 128+ tokens fill them, else the smallest.
+    ///  - 128 × 64, 8×4 per thread, 256 threads: most FMAs per workgroup-memory read (the LM
+    ///    head: 393 row tiles at vocab 50280);
+    ///  - 64 × 64, 4×4 per thread, 256 threads;
+    ///  - 32 × 64, 4×4 per thread, 128 threads: narrow matrices (in_proj 3072 rows: 96 row
+    ///    tiles; out_proj 768 rows: 24), where bigger tiles would leave most SMs idle.
+    pub(crate) fn for_rows(rows: u32) -> Self {
+        let all = Self::ALL;
+        all.into_iter().find(|t| rows.div_ceil(t.bm) >= 64).unwrap_or(all[all.len() - 1])
+    }
+
+    /// Every tile [`GemmTile::for_rows`] picks from, largest first.
+    pub(crate) const ALL: [GemmTile; 3] =
+        [GemmTile { bm: 128, tm: 8 }, GemmTile { bm: 64, tm: 4 }, GemmTile { bm: 32, tm: 4 }];
+}
+
+/// The compiled-in shape of one `gemm.wgsl` pipeline: the matrix, the mode and the tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct GemmShape {
+    /// Output features.
+    pub rows: u32,
+    /// Input features.
+    pub cols: u32,
+    /// vec4 groups per weight row (ceil(cols / 4)).
+    pub groups: u32,
+    /// out += X·Wᵀ (the residual) instead of out = X·Wᵀ.
+    pub add: bool,
+    /// Token rows are the call's logits rows (the LM head), not all its tokens.
+    pub head: bool,
+    /// The workgroup tile.
+    pub tile: GemmTile,
+}
+
+impl GemmShape {
+    pub(crate) fn new(rows: u32, cols: u32, groups: u32, add: bool, head: bool) -> Self {
+        GemmShape { rows, cols, groups, add, head, tile: GemmTile::for_rows(rows) }
+    }
+
+    /// Workgroups along the rows (the grid's first dimension).
+    pub(crate) fn row_tiles(&self) -> u32 {
+        self.rows.div_ceil(self.tile.bm)
+    }
+
+    /// The WGSL constants `gemm.wgsl` expects.
+    fn header(&self) -> String {
+        let GemmShape { rows, cols, groups, add, head, tile } = *self;
+        let GemmTile { bm, tm } = tile;
+        let (bn, tn) = (GEMM_TOKENS, GemmTile::TN);
+        format!(
+            "const ROWS: u32 = {rows}u;\nconst COLS: u32 = {cols}u;\nconst GROUPS: u32 = {groups}u;\n\
+             const ADD: bool = {add};\nconst HEAD: bool = {head};\nconst BM: u32 = {bm}u;\n\
+             const BN: u32 = {bn}u;\nconst TM: u32 = {tm}u;\nconst TN: u32 = {tn}u;\n"
+        )
+    }
+}
+
 fn source(op: Op, f: Format, spec: Spec) -> String {
     let x4 = matches!(spec, Spec::Mv(m) if m.x4);
     let (input, nw) = if x4 { (MV_IN4, MV_NW4) } else { (MV_IN1, MV_NW1) };
@@ -184,6 +259,7 @@ impl Pipelines {
         let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
         let label = match spec {
             Spec::Mv(s) => format!("{op:?}/{f:?}/{}x{}", s.rows, s.cols),
+            Spec::Gemm(s) => format!("{op:?}/{f:?}/{}x{}/tile{}x{}", s.rows, s.cols, s.tile.bm, GEMM_TOKENS),
             _ => format!("{op:?}/{f:?}"),
         };
         let desc = wgpu::ShaderModuleDescriptor {
@@ -240,18 +316,13 @@ pub(crate) struct MvParams {
     pub aux: [u32; 9],
 }
 
-/// `gemm.wgsl` Params.
+/// `gemm.wgsl` Params: the strides (the sizes are compiled in, see [`GemmShape`]).
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct GemmParams {
-    pub rows: u32,
-    pub cols: u32,
-    pub groups: u32,
     pub x_stride: u32,
     pub o_stride: u32,
-    pub add: u32,
-    pub head: u32,
-    pub _pad: u32,
+    pub _pad: [u32; 2],
 }
 
 /// `rmsnorm.wgsl` Params.
