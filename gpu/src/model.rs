@@ -5,8 +5,9 @@
 //! prerecorded; a call takes the small one when n ≤ GEMM_MIN_TOKENS (matrix × vectors,
 //! `matvec.wgsl`, conv fused into in_proj) and the GEMM one otherwise (in_proj and lm_head as
 //! `gemm.wgsl` on inputs normed / convolved by their own kernels; out_proj turns GEMM only past
-//! OUT_PROJ_GEMM_MIN tokens, and the narrow x_proj stays matrix × vectors). The scan is a thread per (sequence, channel), its states in registers.
-//! Matrix shapes and state sizes are compiled into the pipelines (`kernels::Spec`):
+//! OUT_PROJ_GEMM_MIN tokens, and the narrow x_proj stays matrix × vectors). The scan is a thread
+//! per (sequence, channel), its states in registers. Matrix shapes and state sizes are compiled
+//! into the pipelines (`kernels::Spec`):
 //! ```text
 //! embed                    x  (n, d_model)      = token_embd[ids]
 //! per layer:
