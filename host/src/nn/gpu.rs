@@ -25,6 +25,12 @@
 //!    separate calls halved the aggregate rate; as rows they cost almost nothing. A prompt alone
 //!    (nothing decoding) still prefills as a chunk, the fastest way to its first token.
 //!
+//!
+//!    Before a step, the batcher **lingers** (at most half the last step's time, and
+//!    [`MAX_LINGER`]) until every stream of the last two steps has queued its next token: guests
+//!    answer at different speeds, and without the wait early and late streams settle into
+//!    alternate, half-full steps.
+//!
 //!    Every call computes each row's greedy token on the GPU and reads it back (4 bytes); a
 //!    row's logits (vocab × 4 bytes) are read back only for a compute without `greedy`, so one
 //!    step mixes both kinds of rows, and a chunk's pieces before its last read back none.
@@ -55,6 +61,9 @@ pub const MAX_BATCH: u32 = 256;
 /// Most tokens in one GPU prefill call; a guest chunk (up to 512) longer than this is split, and
 /// the pieces take turns with the decode steps.
 pub const MAX_PREFILL_PIECE: u32 = 128;
+/// The longest the batcher waits for the streams of the last steps to queue their next token
+/// (see `Batcher::linger`; at most half a step).
+pub const MAX_LINGER: Duration = Duration::from_millis(2);
 /// A prompt with at most this many tokens left rides along the decode steps, a token per step,
 /// while other requests decode (see the module doc).
 pub const RIDE_MAX_TOKENS: usize = 16;
@@ -232,6 +241,16 @@ struct Batcher<M> {
     riders: Vec<usize>,
     /// Prompts with at most this many tokens left ride along steps ([`RIDE_MAX_TOKENS`]).
     ride_max: usize,
+    /// Slots with a decode row in the last two steps: the streams `linger` waits for.
+    recent: Vec<SlotId>,
+    /// The slots of the step before the last (to build `recent`).
+    before: Vec<SlotId>,
+    /// Scratch for `linger` (slots,).
+    expected: Vec<bool>,
+    /// How long the last step took.
+    last_step: Duration,
+    /// Cap on `linger` ([`MAX_LINGER`]).
+    max_linger: Duration,
     /// Whether a slot already has a row in this step (slots,).
     in_batch: Vec<bool>,
     /// Step greedy tokens (max_batch,).
@@ -257,6 +276,11 @@ impl<M: Stepper> Batcher<M> {
             batch: Vec::with_capacity(max_batch),
             riders: Vec::with_capacity(max_batch),
             ride_max: RIDE_MAX_TOKENS,
+            recent: Vec::with_capacity(2 * max_batch),
+            before: Vec::with_capacity(max_batch),
+            expected: vec![false; model.slots() as usize],
+            last_step: Duration::ZERO,
+            max_linger: MAX_LINGER,
             in_batch: vec![false; model.slots() as usize],
             ids: vec![TokenId(0); max_batch],
             logits: vec![0.0; max_batch * vocab],
@@ -288,7 +312,47 @@ impl<M: Stepper> Batcher<M> {
         while let Ok(m) = self.rx.try_recv() {
             self.accept(m);
         }
+        self.linger();
         true
+    }
+
+    /// Waits, up to half the last step's time, until every slot that decoded in the last two
+    /// steps has its next token queued. Guests answer a step at different speeds: without the
+    /// wait, the early half of the streams starts a step and the late half the next one, so
+    /// steps stay half full (H200, HTTP: 4 rows per step at 8 streams, 52 at 256).
+    fn linger(&mut self) {
+        let deadline = Instant::now() + (self.last_step / 2).min(self.max_linger);
+        loop {
+            for s in &self.recent {
+                if let Some(mark) = self.expected.get_mut(s.0 as usize) {
+                    *mark = true;
+                }
+            }
+            for j in &self.decodes {
+                if let Some(mark) = self.expected.get_mut(j.slot.0 as usize) {
+                    *mark = false;
+                }
+            }
+            for s in &self.releases {
+                if let Some(mark) = self.expected.get_mut(s.0 as usize) {
+                    *mark = false;
+                }
+            }
+            let missing =
+                self.recent.iter().any(|s| self.expected.get(s.0 as usize).copied().unwrap_or(false));
+            self.expected.iter_mut().for_each(|m| *m = false);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !missing || left.is_zero() {
+                return;
+            }
+            match self.rx.recv_timeout(left) {
+                Ok(m) => self.accept(m),
+                Err(_) => return,
+            }
+            while let Ok(m) = self.rx.try_recv() {
+                self.accept(m);
+            }
+        }
     }
 
     fn accept(&mut self, m: Msg) {
@@ -321,6 +385,9 @@ impl<M: Stepper> Batcher<M> {
             self.batch.push(job);
         }
         if self.batch.is_empty() {
+            // No stream decoded this turn: none to wait for.
+            self.recent.clear();
+            self.before.clear();
             return false;
         }
         self.add_riders(max);
@@ -329,7 +396,17 @@ impl<M: Stepper> Batcher<M> {
         let v = self.vocab;
         let wanted = self.rows.iter().filter(|r| r.logits).count();
         let (ids, out) = (&mut self.ids[..n], &mut self.logits[..wanted * v]);
+        let t = Instant::now();
         let result = self.model.step(&self.rows, ids, out);
+        self.last_step = t.elapsed();
+        // The streams to wait for before the next step: this step's and the last one's.
+        self.recent.clear();
+        self.recent.extend_from_slice(&self.before);
+        self.before.clear();
+        self.before.extend(self.batch.iter().map(|j| j.slot));
+        self.recent.extend_from_slice(&self.before);
+        self.recent.sort_unstable_by_key(|s| s.0);
+        self.recent.dedup();
         if let Err(e) = &result {
             tracing::error!(rows = n, "wasi-nn GPU step failed: {e}");
         }
@@ -719,6 +796,32 @@ mod tests {
         let close = got.iter().zip(&want_logits).all(|(a, b)| (a - b).abs() <= 1e-4 * (1.0 + b.abs()));
         assert!(close, "riding logits differ from a prefill's");
         assert_eq!(greedy_token, alone.prefill(SlotId(2), &tokens(&[3, 4]), None).unwrap());
+    }
+
+    #[test]
+    fn the_next_step_waits_for_the_streams_of_the_last_ones() {
+        let twin = Twin::new(8, 8, 4);
+        let calls = twin.calls.clone();
+        let (mut b, tx) = batcher(twin);
+        b.max_linger = Duration::from_secs(20); // what matters is who is waited for, not how long
+        let _first: Vec<Answer> = (0..3).map(|s| send(&tx, s, &[1])).collect();
+        turn(&mut b);
+        b.last_step = Duration::from_secs(20);
+        // Slot 0 answers at once, slot 1 late, slot 2's context is gone.
+        let _fast = send(&tx, 0, &[2]);
+        tx.send(Msg::Release(SlotId(2))).unwrap();
+        let late = tx.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            send(&late, 1, &[2])
+        });
+        let start = Instant::now();
+        turn(&mut b);
+        let _slow = t.join().unwrap();
+        assert!(start.elapsed() < Duration::from_secs(10), "did not wait for the released slot");
+        let steps: Vec<_> =
+            calls.lock().unwrap().iter().filter(|c| matches!(c, Call::Step(_))).cloned().collect();
+        assert_eq!(steps, [logits_step(&[0, 1, 2]), logits_step(&[0, 1])], "the late stream joined the step");
     }
 
     #[test]
