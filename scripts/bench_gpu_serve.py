@@ -35,17 +35,25 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def batch_stats(host, port):
-    """(sum, count) of the server's tinystate_nn_batch_size histogram: rows per GPU decode step."""
+    """{name: (sum, count)} of the server's batcher histograms: tinystate_nn_batch_size (rows per
+    GPU decode step), tinystate_nn_step_seconds and tinystate_nn_linger_seconds."""
     c = http.client.HTTPConnection(host, port)
     c.request("GET", "/metrics")
     text = c.getresponse().read().decode()
     c.close()
     vals = {}
     for line in text.splitlines():
-        for k in ("tinystate_nn_batch_size_sum", "tinystate_nn_batch_size_count"):
-            if line.startswith(k + " ") or line.startswith(k + "{"):
-                vals[k] = float(line.split()[-1])
-    return vals.get("tinystate_nn_batch_size_sum", 0.0), vals.get("tinystate_nn_batch_size_count", 0.0)
+        for k in ("tinystate_nn_batch_size", "tinystate_nn_step_seconds", "tinystate_nn_linger_seconds"):
+            for part in ("_sum", "_count"):
+                if line.startswith(k + part + " ") or line.startswith(k + part + "{"):
+                    vals[k + part] = float(line.split()[-1])
+    return vals
+
+
+def mean_delta(a, b, k):
+    """Mean of histogram k over what was observed between snapshots a and b."""
+    n = b.get(k + "_count", 0) - a.get(k + "_count", 0)
+    return (b.get(k + "_sum", 0) - a.get(k + "_sum", 0)) / max(n, 1), n
 
 
 def weight_bytes(path):
@@ -91,12 +99,17 @@ def main():
             print(f"{Path(model).name}: single stream {single:.1f} tok/s", file=sys.stderr)
             for c in concs:
                 n = c * a.rounds
-                s0, n0 = batch_stats(host, port)
+                m0 = batch_stats(host, port)
                 t0 = time.perf_counter()
                 rps, p50, p99, codes = bench_serve.hey(host, port, "bench", n, c, a.max_tokens, a.hey)
                 wall = time.perf_counter() - t0
-                s1, n1 = batch_stats(host, port)
-                mean_batch = (s1 - s0) / max(n1 - n0, 1)
+                m1 = batch_stats(host, port)
+                mean_batch, steps = mean_delta(m0, m1, "tinystate_nn_batch_size")
+                step_s, _ = mean_delta(m0, m1, "tinystate_nn_step_seconds")
+                linger_s, lingers = mean_delta(m0, m1, "tinystate_nn_linger_seconds")
+                print(f"  C={c}: {steps:.0f} steps in {wall:.2f} s ({wall / max(steps, 1) * 1e3:.2f} ms per "
+                      f"step cycle): GPU step {step_s * 1e3:.2f} ms, linger {linger_s * 1e3:.2f} ms "
+                      f"({lingers:.0f} lingers)", file=sys.stderr)
                 ok = codes.get("200", 0)
                 agg = ok * a.max_tokens / wall
                 bound = c * PEAK / wb

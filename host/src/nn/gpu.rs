@@ -321,7 +321,17 @@ impl<M: Stepper> Batcher<M> {
     /// wait, the early half of the streams starts a step and the late half the next one, so
     /// steps stay half full (H200, HTTP: 4 rows per step at 8 streams, 52 at 256).
     fn linger(&mut self) {
-        let deadline = Instant::now() + (self.last_step / 2).min(self.max_linger);
+        if self.recent.is_empty() {
+            return;
+        }
+        let start = Instant::now();
+        self.linger_until(start + (self.last_step / 2).min(self.max_linger));
+        // Observed even when nothing was missing: the count is the number of lingers.
+        self.stats.linger_seconds.observe(start.elapsed().as_secs_f64());
+    }
+
+    /// `linger` until `deadline`.
+    fn linger_until(&mut self, deadline: Instant) {
         loop {
             for s in &self.recent {
                 if let Some(mark) = self.expected.get_mut(s.0 as usize) {
@@ -399,6 +409,7 @@ impl<M: Stepper> Batcher<M> {
         let t = Instant::now();
         let result = self.model.step(&self.rows, ids, out);
         self.last_step = t.elapsed();
+        self.stats.step_seconds.observe(self.last_step.as_secs_f64());
         // The streams to wait for before the next step: this step's and the last one's.
         self.recent.clear();
         self.recent.extend_from_slice(&self.before);

@@ -176,15 +176,28 @@ pub struct NnStats {
     pub batch_size: Histogram,
     /// GPU state slots held by live contexts, over all models (`tinystate_nn_slots_in_use`).
     pub slots_in_use: AtomicI64,
+    /// Seconds per GPU decode step on the batcher thread, from writing its inputs to having its
+    /// outputs (`tinystate_nn_step_seconds`).
+    pub step_seconds: Histogram,
+    /// Seconds the batcher waited before a step for the streams of the last steps
+    /// (`tinystate_nn_linger_seconds`).
+    pub linger_seconds: Histogram,
 }
 
 /// Bucket bounds of [`NnStats::batch_size`]: powers of two up to the largest batch.
 const BATCH_SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+/// Bucket bounds of the batcher's timings, 100 µs to 100 ms.
+const STEP_SECONDS: &[f64] = &[1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1];
 
 impl NnStats {
     /// All zero.
     pub fn new() -> Self {
-        Self { batch_size: Histogram::new(BATCH_SIZES), slots_in_use: AtomicI64::new(0) }
+        Self {
+            batch_size: Histogram::new(BATCH_SIZES),
+            slots_in_use: AtomicI64::new(0),
+            step_seconds: Histogram::new(STEP_SECONDS),
+            linger_seconds: Histogram::new(STEP_SECONDS),
+        }
     }
 }
 

@@ -229,6 +229,16 @@ impl Metrics {
             "tinystate_nn_batch_size",
             "Rows (requests) per wasi-nn GPU decode step.",
         );
+        self.nn.step_seconds.render(
+            &mut o,
+            "tinystate_nn_step_seconds",
+            "Seconds per wasi-nn GPU decode step on the batcher thread (inputs written to outputs read).",
+        );
+        self.nn.linger_seconds.render(
+            &mut o,
+            "tinystate_nn_linger_seconds",
+            "Seconds the GPU batcher waited before a step for the streams of the last steps.",
+        );
         o
     }
 }
