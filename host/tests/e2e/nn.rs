@@ -225,6 +225,9 @@ fn nn_guest_on_gpu_matches_the_embedded_guest() {
 fn nn_gpu_sixteen_concurrent_streams_each_equal_its_single_run() {
     let Some(s) = gpu_server(&["--nn-slots", "16"]) else { return };
     let alone: Vec<String> = PROMPTS.iter().map(|p| text(&greedy(&s, "default", p, 8))).collect();
+    // A response ends before its instance (and so its state slot) is gone: with exactly 16
+    // slots, wait until the single runs gave theirs back.
+    s.wait_metric("tinystate_nn_slots_in_use", Duration::from_secs(10), |v| v == 0.0);
     let addr = s.addr;
     let handles: Vec<_> = (0..16)
         .map(|i| std::thread::spawn(move || stream(&Server::attach(addr), PROMPTS[i % PROMPTS.len()], 8)))
