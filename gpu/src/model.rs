@@ -443,12 +443,20 @@ fn smalls(m: &Mamba<'_>) -> (Vec<f32>, Vec<SmallOffs>, u32) {
             conv_w: push(l.conv_w),
             conv_b: push(l.conv_b),
             dt_bias: push(l.dt_bias),
-            a: push(l.a),
+            // A transposed to (d_state, d_inner): the scan's threads (channels) read consecutive
+            // words.
+            a: push(&transpose(l.a, m.config.d_state)),
             d: push(l.d),
         })
         .collect();
     let norm_f = push(m.norm_f);
     (v, offs, norm_f)
+}
+
+/// `v` as a (rows, cols) row-major matrix, transposed to (cols, rows).
+fn transpose(v: &[f32], cols: usize) -> Vec<f32> {
+    let rows = v.len() / cols.max(1);
+    (0..cols).flat_map(|c| (0..rows).map(move |r| v[r * cols + c])).collect()
 }
 
 fn u32_of(what: &str, v: usize) -> Result<u32, GpuError> {

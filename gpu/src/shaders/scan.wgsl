@@ -5,7 +5,7 @@
 
 // Δ for token row `row` (xdb offset) and channel c.
 fn delta(row: u32, c: u32) -> f32 {
-    let sd = seg_scale_dt(row);
+    let sd = seg_scale(row, DT_RANK);
     var acc = 0.0;
     for (var g = 0u; g < DT_GROUPS; g++) {
         var dv = vec4<f32>(0.0);
@@ -37,7 +37,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     var a: array<f32, NS>;
     for (var n = 0u; n < NS; n++) {
         h[n] = ssm[h0 + n * di];
-        a[n] = smalls[p.off_a + c * NS + n];
+        a[n] = smalls[p.off_a + n * di + c]; // A is stored (n_state, d_inner): coalesced
     }
     let d = smalls[p.off_d + c];
     for (var i = 0u; i < len; i++) {
@@ -47,13 +47,13 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         let c0 = b0 + NS;
         let dt = delta(row, c);
         let uc = u[t * di + c];
-        let bu = dt * uc * seg_scale_ns(b0);
+        let bu = dt * uc * seg_scale(b0, NS);
         var acc = 0.0;
         for (var n = 0u; n < NS; n++) {
             h[n] = h[n] * exp(dt * a[n]) + bu * xdb[b0 + n];
             acc += h[n] * xdb[c0 + n];
         }
-        let yc = acc * seg_scale_ns(c0) + d * uc;
+        let yc = acc * seg_scale(c0, NS) + d * uc;
         y[t * di + c] = yc * silu(xz[t * 2u * di + di + c]);
     }
     for (var n = 0u; n < NS; n++) {

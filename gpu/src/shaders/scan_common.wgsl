@@ -17,7 +17,7 @@ struct Params {
     dbc_rms: u32,     // 1: RMSNorm δ, B and C first (Falcon-Mamba)
     eps_bits: u32,    // eps as f32 bits
     off_dt_bias: u32, // offsets into smalls
-    off_a: u32,       // A = −exp(A_log) (d_inner, n_state)
+    off_a: u32,       // A = −exp(A_log), stored transposed: (n_state, d_inner)
     off_d: u32,
     xdb_stride: u32,  // dt_rank + 2·n_state
     max_tok: u32,     // start of the sequence table in tokmeta
@@ -34,30 +34,18 @@ struct Params {
 @group(0) @binding(10) var<storage, read_write> ssm: array<f32>;   // (slots, n_layer, n_state, d_inner)
 @group(0) @binding(11) var<storage, read_write> y: array<f32>;     // (n_tok, d_inner)
 
-// 1 / sqrt(mean(v²) + eps) over xdb[base .. base + N], or 1 when the model has no such norm.
-fn seg_scale_dt(base: u32) -> f32 {
+// 1 / sqrt(mean(v²) + eps) over xdb[base .. base + n], or 1 when the model has no such norm.
+// Called with the constants DT_RANK and NS, so the loop unrolls once inlined.
+fn seg_scale(base: u32, n: u32) -> f32 {
     if p.dbc_rms == 0u {
         return 1.0;
     }
     var s = 0.0;
-    for (var i = 0u; i < DT_RANK; i++) {
+    for (var i = 0u; i < n; i++) {
         let v = xdb[base + i];
         s += v * v;
     }
-    return 1.0 / sqrt(s / f32(DT_RANK) + bitcast<f32>(p.eps_bits));
-}
-
-// seg_scale_dt over NS values (B or C).
-fn seg_scale_ns(base: u32) -> f32 {
-    if p.dbc_rms == 0u {
-        return 1.0;
-    }
-    var s = 0.0;
-    for (var i = 0u; i < NS; i++) {
-        let v = xdb[base + i];
-        s += v * v;
-    }
-    return 1.0 / sqrt(s / f32(NS) + bitcast<f32>(p.eps_bits));
+    return 1.0 / sqrt(s / f32(n) + bitcast<f32>(p.eps_bits));
 }
 
 // softplus(x) = ln(1 + e^x), and x itself above 20 (as PyTorch, ggml and the engine do).
