@@ -1532,3 +1532,144 @@ mod gemm_kernel {
         check(&gpu, GemmTile::ALL[0], Fmt::F32, (1, 5), 1, (false, false));
     }
 }
+
+/// `matvec.wgsl` on its own, against a CPU product: both ways of reading X (vec4 rows, and
+/// scalars for widths that are not a multiple of 4, which no fixture model has), with and
+/// without the RMSNorm prologue, the residual add and the LM head's logits rows.
+#[cfg(test)]
+mod matvec_kernel {
+    use super::*;
+    use crate::AdapterChoice;
+    use tinystate_engine::tensor::Elems;
+
+    /// A deterministic value in about [−1, 1).
+    fn val(i: usize, salt: usize) -> f32 {
+        let h = (i.wrapping_mul(2654435761) ^ salt.wrapping_mul(40503)) % 2003;
+        h as f32 / 1001.5 - 1.0
+    }
+
+    /// Runs one matvec over `n` tokens and checks every element of `out`, in range or not.
+    fn check(
+        gpu: &Gpu,
+        (rows, cols, xs): (usize, usize, usize),
+        n: u32,
+        (add, head, norm): (bool, bool, bool),
+    ) {
+        let wf: Vec<f32> = (0..rows * cols).map(|i| val(i, 1)).collect();
+        let m = Matrix { rows, cols, elems: Elems::F32(&wf) };
+        let dev = &gpu.device;
+        let mut b = Builder { dev, limit: u64::MAX, pipes: Pipelines::default() };
+        let w = b.matrix("w", &m).unwrap();
+        let os = rows + 2;
+        let max_tok = n as usize + 3;
+        // Columns past `cols` hold garbage the kernel must not read.
+        let x: Vec<f32> = (0..max_tok * xs).map(|i| if i % xs < cols { val(i, 2) } else { 1e30 }).collect();
+        let out0: Vec<f32> = (0..max_tok * os).map(|i| val(i, 3) * 100.0).collect();
+        // The norm weights sit at a 4-aligned offset, as `smalls` places every vector.
+        let nw: Vec<f32> = (0..cols).map(|c| 0.5 + val(c, 4).abs()).collect();
+        let small: Vec<f32> = [vec![9.0; 4], nw.clone(), vec![0.0; 4]].concat();
+        let eps = 1e-5f32;
+        let (row0, nt) = if head { (1, n.div_ceil(2)) } else { (0, n) };
+        let run = Run { n_tok: n, n_seq: n, out_row0: row0, n_out: n.div_ceil(2) };
+        let storage = wgpu::BufferUsages::STORAGE;
+        let xb = b.init("x", bytemuck::cast_slice(&x), storage).unwrap();
+        let ob = b.init("out", bytemuck::cast_slice(&out0), storage | wgpu::BufferUsages::COPY_SRC).unwrap();
+        let sb = b.init("smalls", bytemuck::cast_slice(&small), storage).unwrap();
+        let rb = b.init("run", bytemuck::bytes_of(&run), wgpu::BufferUsages::UNIFORM).unwrap();
+        let p = MvParams {
+            x_stride: xs as u32,
+            o_stride: os as u32,
+            layer: 0,
+            aux: [4, eps.to_bits(), 0, 0, 0, 0, 0, 0, 0],
+        };
+        let rows_of = if head { Rows::OutTiles } else { Rows::TokenTiles };
+        let d = if norm {
+            b.matvec(
+                Op::MvNorm,
+                &w,
+                cols as u32,
+                (add, head),
+                &p,
+                &[(1, &rb), (4, &xb), (5, &ob), (6, &sb)],
+                rows_of,
+            )
+        } else {
+            b.matvec(Op::MvPlain, &w, cols as u32, (add, head), &p, &[(1, &rb), (4, &xb), (5, &ob)], rows_of)
+        }
+        .unwrap();
+        let bytes = 4 * out0.len() as u64;
+        let read = dev.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("read"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = dev.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&d.pipeline);
+            pass.set_bind_group(0, &d.bind, &[]);
+            pass.dispatch_workgroups(d.x, d.rows.count(&run), 1);
+        }
+        enc.copy_buffer_to_buffer(&ob, 0, &read, 0, bytes);
+        gpu.queue.submit([enc.finish()]);
+        read.slice(..).map_async(wgpu::MapMode::Read, |r| r.expect("map"));
+        dev.poll(wgpu::PollType::wait_indefinitely()).expect("poll");
+        let got = bytemuck::cast_slice::<u8, f32>(&read.slice(..).get_mapped_range().unwrap()).to_vec();
+        gpu.errors.check().expect("no validation error");
+
+        let what = format!("rows {rows} cols {cols} x_stride {xs} n {n} add {add} head {head} norm {norm}");
+        for t in 0..max_tok {
+            for r in 0..os {
+                let o = t * os + r;
+                if t >= nt as usize || r >= rows {
+                    assert_eq!(got[o], out0[o], "{what}: token {t} row {r} written outside the call");
+                    continue;
+                }
+                let xr = &x[(row0 as usize + t) * xs..][..cols];
+                let inv = if norm {
+                    let ms = xr.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / cols as f64;
+                    1.0 / (ms + f64::from(eps)).sqrt()
+                } else {
+                    1.0
+                };
+                let (mut s, mut mag) = (0.0f64, 0.0f64);
+                for c in 0..cols {
+                    let g = if norm { f64::from(nw[c]) } else { 1.0 };
+                    let v = f64::from(xr[c]) * g * inv * f64::from(wf[r * cols + c]);
+                    s += v;
+                    mag += v.abs();
+                }
+                let base = if add { f64::from(out0[o]) } else { 0.0 };
+                let g = f64::from(got[o]);
+                assert!(
+                    (g - (base + s)).abs() <= 1e-5 * (mag + base.abs()) + 1e-6,
+                    "{what}: token {t} row {r}: got {g}, want {}",
+                    base + s
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn vec4_and_scalar_inputs_with_norm_add_and_head() {
+        let gpu = match Gpu::open(AdapterChoice::Any) {
+            Ok(g) => g,
+            Err(e) if std::env::var_os("CI").is_none() => {
+                eprintln!("skipping GPU test: {e}");
+                return;
+            }
+            Err(e) => panic!("CI is set and no GPU adapter is usable: {e}"),
+        };
+        for (shape, n, flags) in [
+            ((37, 64, 64), 1, (false, false, false)),   // vec4 X
+            ((37, 64, 68), 8, (true, false, true)),     // vec4 X, wider stride, norm, residual
+            ((300, 37, 37), 3, (false, false, true)),   // scalar X: 37 columns, norm
+            ((21, 40, 42), 5, (true, false, false)),    // scalar X: a stride not a multiple of 4
+            ((50, 64, 64), 7, (false, true, true)),     // LM head rows from out_row0 = 1
+            ((9, 2000, 2000), 2, (false, false, true)), // many groups per thread
+        ] {
+            check(&gpu, shape, n, flags);
+        }
+    }
+}
