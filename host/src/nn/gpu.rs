@@ -144,10 +144,22 @@ struct Job {
     reply: Reply,
 }
 
+/// How long a new context waits for a state slot when all are taken, before `too-large`. A
+/// response ends a little before its instance (and its slot) is gone, so a client that sends
+/// its next request at once would otherwise find no slot.
+pub const SLOT_WAIT: Duration = Duration::from_millis(500);
+
+/// The free slots, and a signal for contexts waiting for one.
+#[derive(Default)]
+struct FreeSlots {
+    list: Mutex<Vec<SlotId>>,
+    freed: tokio::sync::Notify,
+}
+
 /// A model on the GPU, shared by its contexts: the batcher's inbox and the free slots.
 pub struct GpuBackend {
     tx: mpsc::Sender<Msg>,
-    free: Arc<Mutex<Vec<SlotId>>>,
+    free: Arc<FreeSlots>,
     slots: u32,
     stats: Arc<NnStats>,
 }
@@ -157,18 +169,30 @@ impl GpuBackend {
     pub fn start(name: &str, model: impl Stepper, stats: Arc<NnStats>) -> std::io::Result<Arc<Self>> {
         let slots = model.slots();
         // Popped from the end: slot 0 is handed out first.
-        let free = Arc::new(Mutex::new((0..slots).rev().map(SlotId).collect::<Vec<_>>()));
+        let list = Mutex::new((0..slots).rev().map(SlotId).collect::<Vec<_>>());
+        let free = Arc::new(FreeSlots { list, freed: tokio::sync::Notify::new() });
         let (tx, rx) = mpsc::channel();
         let batcher = Batcher::new(model, rx, free.clone(), stats.clone());
         std::thread::Builder::new().name(format!("nn-gpu-{name}")).spawn(move || batcher.run())?;
         Ok(Arc::new(Self { tx, free, slots, stats }))
     }
 
-    /// A fresh sequence in a free slot.
-    pub fn new_context(self: &Arc<Self>) -> Result<GpuContext, NnError> {
-        let slot = lock(&self.free).pop().ok_or(NnError::NoFreeSlot { slots: self.slots })?;
-        self.stats.slots_in_use.fetch_add(1, Ordering::Relaxed);
-        Ok(GpuContext { backend: self.clone(), slot, waiting: None })
+    /// A fresh sequence in a free slot, waiting up to `wait` for one when all are taken.
+    pub async fn new_context(self: &Arc<Self>, wait: Duration) -> Result<GpuContext, NnError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before the look at the list, so a slot freed in between still wakes us.
+            let freed = self.free.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(slot) = lock(&self.free.list).pop() {
+                self.stats.slots_in_use.fetch_add(1, Ordering::Relaxed);
+                return Ok(GpuContext { backend: self.clone(), slot, waiting: None });
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(NnError::NoFreeSlot { slots: self.slots });
+            }
+        }
     }
 }
 
@@ -225,7 +249,7 @@ struct Prefill {
 struct Batcher<M> {
     model: M,
     rx: mpsc::Receiver<Msg>,
-    free: Arc<Mutex<Vec<SlotId>>>,
+    free: Arc<FreeSlots>,
     stats: Arc<NnStats>,
     vocab: usize,
     /// One-token computes, in arrival order.
@@ -262,7 +286,7 @@ struct Batcher<M> {
 }
 
 impl<M: Stepper> Batcher<M> {
-    fn new(model: M, rx: mpsc::Receiver<Msg>, free: Arc<Mutex<Vec<SlotId>>>, stats: Arc<NnStats>) -> Self {
+    fn new(model: M, rx: mpsc::Receiver<Msg>, free: Arc<FreeSlots>, stats: Arc<NnStats>) -> Self {
         let (vocab, max_batch) = (model.vocab(), model.max_batch());
         Self {
             rx,
@@ -556,7 +580,8 @@ impl<M: Stepper> Batcher<M> {
                 tracing::error!(slot = slot.0, "wasi-nn GPU slot reset failed; slot retired: {e}");
                 continue;
             }
-            lock(&self.free).push(slot);
+            lock(&self.free.list).push(slot);
+            self.free.freed.notify_waiters();
             self.stats.slots_in_use.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -694,8 +719,7 @@ mod tests {
     /// A batcher on `twin` driven by hand (no thread), and the sender of its inbox.
     fn batcher(twin: Twin) -> (Batcher<Twin>, mpsc::Sender<Msg>) {
         let (tx, rx) = mpsc::channel();
-        let free = Arc::new(Mutex::new(Vec::new()));
-        (Batcher::new(twin, rx, free, Arc::new(NnStats::new())), tx)
+        (Batcher::new(twin, rx, Arc::default(), Arc::new(NnStats::new())), tx)
     }
 
     /// Sends a compute for the logits.
@@ -876,7 +900,7 @@ mod tests {
         tx.send(Msg::Release(SlotId(3))).unwrap();
         turn(&mut b);
         assert_eq!(*calls.lock().unwrap(), [Call::Prefill(3, 4, false), Call::Reset(3)]);
-        assert_eq!(*lock(&b.free), [SlotId(3)]);
+        assert_eq!(*lock(&b.free.list), [SlotId(3)]);
         assert!(b.decodes.is_empty() && b.prefills.is_empty());
     }
 
@@ -930,7 +954,7 @@ mod tests {
         let run_gpu = |i: u32| {
             let b = backend.clone();
             tokio::spawn(async move {
-                let mut ctx = b.new_context().unwrap();
+                let mut ctx = b.new_context(SLOT_WAIT).await.unwrap();
                 let mut out = Vec::new();
                 for chunk in script(i) {
                     out.push(ctx.compute(chunk, greedy(i)).await);
@@ -967,19 +991,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn no_free_slot_is_too_large_until_one_is_released() {
+    async fn no_free_slot_waits_then_is_too_large_and_a_release_wakes_a_waiter() {
         let stats = Arc::new(NnStats::new());
         let backend = GpuBackend::start("twin", Twin::new(2, 2, 4), stats.clone()).unwrap();
-        let a = backend.new_context().unwrap();
-        let _b = backend.new_context().unwrap();
-        let e = backend.new_context().map(|_| ()).unwrap_err();
+        let wait = Duration::from_millis(50);
+        let a = backend.new_context(wait).await.unwrap();
+        let _b = backend.new_context(wait).await.unwrap();
+        let t = std::time::Instant::now();
+        let e = backend.new_context(wait).await.map(|_| ()).unwrap_err();
+        assert!(t.elapsed() >= wait, "gave up after {:?}", t.elapsed());
         assert_eq!(e.code(), crate::nn::wit::ErrorCode::TooLarge);
         assert!(e.to_string().contains("--nn-slots"), "{e}");
         assert_eq!(stats.slots_in_use.load(Ordering::Relaxed), 2);
+        // A context waiting for a slot gets the one a release frees.
+        let waiter = {
+            let backend = backend.clone();
+            tokio::spawn(async move { backend.new_context(Duration::from_secs(30)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
         drop(a);
-        settle(&stats, 1).await;
-        let mut c = backend.new_context().expect("the released slot");
+        let mut c = waiter.await.unwrap().expect("the released slot");
         assert_eq!(logits_of(c.compute(vec![TokenId(1)], false).await).len(), backend_vocab());
+        assert_eq!(stats.slots_in_use.load(Ordering::Relaxed), 2);
+        settle(&stats, 2).await;
     }
 
     fn backend_vocab() -> usize {

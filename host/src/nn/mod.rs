@@ -30,13 +30,13 @@
 //! | output with `"greedy"` | one named tensor `"token"`: type `I32`, dimensions `[1]`, the id of the highest logit after the last input token (the lowest id among equals; NaN counts as −∞; all −∞/NaN gives 0), and no `"logits"`: what greedy sampling without a repetition penalty picks, for 4 bytes instead of vocab × 4 (the GPU backend computes it on the device and copies back only that) |
 //! | state | carried by the execution context from one `compute` to the next: n > 1 is a prefill chunk, n = 1 a decode step |
 //! | limits | at most [`MAX_CONTEXTS_PER_INSTANCE`] live contexts and [`MAX_TENSOR_BYTES`] of live tensor data per instance |
-//! | state slots (GPU) | `--nn-slots` per model (default 256), one per live context, server-wide; the CPU backend allocates a state per context instead |
+//! | state slots (GPU) | `--nn-slots` per model (default 256), one per live context, server-wide; `init-execution-context` waits up to `gpu::SLOT_WAIT` (0.5 s) for one when all are taken; the CPU backend allocates a state per context instead |
 //! | numerics | CPU: the engine (activations quantised to Q8 against Q8_0 weights); GPU: activations in f32. Logits differ slightly, so a greedy near-tie may pick another token |
 //!
 //! Errors (`errors.error-code`): unknown name → `not-found`; wrong tensor name, count, type or
 //! shape, bad data length, a `"greedy"` value other than 0 or 1, token out of range, no tokens
 //! → `invalid-argument`; a chunk over [`MAX_CHUNK`], too many contexts, and (GPU) no free state
-//! slot → `too-large`; a backend failure (GPU device lost, validation error) → `runtime-error`
+//! slot within `gpu::SLOT_WAIT` → `too-large`; a backend failure (GPU device lost, validation error) → `runtime-error`
 //! for the requests of that GPU call, logged; the server keeps running. The message
 //! (`error.data`) says which value and which limit. A bad input is never a trap; a tensor
 //! constructor over [`MAX_TENSOR_BYTES`] is (it cannot return an error).
@@ -310,14 +310,16 @@ enum Backend {
 }
 
 impl Model {
-    /// A fresh sequence on this model.
-    pub fn new_context(&self) -> Result<Context, NnError> {
+    /// A fresh sequence on this model (GPU: waiting up to [`gpu::SLOT_WAIT`] for a state slot).
+    pub async fn new_context(&self) -> Result<Context, NnError> {
         match &self.backend {
             Backend::Cpu(m) => {
                 Ok(Context { vocab: self.vocab, inner: Inner::Cpu(cpu::CpuContext::new(m.clone())) })
             }
             #[cfg(feature = "gpu")]
-            Backend::Gpu(b) => Ok(Context { vocab: self.vocab, inner: Inner::Gpu(b.new_context()?) }),
+            Backend::Gpu(b) => {
+                Ok(Context { vocab: self.vocab, inner: Inner::Gpu(b.new_context(gpu::SLOT_WAIT).await?) })
+            }
         }
     }
 
@@ -574,7 +576,7 @@ mod tests {
     /// Runs `chunks` on two fresh contexts of `m`, one with `greedy` and one without, and
     /// checks that every token is the sampler's greedy choice on the other's logits.
     async fn greedy_matches_logits(m: &Model, chunks: &[Vec<TokenId>]) {
-        let (mut g, mut l) = (m.new_context().unwrap(), m.new_context().unwrap());
+        let (mut g, mut l) = (m.new_context().await.unwrap(), m.new_context().await.unwrap());
         for (i, chunk) in chunks.iter().enumerate() {
             let got = token(&mut g, chunk.clone()).await.unwrap();
             let want =
@@ -593,7 +595,7 @@ mod tests {
     async fn cpu_context_computes_and_checks_inputs() {
         let models = tiny();
         let m = models.get("tiny").unwrap();
-        let mut ctx = m.new_context().unwrap();
+        let mut ctx = m.new_context().await.unwrap();
         let first = logits(&mut ctx, vec![TokenId(1), TokenId(2)]).await.unwrap();
         assert_eq!(first.len(), 4 * m.vocab);
         // Decode steps continue the same sequence.
@@ -614,8 +616,8 @@ mod tests {
         let models = tiny();
         let m = models.get("tiny").unwrap();
         let ids: Vec<TokenId> = (0..70).map(|i| TokenId(i % m.vocab as u32)).collect();
-        let whole = logits(&mut m.new_context().unwrap(), ids.clone()).await.unwrap();
-        let mut ctx = m.new_context().unwrap();
+        let whole = logits(&mut m.new_context().await.unwrap(), ids.clone()).await.unwrap();
+        let mut ctx = m.new_context().await.unwrap();
         token(&mut ctx, ids[..50].to_vec()).await.unwrap();
         let split = logits(&mut ctx, ids[50..].to_vec()).await.unwrap();
         let diff = floats(&whole).iter().zip(floats(&split)).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
@@ -672,7 +674,7 @@ mod tests {
         let cpu = load_tiny("model-f32.gguf", &config(BackendChoice::Cpu, 1)).unwrap();
         let (g, c) = (gpu.get("tiny").unwrap(), cpu.get("tiny").unwrap());
         assert_eq!(g.backend_name(), "gpu");
-        let (mut gc, mut cc) = (g.new_context().unwrap(), c.new_context().unwrap());
+        let (mut gc, mut cc) = (g.new_context().await.unwrap(), c.new_context().await.unwrap());
         // 300 tokens: the GPU runs them as pieces of MAX_PREFILL_PIECE.
         let prompt: Vec<TokenId> = (0..300).map(|i| TokenId(i % g.vocab as u32)).collect();
         let chunks = [prompt, vec![TokenId(5)], vec![TokenId(9)]];
@@ -682,8 +684,8 @@ mod tests {
             let diff = floats(&a).iter().zip(floats(&b)).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
             assert!(diff < 1e-3, "max difference {diff}");
         }
-        let _second = g.new_context().unwrap();
-        let e = g.new_context().map(|_| ()).unwrap_err();
+        let _second = g.new_context().await.unwrap();
+        let e = g.new_context().await.map(|_| ()).unwrap_err();
         assert_eq!(e.code(), wit::ErrorCode::TooLarge, "{e}");
         assert_eq!(stats.slots_in_use.load(std::sync::atomic::Ordering::Relaxed), 2);
         let e = gc.compute(vec![TokenId(g.vocab as u32)], true).await.unwrap_err();

@@ -188,7 +188,10 @@ impl graph::HostGraph for NnView<'_> {
         let max = contract::MAX_CONTEXTS_PER_INSTANCE;
         let made = match self.ctx.contexts {
             n if n >= max => Err(NnError::TooManyContexts { max }),
-            _ => self.table.get(&g)?.0.new_context(),
+            _ => {
+                let model = self.table.get(&g)?.0.clone();
+                model.new_context().await
+            }
         };
         match made {
             Ok(ctx) => {
