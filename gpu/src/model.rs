@@ -1057,12 +1057,12 @@ impl GpuModel {
         self.record_resets(&mut enc);
         let timer = self.timer.as_ref().filter(|_| self.profiling);
         let forward = match (timer, self.ahead.take()) {
-            (None, Some((r, cmd))) if r == run => cmd,
-            (None, _) => self.record_forward(run),
+            (None, Some((r, cmd))) if r == run => Some(cmd),
+            (None, _) => Some(self.record_forward(run)),
             (Some(_), _) => {
                 // Profiled calls record inline, with a timestamp before each dispatch.
                 record_pass(&self.plan, &mut self.timed, &mut enc, run, timer);
-                self.device.create_command_encoder(&Default::default()).finish()
+                None
             }
         };
         let mut tail = self.device.create_command_encoder(&Default::default());
@@ -1072,7 +1072,7 @@ impl GpuModel {
             tail.resolve_query_set(&t.set, 0..queries, &t.resolve, 0);
             tail.copy_buffer_to_buffer(&t.resolve, 0, &t.readback, 0, 8 * u64::from(queries));
         }
-        let cmds = [enc.finish(), forward, tail.finish()];
+        let cmds = std::iter::once(enc.finish()).chain(forward).chain([tail.finish()]);
         let t2 = Instant::now();
         self.queue.submit(cmds);
         let t3 = Instant::now();
@@ -1278,24 +1278,68 @@ mod tests {
     }
 }
 
+/// What the kernel tests share: the device (or a skip) and running dispatches to read a buffer.
+#[cfg(test)]
+mod kernel_harness {
+    use super::*;
+    use crate::AdapterChoice;
+
+    /// The test device; None (the test skips) when there is none and `CI` is unset.
+    pub(super) fn device() -> Option<Gpu> {
+        match Gpu::open(AdapterChoice::Any) {
+            Ok(g) => Some(g),
+            Err(e) if std::env::var_os("CI").is_none() => {
+                eprintln!("skipping GPU test: {e}");
+                None
+            }
+            Err(e) => panic!("CI is set and no GPU adapter is usable: {e}"),
+        }
+    }
+
+    /// Runs `ds` for the call sizes `run` in one pass and returns the first `bytes` of `buf`.
+    pub(super) fn run_and_read<T: bytemuck::Pod>(
+        gpu: &Gpu,
+        ds: &[&Dispatch],
+        run: &Run,
+        buf: &wgpu::Buffer,
+        bytes: u64,
+    ) -> Vec<T> {
+        let dev = &gpu.device;
+        let read = dev.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("read"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = dev.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for d in ds {
+                pass.set_pipeline(&d.pipeline);
+                pass.set_bind_group(0, &d.bind, &[]);
+                pass.dispatch_workgroups(d.x, d.rows.count(run), 1);
+            }
+        }
+        enc.copy_buffer_to_buffer(buf, 0, &read, 0, bytes);
+        gpu.queue.submit([enc.finish()]);
+        read.slice(..).map_async(wgpu::MapMode::Read, |r| r.expect("map"));
+        dev.poll(wgpu::PollType::wait_indefinitely()).expect("poll");
+        let got = bytemuck::cast_slice::<u8, T>(&read.slice(..).get_mapped_range().unwrap()).to_vec();
+        gpu.errors.check().expect("no validation error");
+        got
+    }
+}
+
 /// `argmax.wgsl` on hand-made rows, against the engine's [`argmax`] (the sampler's greedy rule).
 #[cfg(test)]
 mod argmax_kernel {
     use super::*;
-    use crate::AdapterChoice;
     use tinystate_engine::sampler::argmax;
 
     /// Runs the kernel over `rows` (each `cols` long) and returns its ids; None without a
     /// device (and `CI` unset).
     fn gpu_argmax(rows: &[Vec<f32>], cols: usize) -> Option<Vec<u32>> {
-        let gpu = match Gpu::open(AdapterChoice::Any) {
-            Ok(g) => g,
-            Err(e) if std::env::var_os("CI").is_none() => {
-                eprintln!("skipping GPU test: {e}");
-                return None;
-            }
-            Err(e) => panic!("CI is set and no GPU adapter is usable: {e}"),
-        };
+        let gpu = kernel_harness::device()?;
         let dev = &gpu.device;
         let mut b = Builder { dev, limit: u64::MAX, pipes: Pipelines::default() };
         let n = rows.len() as u32;
@@ -1304,31 +1348,11 @@ mod argmax_kernel {
         let logits = b.init("logits", bytemuck::cast_slice(&flat), storage).unwrap();
         let ids = b.storage("ids", 4 * u64::from(n), wgpu::BufferUsages::COPY_SRC).unwrap();
         let run = Run { n_tok: n, n_seq: n, out_row0: 0, n_out: n };
-        let run = b.init("run", bytemuck::bytes_of(&run), wgpu::BufferUsages::UNIFORM).unwrap();
+        let rb = b.init("run", bytemuck::bytes_of(&run), wgpu::BufferUsages::UNIFORM).unwrap();
         let parts = b.storage("parts", 8 * u64::from(n * ARGMAX_PARTS), wgpu::BufferUsages::empty()).unwrap();
-        let ds = argmax_dispatches(&mut b, (&run, &logits, &parts, &ids), cols as u32, cols as u32).unwrap();
-        let read = dev.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("read"),
-            size: 4 * u64::from(n),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut enc = dev.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            for d in &ds {
-                pass.set_pipeline(&d.pipeline);
-                pass.set_bind_group(0, &d.bind, &[]);
-                pass.dispatch_workgroups(d.x, n, 1);
-            }
-        }
-        enc.copy_buffer_to_buffer(&ids, 0, &read, 0, 4 * u64::from(n));
-        gpu.queue.submit([enc.finish()]);
-        read.slice(..).map_async(wgpu::MapMode::Read, |r| r.expect("map"));
-        dev.poll(wgpu::PollType::wait_indefinitely()).expect("poll");
-        let got = bytemuck::cast_slice::<u8, u32>(&read.slice(..).get_mapped_range().unwrap()).to_vec();
-        gpu.errors.check().expect("no validation error");
-        Some(got)
+        let [part, best] =
+            argmax_dispatches(&mut b, (&rb, &logits, &parts, &ids), cols as u32, cols as u32).unwrap();
+        Some(kernel_harness::run_and_read(&gpu, &[&part, &best], &run, &ids, 4 * u64::from(n)))
     }
 
     /// A row of `cols` values below zero, varied, with `set` (index, value) written over it.
@@ -1386,7 +1410,6 @@ mod argmax_kernel {
 #[cfg(test)]
 mod gemm_kernel {
     use super::*;
-    use crate::AdapterChoice;
     use crate::kernels::GemmTile;
     use half::f16;
     use tinystate_engine::kernels::{dequantize, quantize_q4_0, quantize_q8_0};
@@ -1461,26 +1484,7 @@ mod gemm_kernel {
         let d = b
             .dispatch_shaped(Op::Gemm, Spec::Gemm(shape), Some(&w), &p, &bufs, shape.row_tiles(), rows_of)
             .unwrap();
-        let bytes = 4 * out0.len() as u64;
-        let read = dev.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("read"),
-            size: bytes,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut enc = dev.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            pass.set_pipeline(&d.pipeline);
-            pass.set_bind_group(0, &d.bind, &[]);
-            pass.dispatch_workgroups(d.x, d.rows.count(&run), 1);
-        }
-        enc.copy_buffer_to_buffer(&ob, 0, &read, 0, bytes);
-        gpu.queue.submit([enc.finish()]);
-        read.slice(..).map_async(wgpu::MapMode::Read, |r| r.expect("map"));
-        dev.poll(wgpu::PollType::wait_indefinitely()).expect("poll");
-        let got = bytemuck::cast_slice::<u8, f32>(&read.slice(..).get_mapped_range().unwrap()).to_vec();
-        gpu.errors.check().expect("no validation error");
+        let got: Vec<f32> = kernel_harness::run_and_read(gpu, &[&d], &run, &ob, 4 * out0.len() as u64);
 
         for t in 0..max_tok {
             for r in 0..os {
@@ -1512,14 +1516,7 @@ mod gemm_kernel {
 
     #[test]
     fn every_tile_and_format_with_tails() {
-        let gpu = match Gpu::open(AdapterChoice::Any) {
-            Ok(g) => g,
-            Err(e) if std::env::var_os("CI").is_none() => {
-                eprintln!("skipping GPU test: {e}");
-                return;
-            }
-            Err(e) => panic!("CI is set and no GPU adapter is usable: {e}"),
-        };
+        let Some(gpu) = kernel_harness::device() else { return };
         for tile in GemmTile::ALL {
             // Two row tiles and a tail; quantised formats need whole 32-column blocks.
             let rows = 2 * tile.bm as usize + 5;
@@ -1539,7 +1536,6 @@ mod gemm_kernel {
 #[cfg(test)]
 mod matvec_kernel {
     use super::*;
-    use crate::AdapterChoice;
     use tinystate_engine::tensor::Elems;
 
     /// A deterministic value in about [−1, 1).
@@ -1597,26 +1593,7 @@ mod matvec_kernel {
             b.matvec(Op::MvPlain, &w, cols as u32, (add, head), &p, &[(1, &rb), (4, &xb), (5, &ob)], rows_of)
         }
         .unwrap();
-        let bytes = 4 * out0.len() as u64;
-        let read = dev.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("read"),
-            size: bytes,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut enc = dev.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            pass.set_pipeline(&d.pipeline);
-            pass.set_bind_group(0, &d.bind, &[]);
-            pass.dispatch_workgroups(d.x, d.rows.count(&run), 1);
-        }
-        enc.copy_buffer_to_buffer(&ob, 0, &read, 0, bytes);
-        gpu.queue.submit([enc.finish()]);
-        read.slice(..).map_async(wgpu::MapMode::Read, |r| r.expect("map"));
-        dev.poll(wgpu::PollType::wait_indefinitely()).expect("poll");
-        let got = bytemuck::cast_slice::<u8, f32>(&read.slice(..).get_mapped_range().unwrap()).to_vec();
-        gpu.errors.check().expect("no validation error");
+        let got: Vec<f32> = kernel_harness::run_and_read(gpu, &[&d], &run, &ob, 4 * out0.len() as u64);
 
         let what = format!("rows {rows} cols {cols} x_stride {xs} n {n} add {add} head {head} norm {norm}");
         for t in 0..max_tok {
@@ -1653,14 +1630,7 @@ mod matvec_kernel {
 
     #[test]
     fn vec4_and_scalar_inputs_with_norm_add_and_head() {
-        let gpu = match Gpu::open(AdapterChoice::Any) {
-            Ok(g) => g,
-            Err(e) if std::env::var_os("CI").is_none() => {
-                eprintln!("skipping GPU test: {e}");
-                return;
-            }
-            Err(e) => panic!("CI is set and no GPU adapter is usable: {e}"),
-        };
+        let Some(gpu) = kernel_harness::device() else { return };
         for (shape, n, flags) in [
             ((37, 64, 64), 1, (false, false, false)),   // vec4 X
             ((37, 64, 68), 8, (true, false, true)),     // vec4 X, wider stride, norm, residual
