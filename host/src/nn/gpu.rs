@@ -239,6 +239,26 @@ impl Drop for GpuContext {
     }
 }
 
+/// The answer for one row of a step: its greedy token, or the next of the wanted logits rows
+/// packed in `logits` (rows of `vocab`; `k` counts those already taken), or the step's error.
+fn row_answer(
+    result: &Result<(), GpuError>,
+    greedy: bool,
+    id: TokenId,
+    (logits, vocab): (&[f32], usize),
+    k: &mut usize,
+) -> Answer {
+    match result {
+        Ok(()) if greedy => Ok(Output::Token(id)),
+        Ok(()) => {
+            let row = &logits[*k * vocab..(*k + 1) * vocab];
+            *k += 1;
+            Ok(Output::Logits(logits_bytes(row)))
+        }
+        Err(e) => Err(NnError::Backend(e.to_string())),
+    }
+}
+
 /// A prefill request and how many of its tokens have run.
 struct Prefill {
     job: Job,
@@ -449,15 +469,7 @@ impl<M: Stepper> Batcher<M> {
         let mut k = 0;
         let decoded = self.batch.len();
         for (i, job) in self.batch.drain(..).enumerate() {
-            let answer = match &result {
-                Ok(()) if job.greedy => Ok(Output::Token(ids[i])),
-                Ok(()) => {
-                    let row = &out[k * v..(k + 1) * v];
-                    k += 1;
-                    Ok(Output::Logits(logits_bytes(row)))
-                }
-                Err(e) => Err(NnError::Backend(e.to_string())),
-            };
+            let answer = row_answer(&result, job.greedy, ids[i], (out, v), &mut k);
             // A closed receiver only means the caller went away meanwhile.
             let _ = job.reply.send(answer);
         }
@@ -505,16 +517,10 @@ impl<M: Stepper> Batcher<M> {
         for (r, &i) in self.riders.iter().enumerate() {
             let p = &mut self.prefills[i];
             p.done += 1;
-            let answer = match result {
-                Ok(()) if p.done < p.job.tokens.len() => continue,
-                Ok(()) if p.job.greedy => Ok(Output::Token(self.ids[decoded + r])),
-                Ok(()) => {
-                    let row = &self.logits[k * v..(k + 1) * v];
-                    k += 1;
-                    Ok(Output::Logits(logits_bytes(row)))
-                }
-                Err(e) => Err(NnError::Backend(e.to_string())),
-            };
+            if result.is_ok() && p.done < p.job.tokens.len() {
+                continue;
+            }
+            let answer = row_answer(result, p.job.greedy, self.ids[decoded + r], (&self.logits, v), &mut k);
             finished.push((i, answer));
         }
         self.riders.clear();
