@@ -34,16 +34,22 @@ PEAK = 4.2e12
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# The server's histograms the script reads: rows per GPU decode step, then the batcher's timings
+# (seconds) and the time to instantiate a guest.
+HISTOGRAMS = ("tinystate_nn_batch_size", "tinystate_nn_step_seconds", "tinystate_nn_linger_seconds",
+              "tinystate_nn_idle_seconds", "tinystate_nn_turnaround_seconds",
+              "tinystate_nn_queue_seconds", "tinystate_instantiate_seconds")
+
+
 def batch_stats(host, port):
-    """{name: (sum, count)} of the server's batcher histograms: tinystate_nn_batch_size (rows per
-    GPU decode step), tinystate_nn_step_seconds and tinystate_nn_linger_seconds."""
+    """{name_sum / name_count: value} of the server's HISTOGRAMS."""
     c = http.client.HTTPConnection(host, port)
     c.request("GET", "/metrics")
     text = c.getresponse().read().decode()
     c.close()
     vals = {}
     for line in text.splitlines():
-        for k in ("tinystate_nn_batch_size", "tinystate_nn_step_seconds", "tinystate_nn_linger_seconds"):
+        for k in HISTOGRAMS:
             for part in ("_sum", "_count"):
                 if line.startswith(k + part + " ") or line.startswith(k + part + "{"):
                     vals[k + part] = float(line.split()[-1])
@@ -110,6 +116,13 @@ def main():
                 print(f"  C={c}: {steps:.0f} steps in {wall:.2f} s ({wall / max(steps, 1) * 1e3:.2f} ms per "
                       f"step cycle): GPU step {step_s * 1e3:.2f} ms, linger {linger_s * 1e3:.2f} ms "
                       f"({lingers:.0f} lingers)", file=sys.stderr)
+                # Per-turn and per-compute means (ms) and totals over the run (s): where a cycle goes.
+                parts = []
+                for k in HISTOGRAMS[3:]:
+                    mean, count = mean_delta(m0, m1, k)
+                    parts.append(f"{k.removeprefix('tinystate_').removesuffix('_seconds')} "
+                                 f"{mean * 1e3:.3f} ms x {count:.0f} = {mean * count:.2f} s")
+                print("    " + "; ".join(parts), file=sys.stderr)
                 ok = codes.get("200", 0)
                 agg = ok * a.max_tokens / wall
                 bound = c * PEAK / wb

@@ -24,7 +24,7 @@ mod model;
 mod weights;
 
 pub use device::{AdapterChoice, Gpu};
-pub use model::{CallProfile, GpuModel, KernelTimes, SlotId, StepRow};
+pub use model::{CallProfile, GpuModel, KernelTimes, Lead, SlotId, StepRow};
 pub use tinystate_engine::TokenId;
 
 /// Why a GPU operation failed. Messages say what and which value.

@@ -54,6 +54,17 @@ pub struct StepRow {
     pub logits: bool,
 }
 
+/// A chunk of one sequence that goes first in a [`GpuModel::mixed`] call: a prompt's next piece.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lead<'a> {
+    /// The sequence's state slot.
+    pub slot: SlotId,
+    /// Its next tokens (1..=max_chunk).
+    pub tokens: &'a [TokenId],
+    /// Whether the caller wants the logits after the last of them; the argmax comes back either way.
+    pub logits: bool,
+}
+
 /// How a dispatch's second grid dimension follows the call's sizes.
 #[derive(Clone, Copy, Debug)]
 enum Rows {
@@ -946,31 +957,10 @@ impl GpuModel {
         argmax: &mut [TokenId],
         logits: &mut [f32],
     ) -> Result<(), GpuError> {
-        let n = rows.len();
-        if n == 0 || n > self.max_batch as usize {
-            return Err(GpuError::BadInput(format!("batch of {n} rows; allowed 1..={}", self.max_batch)));
+        if rows.is_empty() {
+            return Err(GpuError::BadInput(format!("batch of 0 rows; allowed 1..={}", self.max_batch)));
         }
-        check_ids(argmax, n)?;
-        self.check_logits(logits, rows.iter().filter(|r| r.logits).count())?;
-        for (i, r) in rows.iter().enumerate() {
-            self.check_slot(r.slot)?;
-            self.check_token(r.token)?;
-            if rows[..i].iter().any(|o| o.slot == r.slot) {
-                return Err(GpuError::BadInput(format!("slot {} appears twice in one batch", r.slot.0)));
-            }
-        }
-        let t0 = Instant::now();
-        let meta = &mut self.meta;
-        meta.clear();
-        meta.resize(4 * (self.max_tok as usize + n), 0);
-        for (i, r) in rows.iter().enumerate() {
-            meta[4 * i..4 * i + 4].copy_from_slice(&[r.token.0, r.slot.0, i as u32, 0]);
-            let s = 4 * (self.max_tok as usize + i);
-            meta[s..s + 4].copy_from_slice(&[r.slot.0, i as u32, 1, 0]);
-        }
-        logits_runs(rows.iter().map(|r| r.logits), &mut self.copies);
-        let n = n as u32;
-        self.call(t0, Run { n_tok: n, n_seq: n, out_row0: 0, n_out: n }, argmax, logits)
+        self.mixed(None, rows, argmax, logits)
     }
 
     /// A prefill chunk of 1..=max_chunk tokens for one slot. Returns the greedy token after the
@@ -982,32 +972,88 @@ impl GpuModel {
         tokens: &[TokenId],
         logits: Option<&mut [f32]>,
     ) -> Result<TokenId, GpuError> {
-        let n = tokens.len();
-        if n == 0 || n > self.max_chunk as usize {
+        let lead = Lead { slot, tokens, logits: logits.is_some() };
+        let mut id = [TokenId(0)];
+        self.mixed(Some(lead), &[], &mut id, logits.unwrap_or_default())?;
+        Ok(id[0])
+    }
+
+    /// One call over a prompt's piece (`lead`, first) and decode rows (one token each), every
+    /// sequence in its own slot: a prompt advances inside a decode step instead of taking a call
+    /// of its own. Outputs are in sequence order, the lead's first: each one's greedy token into
+    /// `argmax` (one per sequence), the logits of those that want them into `logits` (those
+    /// sequences × vocab). At most `max_batch` sequences and `max(max_batch, max_chunk)` tokens.
+    ///
+    /// Why the lead goes first: the LM head reads one contiguous run of token rows, and with
+    /// the piece first the last token of every sequence (the piece's, then each row's) is such
+    /// a run.
+    pub fn mixed(
+        &mut self,
+        lead: Option<Lead<'_>>,
+        rows: &[StepRow],
+        argmax: &mut [TokenId],
+        logits: &mut [f32],
+    ) -> Result<(), GpuError> {
+        let k = lead.map_or(0, |l| l.tokens.len());
+        let seqs = rows.len() + usize::from(lead.is_some());
+        if let Some(l) = lead
+            && (l.tokens.is_empty() || k > self.max_chunk as usize)
+        {
             return Err(GpuError::BadInput(format!(
-                "prefill chunk of {n} tokens; allowed 1..={}",
+                "prefill chunk of {k} tokens; allowed 1..={}",
                 self.max_chunk
             )));
         }
-        let want = logits.is_some();
-        let logits = logits.unwrap_or_default();
-        self.check_logits(logits, usize::from(want))?;
-        self.check_slot(slot)?;
-        tokens.iter().try_for_each(|&t| self.check_token(t))?;
+        if seqs == 0 || seqs > self.max_batch as usize {
+            return Err(GpuError::BadInput(format!("batch of {seqs} rows; allowed 1..={}", self.max_batch)));
+        }
+        if k + rows.len() > self.max_tok as usize {
+            return Err(GpuError::BadInput(format!(
+                "{} tokens in one call; allowed {}",
+                k + rows.len(),
+                self.max_tok
+            )));
+        }
+        check_ids(argmax, seqs)?;
+        let wants = lead.iter().map(|l| l.logits).chain(rows.iter().map(|r| r.logits));
+        self.check_logits(logits, wants.clone().filter(|&w| w).count())?;
+        let slots = lead.iter().map(|l| l.slot).chain(rows.iter().map(|r| r.slot));
+        for (i, slot) in slots.clone().enumerate() {
+            self.check_slot(slot)?;
+            if slots.clone().take(i).any(|o| o == slot) {
+                return Err(GpuError::BadInput(format!("slot {} appears twice in one batch", slot.0)));
+            }
+        }
+        let toks = lead.iter().flat_map(|l| l.tokens.iter()).chain(rows.iter().map(|r| &r.token));
+        toks.clone().try_for_each(|&t| self.check_token(t))?;
         let t0 = Instant::now();
+        let mt = self.max_tok as usize;
         let meta = &mut self.meta;
         meta.clear();
-        meta.resize(4 * (self.max_tok as usize + 1), 0);
-        for (i, &tok) in tokens.iter().enumerate() {
-            meta[4 * i..4 * i + 4].copy_from_slice(&[tok.0, slot.0, 0, i as u32]);
+        meta.resize(4 * (mt + seqs), 0);
+        // Tokens: (id, slot, first token of its sequence, position in it); sequences: (slot,
+        // first token, length, 0). See common.wgsl.
+        if let Some(l) = lead {
+            for (i, t) in l.tokens.iter().enumerate() {
+                meta[4 * i..4 * i + 4].copy_from_slice(&[t.0, l.slot.0, 0, i as u32]);
+            }
+            meta[4 * mt..4 * mt + 4].copy_from_slice(&[l.slot.0, 0, k as u32, 0]);
         }
-        let s = 4 * self.max_tok as usize;
-        meta[s..s + 4].copy_from_slice(&[slot.0, 0, n as u32, 0]);
-        logits_runs(std::iter::once(want), &mut self.copies);
-        let n = n as u32;
-        let mut id = [TokenId(0)];
-        self.call(t0, Run { n_tok: n, n_seq: 1, out_row0: n - 1, n_out: 1 }, &mut id, logits)?;
-        Ok(id[0])
+        let s0 = usize::from(lead.is_some());
+        for (i, r) in rows.iter().enumerate() {
+            let t = k + i;
+            meta[4 * t..4 * t + 4].copy_from_slice(&[r.token.0, r.slot.0, t as u32, 0]);
+            let s = 4 * (mt + s0 + i);
+            meta[s..s + 4].copy_from_slice(&[r.slot.0, t as u32, 1, 0]);
+        }
+        logits_runs(wants, &mut self.copies);
+        let run = Run {
+            n_tok: (k + rows.len()) as u32,
+            n_seq: seqs as u32,
+            out_row0: k.saturating_sub(1) as u32,
+            n_out: seqs as u32,
+        };
+        self.call(t0, run, argmax, logits)
     }
 
     fn check_slot(&self, slot: SlotId) -> Result<(), GpuError> {

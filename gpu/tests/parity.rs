@@ -17,7 +17,7 @@ use tinystate_engine::arch::mamba::Mamba;
 use tinystate_engine::generate::{CpuDecoder, Decoder};
 use tinystate_engine::gguf::Gguf;
 use tinystate_engine::sampler;
-use tinystate_gpu::{AdapterChoice, Gpu, GpuError, GpuModel, SlotId, StepRow};
+use tinystate_gpu::{AdapterChoice, Gpu, GpuError, GpuModel, Lead, SlotId, StepRow};
 
 const CONFIGS: [&str; 2] = ["tiny", "odd"];
 const TYPES: [&str; 4] = ["f32", "f16", "q8_0", "q4_0"];
@@ -361,5 +361,53 @@ fn only_the_rows_that_want_logits_come_back() {
         assert_eq!(out.len(), wanted.len(), "{wants:?}");
         // The same rows of the same sized call: bit for bit.
         assert!(out.iter().zip(&wanted).all(|(a, b)| a.to_bits() == b.to_bits()), "{wants:?}: logits rows");
+    }
+}
+
+/// A mixed call (a prompt's piece first, then one-token rows of other slots) gives each sequence
+/// what the CPU engine gives it alone, on the matrix × vectors path (7 tokens) and the GEMM path
+/// (11 tokens), and the slots carry on correctly in the next call. Every weight type of `tiny`.
+#[test]
+fn a_mixed_call_equals_each_sequence_alone() {
+    let Some(gpu) = gpu() else { return };
+    for ty in TYPES {
+        let file = load_fixture("tiny", ty);
+        let g = Gguf::parse(file.bytes()).unwrap();
+        let m = Mamba::load(&g).unwrap();
+        let v = m.config.vocab;
+        let base = fixture_tokens("tiny");
+        let mut gm = GpuModel::load(&gpu, &m, 4, 4, 16).unwrap();
+        // What each slot has been fed, and the CPU engine fed the same.
+        let mut fed: Vec<Vec<TokenId>> = vec![Vec::new(); 4];
+        gm.prefill(SlotId(0), &base[..4], None).unwrap();
+        fed[0].extend_from_slice(&base[..4]);
+        gm.prefill(SlotId(1), &base[10..13], None).unwrap();
+        fed[1].extend_from_slice(&base[10..13]);
+        // (lead slot, its piece, rows (slot, token)): 5 + 2 tokens, then 8 + 3.
+        let calls: [(u32, &[TokenId], Vec<(u32, TokenId)>); 2] = [
+            (0, &base[4..9], vec![(1, base[13]), (2, base[20])]),
+            (3, &base[15..23], vec![(0, base[9]), (1, base[14]), (2, base[21])]),
+        ];
+        for (n, (lead_slot, piece, rows)) in calls.into_iter().enumerate() {
+            let lead = Lead { slot: SlotId(lead_slot), tokens: piece, logits: true };
+            let rows: Vec<_> =
+                rows.iter().map(|&(s, token)| StepRow { slot: SlotId(s), token, logits: true }).collect();
+            let seqs = rows.len() + 1;
+            let mut ids = vec![TokenId(u32::MAX); seqs];
+            let mut out = vec![f32::NAN; seqs * v];
+            gm.mixed(Some(lead), &rows, &mut ids, &mut out).unwrap();
+            fed[lead_slot as usize].extend_from_slice(piece);
+            let order = std::iter::once(lead_slot).chain(rows.iter().map(|r| r.slot.0));
+            for (k, slot) in order.enumerate() {
+                if let Some(r) = rows.iter().find(|r| r.slot.0 == slot) {
+                    fed[slot as usize].push(r.token);
+                }
+                let what = format!("tiny/{ty} mixed call {n}, sequence {k} (slot {slot})");
+                let mut cpu = CpuDecoder::new(&m, 64);
+                let got = &out[k * v..(k + 1) * v];
+                check(&what, got, cpu.feed(&fed[slot as usize]).unwrap(), tol(ty));
+                check_argmax(&what, ids[k], got);
+            }
+        }
     }
 }

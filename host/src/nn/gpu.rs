@@ -7,33 +7,31 @@
 //!    whatever the prompt or output length.
 //! 2. `compute` sends `(slot, tokens, greedy, reply)` to the batcher over a channel and awaits
 //!    the reply; the async task holds no thread while the GPU works.
-//! 3. The batcher loops: it takes everything that is waiting, runs **every waiting decode**
-//!    (one-token compute) as one [`GpuModel::step`] of up to `max_batch` rows, then **prefill
-//!    pieces** of up to the model's `max_chunk` tokens ([`GpuModel::prefill`]), oldest first:
-//!    at least one, and more while the turn's prefill time stays under its decode step's time;
-//!    a guest chunk longer than a piece takes several. So prefills never take more than about
-//!    half the GPU from the decodes of other requests, yet many short prompts are admitted per
-//!    step when many requests start at once (one piece per turn made admissions, not decode
-//!    steps, the limit at 256 streams on the H200), and a step takes whatever arrived while the
-//!    last one ran (continuous batching).
+//! 3. The batcher loops: it takes everything that is waiting and runs it as **one call**
+//!    ([`GpuModel::mixed`]) of up to `max_batch` sequences:
+//!    - every waiting **decode** (one-token compute), one row each;
+//!    - a **lead piece**: the next tokens of the oldest prompt too long to ride (below), up to
+//!      [`LEAD_PIECE`] tokens while others decode, else up to the model's `max_chunk` (a prompt
+//!      alone prefills as a chunk, the fastest way to its first token); a guest chunk longer
+//!      than that takes several turns;
+//!    - **riders**: every other prompt with at most [`RIDE_MAX_TOKENS`] tokens left feeds its
+//!      next token as one more row.
 //!
+//!    So prompts advance inside the decode steps instead of in calls of their own. A separate
+//!    prefill call of a short prompt costs about as much GPU time as a whole decode step of
+//!    many rows (H200: 4 ms for a 30-token prompt, against 4–7 ms for 100–256 rows), and at 256
+//!    streams such calls took half of every step cycle; as rows they cost almost nothing. The
+//!    lead is capped while others decode because the scan walks a sequence's tokens one after
+//!    another: a long piece would lengthen the step of every stream in it.
 //!
-//!    While other requests decode, a prompt with at most [`RIDE_MAX_TOKENS`] tokens left does
-//!    not get a prefill call of its own: it **rides along** the steps, one token per step as one
-//!    more row. A short prefill call costs about as much GPU time as a whole decode step (H200:
-//!    ~1–2 ms either way), so at 256 streams, where every request starts with a short prompt,
-//!    separate calls halved the aggregate rate; as rows they cost almost nothing. A prompt alone
-//!    (nothing decoding) still prefills as a chunk, the fastest way to its first token.
-//!
-//!
-//!    Before a step, the batcher **lingers** (at most half the last step's time, and
+//!    Before a call, the batcher **lingers** (at most half the last call's time, and
 //!    [`MAX_LINGER`]) until every stream of the last two steps has queued its next token: guests
 //!    answer at different speeds, and without the wait early and late streams settle into
-//!    alternate, half-full steps.
+//!    alternate, half-full steps. A call takes whatever arrived meanwhile (continuous batching).
 //!
-//!    Every call computes each row's greedy token on the GPU and reads it back (4 bytes); a
-//!    row's logits (vocab × 4 bytes) are read back only for a compute without `greedy`, so one
-//!    step mixes both kinds of rows, and a chunk's pieces before its last read back none.
+//!    Every call computes each sequence's greedy token on the GPU and reads it back (4 bytes);
+//!    its logits (vocab × 4 bytes) are read back only for a compute without `greedy` that ends
+//!    in this call, so one call mixes both kinds.
 //! 4. A dropped context sends its slot back through the same channel; the batcher drops any
 //!    work still queued for it, resets the slot ([`GpuModel::reset`]) and only then puts it on
 //!    the free list, so a slot is always zero when it is handed out again.
@@ -48,7 +46,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use tinystate_engine::TokenId;
-use tinystate_gpu::{GpuError, GpuModel, SlotId, StepRow};
+use tinystate_gpu::{GpuError, GpuModel, Lead, SlotId, StepRow};
 use tokio::sync::oneshot;
 
 use super::contract::{Output, logits_bytes};
@@ -58,15 +56,17 @@ use super::{NnError, NnStats};
 pub const DEFAULT_SLOTS: u32 = 256;
 /// Most decode rows in one GPU step (fewer if there are fewer slots).
 pub const MAX_BATCH: u32 = 256;
-/// Most tokens in one GPU prefill call; a guest chunk (up to 512) longer than this is split, and
-/// the pieces take turns with the decode steps.
+/// Most tokens of a prompt in one GPU call (the model's `max_chunk`); a guest chunk (up to 512)
+/// longer than this is split, a piece per turn.
 pub const MAX_PREFILL_PIECE: u32 = 128;
+/// Most tokens of the lead piece in a call that also decodes (see the module doc).
+pub const LEAD_PIECE: usize = 32;
 /// The longest the batcher waits for the streams of the last steps to queue their next token
 /// (see `Batcher::linger`; at most half a step).
 pub const MAX_LINGER: Duration = Duration::from_millis(2);
 /// A prompt with at most this many tokens left rides along the decode steps, a token per step,
-/// while other requests decode (see the module doc).
-pub const RIDE_MAX_TOKENS: usize = 16;
+/// while other requests decode (see the module doc). Longer ones take the lead piece in turn.
+pub const RIDE_MAX_TOKENS: usize = 64;
 
 /// What the batcher needs of a model: [`GpuModel`], or a CPU twin in tests.
 pub trait Stepper: Send + 'static {
@@ -74,23 +74,26 @@ pub trait Stepper: Send + 'static {
     fn vocab(&self) -> usize;
     /// Number of state slots.
     fn slots(&self) -> u32;
-    /// Most rows per [`Stepper::step`].
+    /// Most sequences per call.
     fn max_batch(&self) -> usize;
-    /// Most tokens per [`Stepper::prefill`].
+    /// Most tokens of a lead piece.
     fn max_chunk(&self) -> usize;
+    /// Most tokens per call (lead piece and rows together).
+    fn max_tokens(&self) -> usize {
+        self.max_batch().max(self.max_chunk())
+    }
     /// Zeroes a slot before its next use.
     fn reset(&mut self, slot: SlotId) -> Result<(), GpuError>;
-    /// One decode step for distinct slots: each row's greedy token into `argmax` (rows.len()),
-    /// the logits of the rows that want them into `logits` (those rows × vocab, in row order).
-    fn step(&mut self, rows: &[StepRow], argmax: &mut [TokenId], logits: &mut [f32]) -> Result<(), GpuError>;
-    /// A chunk of one slot: the greedy token after its last position, and that position's
-    /// logits (vocab) into `logits` if given.
-    fn prefill(
+    /// One call over a lead piece and one-token rows, each sequence in its own slot (see
+    /// [`GpuModel::mixed`]): each sequence's greedy token into `argmax`, the logits of those
+    /// that want them into `logits`, in sequence order, the lead's first.
+    fn mixed(
         &mut self,
-        slot: SlotId,
-        tokens: &[TokenId],
-        logits: Option<&mut [f32]>,
-    ) -> Result<TokenId, GpuError>;
+        lead: Option<Lead<'_>>,
+        rows: &[StepRow],
+        argmax: &mut [TokenId],
+        logits: &mut [f32],
+    ) -> Result<(), GpuError>;
 }
 
 impl Stepper for GpuModel {
@@ -109,16 +112,14 @@ impl Stepper for GpuModel {
     fn reset(&mut self, slot: SlotId) -> Result<(), GpuError> {
         GpuModel::reset(self, slot)
     }
-    fn step(&mut self, rows: &[StepRow], argmax: &mut [TokenId], logits: &mut [f32]) -> Result<(), GpuError> {
-        GpuModel::step(self, rows, argmax, logits)
-    }
-    fn prefill(
+    fn mixed(
         &mut self,
-        slot: SlotId,
-        tokens: &[TokenId],
-        logits: Option<&mut [f32]>,
-    ) -> Result<TokenId, GpuError> {
-        GpuModel::prefill(self, slot, tokens, logits)
+        lead: Option<Lead<'_>>,
+        rows: &[StepRow],
+        argmax: &mut [TokenId],
+        logits: &mut [f32],
+    ) -> Result<(), GpuError> {
+        GpuModel::mixed(self, lead, rows, argmax, logits)
     }
 }
 
@@ -142,6 +143,8 @@ struct Job {
     /// Only the greedy token, not the logits.
     greedy: bool,
     reply: Reply,
+    /// When the context sent it (for the batcher's timings).
+    sent: Instant,
 }
 
 /// How long a new context waits for a state slot when all are taken, before `too-large`. A
@@ -219,7 +222,7 @@ impl GpuContext {
             return Err(NnError::Backend("an earlier compute on this context was cancelled".into()));
         }
         let (reply, rx) = oneshot::channel();
-        let job = Job { slot: self.slot, tokens, greedy, reply };
+        let job = Job { slot: self.slot, tokens, greedy, reply, sent: Instant::now() };
         self.backend
             .tx
             .send(Msg::Compute(job))
@@ -274,40 +277,44 @@ struct Batcher<M> {
     vocab: usize,
     /// One-token computes, in arrival order.
     decodes: VecDeque<Job>,
-    /// Longer computes, in arrival order; the front one runs a piece per turn.
+    /// Longer computes, in arrival order.
     prefills: VecDeque<Prefill>,
     /// Slots whose contexts are gone, freed at the end of the turn.
     releases: Vec<SlotId>,
-    /// This step's rows (max_batch,): the decode jobs' (`batch`), then the riders'.
+    /// This call's rows (max_batch,): the decode jobs' (`batch`), then the riders'.
     rows: Vec<StepRow>,
     batch: Vec<Job>,
-    /// Indices in `prefills` of the prompts riding this step, in row order after `batch`.
+    /// Index in `prefills` of the prompt whose piece leads this call, and the piece's length.
+    lead: Option<(usize, usize)>,
+    /// Indices in `prefills` of the prompts riding this call, in row order after `batch`.
     riders: Vec<usize>,
     /// Prompts with at most this many tokens left ride along steps ([`RIDE_MAX_TOKENS`]).
     ride_max: usize,
+    /// Most tokens of a lead piece while others decode ([`LEAD_PIECE`]).
+    lead_max: usize,
     /// Slots with a decode row in the last two steps: the streams `linger` waits for.
     recent: Vec<SlotId>,
     /// The slots of the step before the last (to build `recent`).
     before: Vec<SlotId>,
     /// Scratch for `linger` (slots,).
     expected: Vec<bool>,
-    /// How long the last step took.
+    /// How long the last call took.
     last_step: Duration,
     /// Cap on `linger` ([`MAX_LINGER`]).
     max_linger: Duration,
-    /// Whether a slot already has a row in this step (slots,).
+    /// Whether a slot already has a sequence in this call (slots,).
     in_batch: Vec<bool>,
-    /// Step greedy tokens (max_batch,).
+    /// Greedy tokens, one per sequence (max_batch,).
     ids: Vec<TokenId>,
-    /// Step logits of the rows that want them (up to max_batch, vocab).
+    /// Logits of the sequences that want them (up to max_batch, vocab).
     logits: Vec<f32>,
-    /// Prefill logits (vocab,).
-    last: Vec<f32>,
+    /// When each slot's last compute was answered (slots,), for `tinystate_nn_turnaround_seconds`.
+    answered: Vec<Option<Instant>>,
 }
 
 impl<M: Stepper> Batcher<M> {
     fn new(model: M, rx: mpsc::Receiver<Msg>, free: Arc<FreeSlots>, stats: Arc<NnStats>) -> Self {
-        let (vocab, max_batch) = (model.vocab(), model.max_batch());
+        let (vocab, max_batch, slots) = (model.vocab(), model.max_batch(), model.slots() as usize);
         Self {
             rx,
             free,
@@ -318,17 +325,19 @@ impl<M: Stepper> Batcher<M> {
             releases: Vec::new(),
             rows: Vec::with_capacity(max_batch),
             batch: Vec::with_capacity(max_batch),
+            lead: None,
             riders: Vec::with_capacity(max_batch),
             ride_max: RIDE_MAX_TOKENS,
+            lead_max: LEAD_PIECE,
             recent: Vec::with_capacity(2 * max_batch),
             before: Vec::with_capacity(max_batch),
-            expected: vec![false; model.slots() as usize],
+            expected: vec![false; slots],
             last_step: Duration::ZERO,
             max_linger: MAX_LINGER,
-            in_batch: vec![false; model.slots() as usize],
+            in_batch: vec![false; slots],
             ids: vec![TokenId(0); max_batch],
             logits: vec![0.0; max_batch * vocab],
-            last: vec![0.0; vocab],
+            answered: vec![None; slots],
             model,
         }
     }
@@ -336,10 +345,7 @@ impl<M: Stepper> Batcher<M> {
     /// Runs until every context and the backend are gone.
     fn run(mut self) {
         while self.gather() {
-            let t = Instant::now();
-            let stepped = self.decode_turn();
-            // After a step, the short prompts rode along it: chunks only for the long ones.
-            self.prefill_turn(t.elapsed(), stepped);
+            self.turn();
             self.free_released();
         }
     }
@@ -348,10 +354,12 @@ impl<M: Stepper> Batcher<M> {
     /// channel is closed and no work is left.
     fn gather(&mut self) -> bool {
         if self.decodes.is_empty() && self.prefills.is_empty() {
+            let idle = Instant::now();
             match self.rx.recv() {
                 Ok(m) => self.accept(m),
                 Err(_) => return false,
             }
+            self.stats.idle_seconds.observe(idle.elapsed().as_secs_f64());
         }
         while let Ok(m) = self.rx.try_recv() {
             self.accept(m);
@@ -360,7 +368,7 @@ impl<M: Stepper> Batcher<M> {
         true
     }
 
-    /// Waits, up to half the last step's time, until every slot that decoded in the last two
+    /// Waits, up to half the last call's time, until every slot that decoded in the last two
     /// steps has its next token queued. Guests answer a step at different speeds: without the
     /// wait, the early half of the streams starts a step and the late half the next one, so
     /// steps stay half full (H200, HTTP: 4 rows per step at 8 streams, 52 at 256).
@@ -411,17 +419,69 @@ impl<M: Stepper> Batcher<M> {
 
     fn accept(&mut self, m: Msg) {
         match m {
-            Msg::Compute(job) if job.tokens.len() == 1 => self.decodes.push_back(job),
+            Msg::Compute(job) if job.tokens.len() == 1 => {
+                if let Some(Some(at)) = self.answered.get(job.slot.0 as usize) {
+                    let turn = job.sent.saturating_duration_since(*at);
+                    self.stats.turnaround_seconds.observe(turn.as_secs_f64());
+                }
+                self.decodes.push_back(job)
+            }
             Msg::Compute(job) => self.prefills.push_back(Prefill { job, done: 0 }),
             Msg::Release(slot) => self.releases.push(slot),
         }
     }
 
-    /// One step over every waiting decode (up to max_batch, one row per slot), with short
-    /// prompts riding along. Returns whether a step ran.
-    fn decode_turn(&mut self) -> bool {
+    /// One call: every waiting decode (up to max_batch, one row per slot, one sequence left for
+    /// a waiting prompt), a lead piece and riders. Does nothing when nothing is runnable.
+    fn turn(&mut self) {
+        self.prefills.retain(|p| !p.job.reply.is_closed());
         let max = self.model.max_batch();
-        // Visit each queued job once; those left for a later step keep their order.
+        // One sequence is kept for a waiting prompt, so decodes cannot starve it.
+        let decode_max = if self.prefills.is_empty() { max } else { max - 1 };
+        self.take_decodes(decode_max);
+        let decoding = !self.batch.is_empty();
+        self.pick_lead(max);
+        self.add_riders(max);
+        self.size_lead();
+        if self.rows.is_empty() && self.lead.is_none() {
+            // No stream decoded this turn: none to wait for.
+            self.recent.clear();
+            self.before.clear();
+            self.in_batch.iter_mut().for_each(|m| *m = false);
+            return;
+        }
+        let lead_rows = usize::from(self.lead.is_some());
+        let n = lead_rows + self.rows.len();
+        self.stats.batch_size.observe(n as f64);
+        let t = Instant::now();
+        for job in &self.batch {
+            self.stats.queue_seconds.observe(t.saturating_duration_since(job.sent).as_secs_f64());
+        }
+        let result = self.call(n);
+        self.last_step = t.elapsed();
+        self.stats.step_seconds.observe(self.last_step.as_secs_f64());
+        if let Err(e) = &result {
+            tracing::error!(rows = n, "wasi-nn GPU call failed: {e}");
+        }
+        // The streams to wait for before the next step: this step's and the last one's (none
+        // after a call without decodes).
+        self.recent.clear();
+        if decoding {
+            self.recent.extend_from_slice(&self.before);
+            self.before.clear();
+            self.before.extend(self.batch.iter().map(|j| j.slot));
+            self.recent.extend_from_slice(&self.before);
+            self.recent.sort_unstable_by_key(|s| s.0);
+            self.recent.dedup();
+        } else {
+            self.before.clear();
+        }
+        self.answer(&result);
+    }
+
+    /// Queues every waiting decode as a row, up to `max`, one per slot; visits each queued job
+    /// once, and those left for a later step keep their order.
+    fn take_decodes(&mut self, max: usize) {
         for _ in 0..self.decodes.len() {
             let Some(job) = self.decodes.pop_front() else { break };
             if job.reply.is_closed() {
@@ -438,147 +498,133 @@ impl<M: Stepper> Batcher<M> {
             self.rows.push(StepRow { slot: job.slot, token: job.tokens[0], logits: !job.greedy });
             self.batch.push(job);
         }
-        if self.batch.is_empty() {
-            // No stream decoded this turn: none to wait for.
-            self.recent.clear();
-            self.before.clear();
-            return false;
-        }
-        self.add_riders(max);
-        let n = self.rows.len();
-        self.stats.batch_size.observe(n as f64);
-        let v = self.vocab;
-        let wanted = self.rows.iter().filter(|r| r.logits).count();
-        let (ids, out) = (&mut self.ids[..n], &mut self.logits[..wanted * v]);
-        let t = Instant::now();
-        let result = self.model.step(&self.rows, ids, out);
-        self.last_step = t.elapsed();
-        self.stats.step_seconds.observe(self.last_step.as_secs_f64());
-        // The streams to wait for before the next step: this step's and the last one's.
-        self.recent.clear();
-        self.recent.extend_from_slice(&self.before);
-        self.before.clear();
-        self.before.extend(self.batch.iter().map(|j| j.slot));
-        self.recent.extend_from_slice(&self.before);
-        self.recent.sort_unstable_by_key(|s| s.0);
-        self.recent.dedup();
-        if let Err(e) = &result {
-            tracing::error!(rows = n, "wasi-nn GPU step failed: {e}");
-        }
-        // The wanted logits rows are packed in row order: the k-th such row is row k of `out`.
-        let mut k = 0;
-        let decoded = self.batch.len();
-        for (i, job) in self.batch.drain(..).enumerate() {
-            let answer = row_answer(&result, job.greedy, ids[i], (out, v), &mut k);
-            // A closed receiver only means the caller went away meanwhile.
-            let _ = job.reply.send(answer);
-        }
-        self.advance_riders(&result, decoded, k);
-        for r in &self.rows {
-            if let Some(mark) = self.in_batch.get_mut(r.slot.0 as usize) {
-                *mark = false;
-            }
-        }
-        self.rows.clear();
-        true
     }
 
-    /// Adds a row for the next token of each short prompt (oldest first) while the step has room
-    /// and the prompt's slot has no row yet.
-    fn add_riders(&mut self, max: usize) {
-        for (i, p) in self.prefills.iter().enumerate() {
+    /// Picks the lead: the oldest prompt whose slot has no row yet and, while others decode,
+    /// that is too long to ride. Its piece is sized after the riders ([`Batcher::size_lead`]).
+    fn pick_lead(&mut self, max: usize) {
+        let decoding = !self.rows.is_empty();
+        if self.rows.len() >= max {
+            return;
+        }
+        let (ride_max, in_batch) = (self.ride_max, &self.in_batch);
+        let at = self.prefills.iter().position(|p| {
             let left = p.job.tokens.len() - p.done;
-            let slot = p.job.slot.0 as usize;
-            if self.rows.len() == max {
+            !in_batch.get(p.job.slot.0 as usize).copied().unwrap_or(true) && (!decoding || left > ride_max)
+        });
+        if let Some(at) = at {
+            self.in_batch[self.prefills[at].job.slot.0 as usize] = true;
+            self.lead = Some((at, 0));
+        }
+    }
+
+    /// Adds a row for the next token of each short prompt (oldest first) other than the lead,
+    /// while the call has room (a sequence and a token kept for the lead) and the prompt's slot
+    /// has no row yet.
+    fn add_riders(&mut self, max: usize) {
+        let lead = self.lead.map(|(i, _)| i);
+        let keep = usize::from(lead.is_some());
+        let room = (max - keep).min(self.model.max_tokens() - keep);
+        for (i, p) in self.prefills.iter().enumerate() {
+            if self.rows.len() >= room {
                 break;
             }
-            if left > self.ride_max
+            let left = p.job.tokens.len() - p.done;
+            let slot = p.job.slot.0 as usize;
+            if Some(i) == lead
+                || left > self.ride_max
                 || p.job.reply.is_closed()
                 || self.in_batch.get(slot).copied().unwrap_or(true)
             {
                 continue;
             }
             self.in_batch[slot] = true;
-            let last = left == 1;
             self.rows.push(StepRow {
                 slot: p.job.slot,
                 token: p.job.tokens[p.done],
-                logits: last && !p.job.greedy,
+                logits: left == 1 && !p.job.greedy,
             });
             self.riders.push(i);
         }
     }
 
-    /// After a step: each rider took one token; those that took their last are answered (row
-    /// `decoded + r` for rider r; `k` wanted logits rows precede the riders') and leave the queue.
-    fn advance_riders(&mut self, result: &Result<(), GpuError>, decoded: usize, mut k: usize) {
+    /// The lead's piece: what is left of its prompt, at most [`LEAD_PIECE`] tokens while others
+    /// decode (else `max_chunk`) and the tokens the rows leave.
+    fn size_lead(&mut self) {
+        let Some((at, _)) = self.lead else { return };
+        let decoding = !self.batch.is_empty();
+        let cap = if decoding { self.lead_max.min(self.model.max_chunk()) } else { self.model.max_chunk() };
+        let p = &self.prefills[at];
+        let room = self.model.max_tokens().saturating_sub(self.rows.len());
+        let piece = (p.job.tokens.len() - p.done).min(cap).min(room);
+        self.lead = (piece > 0).then_some((at, piece));
+    }
+
+    /// Runs the call of `n` sequences: the lead piece, then `rows`.
+    fn call(&mut self, n: usize) -> Result<(), GpuError> {
+        let lead = self.lead.map(|(i, k)| {
+            let p = &self.prefills[i];
+            let end = p.done + k;
+            let last = end == p.job.tokens.len();
+            Lead { slot: p.job.slot, tokens: &p.job.tokens[p.done..end], logits: last && !p.job.greedy }
+        });
+        let wanted = lead.iter().map(|l| l.logits).chain(self.rows.iter().map(|r| r.logits));
+        let wanted = wanted.filter(|&w| w).count();
+        let (ids, out) = (&mut self.ids[..n], &mut self.logits[..wanted * self.vocab]);
+        self.model.mixed(lead, &self.rows, ids, out)
+    }
+
+    /// After a call: answers the decodes, advances the lead and the riders (answering those
+    /// that ran their last token, or all on an error) and clears the call's rows.
+    fn answer(&mut self, result: &Result<(), GpuError>) {
         let v = self.vocab;
+        // Outputs are in sequence order (lead, decodes, riders); the wanted logits rows are
+        // packed in that order: the k-th such row is row k of `logits`.
+        let mut k = 0;
+        let mut at = 0;
         let mut finished = Vec::new();
+        if let Some((i, piece)) = self.lead.take() {
+            let p = &mut self.prefills[i];
+            p.done += piece;
+            if result.is_err() || p.done == p.job.tokens.len() {
+                let answer = row_answer(result, p.job.greedy, self.ids[0], (&self.logits, v), &mut k);
+                finished.push((i, answer));
+            }
+            at = 1;
+        }
+        for (j, job) in self.batch.drain(..).enumerate() {
+            let answer = row_answer(result, job.greedy, self.ids[at + j], (&self.logits, v), &mut k);
+            // A closed receiver only means the caller went away meanwhile.
+            let _ = job.reply.send(answer);
+            self.answered[job.slot.0 as usize] = Some(Instant::now());
+        }
+        let at = at + self.rows.len() - self.riders.len();
         for (r, &i) in self.riders.iter().enumerate() {
             let p = &mut self.prefills[i];
             p.done += 1;
             if result.is_ok() && p.done < p.job.tokens.len() {
                 continue;
             }
-            let answer = row_answer(result, p.job.greedy, self.ids[decoded + r], (&self.logits, v), &mut k);
+            let answer = row_answer(result, p.job.greedy, self.ids[at + r], (&self.logits, v), &mut k);
             finished.push((i, answer));
         }
         self.riders.clear();
         // Highest index first, so the lower indices stay valid.
-        for (i, answer) in finished.into_iter().rev() {
+        finished.sort_unstable_by_key(|&(i, _)| std::cmp::Reverse(i));
+        for (i, answer) in finished {
             if let Some(p) = self.prefills.remove(i) {
                 let _ = p.job.reply.send(answer);
+                self.answered[p.job.slot.0 as usize] = Some(Instant::now());
             }
         }
-    }
-
-    /// Prefill pieces, oldest first: one, then more while their time stays under `budget` (the
-    /// decode step's time this turn). With `long_only`, only prompts too long to ride.
-    fn prefill_turn(&mut self, budget: Duration, long_only: bool) {
-        let t = Instant::now();
-        self.prefill_piece(long_only);
-        while !self.prefills.is_empty() && t.elapsed() < budget {
-            if !self.prefill_piece(long_only) {
-                break;
-            }
-        }
-    }
-
-    /// One piece (up to max_chunk tokens) of the oldest prefill (with `long_only`: the oldest
-    /// with more than `ride_max` tokens left); answers when its last piece ran. Only the last
-    /// piece of a compute without `greedy` reads back logits. False when there was none to run.
-    fn prefill_piece(&mut self, long_only: bool) -> bool {
-        self.prefills.retain(|p| !p.job.reply.is_closed());
-        let ride_max = self.ride_max;
-        let Some(at) =
-            self.prefills.iter().position(|p| !long_only || p.job.tokens.len() - p.done > ride_max)
-        else {
-            return false;
-        };
-        let p = &mut self.prefills[at];
-        let end = p.job.tokens.len().min(p.done + self.model.max_chunk());
-        let last = end == p.job.tokens.len();
-        let logits = (last && !p.job.greedy).then_some(&mut self.last[..]);
-        let result = self.model.prefill(p.job.slot, &p.job.tokens[p.done..end], logits);
-        p.done = end;
-        let answer = match result {
-            Ok(_) if !last => return true,
-            Ok(id) if p.job.greedy => Ok(Output::Token(id)),
-            Ok(_) => Ok(Output::Logits(logits_bytes(&self.last))),
-            Err(e) => {
-                tracing::error!(tokens = end, "wasi-nn GPU prefill failed: {e}");
-                Err(NnError::Backend(e.to_string()))
-            }
-        };
-        if let Some(p) = self.prefills.remove(at) {
-            let _ = p.job.reply.send(answer);
-        }
-        true
+        self.in_batch.iter_mut().for_each(|m| *m = false);
+        self.rows.clear();
     }
 
     /// Resets and frees the slots of dropped contexts, dropping work still queued for them.
     fn free_released(&mut self) {
         while let Some(slot) = self.releases.pop() {
+            self.answered[slot.0 as usize] = None;
             self.decodes.retain(|j| j.slot != slot);
             self.prefills.retain(|p| p.job.slot != slot);
             if let Err(e) = self.model.reset(slot) {
@@ -607,8 +653,10 @@ mod tests {
     enum Call {
         /// (slot, wants logits) per row.
         Step(Vec<(u32, bool)>),
-        /// Slot, tokens, wants logits.
+        /// A lead piece alone: slot, tokens, wants logits.
         Prefill(u32, usize, bool),
+        /// A lead piece (slot, tokens, wants logits) and rows.
+        Mixed((u32, usize, bool), Vec<(u32, bool)>),
         Reset(u32),
     }
 
@@ -678,45 +726,55 @@ mod tests {
             self.states[slot.0 as usize].reset();
             Ok(())
         }
-        fn step(
+        fn mixed(
             &mut self,
+            lead: Option<Lead<'_>>,
             rows: &[StepRow],
             ids: &mut [TokenId],
             logits: &mut [f32],
         ) -> Result<(), GpuError> {
-            self.calls.lock().unwrap().push(Call::Step(rows.iter().map(|r| (r.slot.0, r.logits)).collect()));
+            let row_calls = rows.iter().map(|r| (r.slot.0, r.logits)).collect();
+            let call = match lead {
+                Some(l) if rows.is_empty() => Call::Prefill(l.slot.0, l.tokens.len(), l.logits),
+                Some(l) => Call::Mixed((l.slot.0, l.tokens.len(), l.logits), row_calls),
+                None => Call::Step(row_calls),
+            };
+            self.calls.lock().unwrap().push(call);
             self.failing()?;
             let v = self.vocab();
-            // The GPU's layout: an id per row, logits packed for the rows that want them.
-            assert_eq!(ids.len(), rows.len(), "one id per row");
-            assert_eq!(logits.len(), rows.iter().filter(|r| r.logits).count() * v, "wanted rows × vocab");
+            // The GPU's layout: an id per sequence (the lead's first), logits packed for those
+            // that want them.
+            let k0 = lead.map_or(0, |l| l.tokens.len());
+            assert!(k0 <= self.max_chunk, "a piece of {k0} tokens");
+            assert!(k0 + rows.len() <= self.max_tokens(), "{} tokens in one call", k0 + rows.len());
+            let seqs = rows.len() + usize::from(lead.is_some());
+            assert!(seqs <= self.max_batch, "{seqs} sequences in one call");
+            assert_eq!(ids.len(), seqs, "one id per sequence");
+            let wants = lead.iter().map(|l| l.logits).chain(rows.iter().map(|r| r.logits));
+            assert_eq!(logits.len(), wants.filter(|&w| w).count() * v, "wanted rows × vocab");
+            let seqs = lead.iter().map(|l| (l.slot, l.tokens, l.logits));
+            let seqs = seqs.chain(rows.iter().map(|r| (r.slot, std::slice::from_ref(&r.token), r.logits)));
             let mut k = 0;
-            for (i, r) in rows.iter().enumerate() {
-                let state = &mut self.states[r.slot.0 as usize];
-                let out = self.model.forward(state, &mut self.scratch, &[r.token], true).expect("logits");
+            for (i, (slot, tokens, want)) in seqs.enumerate() {
+                let state = &mut self.states[slot.0 as usize];
+                let out = self.model.forward(state, &mut self.scratch, tokens, true).expect("logits");
                 ids[i] = argmax(out);
-                if r.logits {
+                if want {
                     logits[k * v..(k + 1) * v].copy_from_slice(out);
                     k += 1;
                 }
             }
             Ok(())
         }
-        fn prefill(
-            &mut self,
-            slot: SlotId,
-            tokens: &[TokenId],
-            logits: Option<&mut [f32]>,
-        ) -> Result<TokenId, GpuError> {
-            assert!(tokens.len() <= self.max_chunk, "a piece of {} tokens", tokens.len());
-            self.calls.lock().unwrap().push(Call::Prefill(slot.0, tokens.len(), logits.is_some()));
-            self.failing()?;
-            let state = &mut self.states[slot.0 as usize];
-            let out = self.model.forward(state, &mut self.scratch, tokens, true).expect("logits");
-            if let Some(l) = logits {
-                l.copy_from_slice(out);
-            }
-            Ok(argmax(out))
+    }
+
+    impl Twin {
+        /// A chunk alone, as `GpuModel::prefill`: its greedy token, its logits if asked.
+        fn prefill(&mut self, slot: SlotId, tokens: &[TokenId], logits: Option<&mut [f32]>) -> TokenId {
+            let lead = Lead { slot, tokens, logits: logits.is_some() };
+            let mut id = [TokenId(0)];
+            self.mixed(Some(lead), &[], &mut id, logits.unwrap_or_default()).unwrap();
+            id[0]
         }
     }
 
@@ -736,7 +794,8 @@ mod tests {
     fn send_job(tx: &mpsc::Sender<Msg>, slot: u32, tokens: &[u32], greedy: bool) -> Answer {
         let (reply, rx) = oneshot::channel();
         let tokens = tokens.iter().map(|&t| TokenId(t)).collect();
-        tx.send(Msg::Compute(Job { slot: SlotId(slot), tokens, greedy, reply })).unwrap();
+        tx.send(Msg::Compute(Job { slot: SlotId(slot), tokens, greedy, reply, sent: Instant::now() }))
+            .unwrap();
         rx
     }
 
@@ -756,11 +815,10 @@ mod tests {
         }
     }
 
-    /// A turn whose decode step took no time: exactly one prefill piece.
+    /// One turn of the batcher's loop (blocks if nothing is queued).
     fn turn(b: &mut Batcher<Twin>) {
         assert!(b.gather());
-        let stepped = b.decode_turn();
-        b.prefill_turn(Duration::ZERO, stepped);
+        b.turn();
         b.free_released();
     }
 
@@ -769,29 +827,30 @@ mod tests {
     }
 
     #[test]
-    fn a_turn_runs_every_waiting_decode_then_one_prefill_piece() {
+    fn a_call_takes_the_waiting_decodes_and_a_lead_piece_in_the_tokens_left() {
         let twin = Twin::new(8, 3, 4);
         let calls = twin.calls.clone();
         let (mut b, tx) = batcher(twin);
-        b.ride_max = 0; // chunk scheduling only (riding: its own test)
+        b.ride_max = 0; // leads only (riding: its own test)
         let mut decodes: Vec<Answer> = (0..4).map(|s| send(&tx, s, &[s + 1])).collect();
         let mut long = send(&tx, 4, &[1; 10]);
         let mut short = send(&tx, 5, &[2; 3]);
         turn(&mut b);
-        assert!(decodes[..3].iter_mut().all(|r| r.try_recv().is_ok_and(|a| a.is_ok())));
-        assert!(decodes[3].try_recv().is_err(), "over max_batch: waits for the next step");
+        assert!(decodes[..2].iter_mut().all(|r| r.try_recv().is_ok_and(|a| a.is_ok())));
+        assert!(decodes[2].try_recv().is_err(), "a sequence kept for the prompts: waits");
         turn(&mut b);
-        assert!(decodes[3].try_recv().is_ok());
+        assert!(decodes[2..].iter_mut().all(|r| r.try_recv().is_ok_and(|a| a.is_ok())));
+        turn(&mut b);
         assert!(long.try_recv().is_err(), "8 of 10 tokens done");
         turn(&mut b);
         assert_eq!(logits_of(long.try_recv().unwrap()).len(), b.vocab);
         turn(&mut b);
         assert!(short.try_recv().is_ok());
-        // Only a chunk's last piece reads back logits.
+        // The lead takes the tokens the rows leave (4 per call); alone, up to max_chunk. Only a
+        // prompt's last piece reads back logits.
         let want = [
-            logits_step(&[0, 1, 2]),
-            Call::Prefill(4, 4, false),
-            logits_step(&[3]),
+            Call::Mixed((4, 2, false), vec![(0, true), (1, true)]),
+            Call::Mixed((4, 2, false), vec![(2, true), (3, true)]),
             Call::Prefill(4, 4, false),
             Call::Prefill(4, 2, true),
             Call::Prefill(5, 3, true),
@@ -801,9 +860,10 @@ mod tests {
 
     #[test]
     fn short_prompts_ride_along_decode_steps() {
-        let twin = Twin::new(8, 4, 4);
+        let twin = Twin::new(8, 4, 8);
         let calls = twin.calls.clone();
         let (mut b, tx) = batcher(twin);
+        b.ride_max = 16;
         let mut first = send(&tx, 0, &[5]);
         let mut logits_prompt = send(&tx, 1, &[7, 8, 9]);
         let mut greedy_prompt = send_job(&tx, 2, &[3, 4], true);
@@ -819,24 +879,23 @@ mod tests {
         let _next = send(&tx, 0, &[7]);
         turn(&mut b);
         let got = logits_of(logits_prompt.try_recv().expect("done after 3 steps"));
-        // The long prompt (20 > RIDE_MAX_TOKENS) took a chunk piece after the first step; with 16
-        // left it rides too.
+        // The long prompt (20 > ride_max) led the first step with the 5 tokens the rows left
+        // (8 per call); with 15 left it rides too.
         let want = [
-            Call::Step(vec![(0, true), (1, false), (2, false)]),
-            Call::Prefill(3, 4, false),
+            Call::Mixed((3, 5, false), vec![(0, true), (1, false), (2, false)]),
             Call::Step(vec![(0, true), (1, false), (2, false), (3, false)]),
             Call::Step(vec![(0, true), (1, true), (3, false)]),
         ];
         assert_eq!(*calls.lock().unwrap(), want);
-        assert!(long.try_recv().is_err(), "6 of 20 tokens done");
+        assert!(long.try_recv().is_err(), "7 of 20 tokens done");
         // The same answers as prefilling each prompt alone on a fresh model.
         let mut alone = Twin::new(8, 4, 4);
         let tokens = |t: &[u32]| t.iter().map(|&t| TokenId(t)).collect::<Vec<_>>();
         let mut want_logits = vec![0.0; alone.vocab()];
-        alone.prefill(SlotId(1), &tokens(&[7, 8, 9]), Some(&mut want_logits)).unwrap();
+        alone.prefill(SlotId(1), &tokens(&[7, 8, 9]), Some(&mut want_logits));
         let close = got.iter().zip(&want_logits).all(|(a, b)| (a - b).abs() <= 1e-4 * (1.0 + b.abs()));
         assert!(close, "riding logits differ from a prefill's");
-        assert_eq!(greedy_token, alone.prefill(SlotId(2), &tokens(&[3, 4]), None).unwrap());
+        assert_eq!(greedy_token, alone.prefill(SlotId(2), &tokens(&[3, 4]), None));
     }
 
     #[test]
@@ -865,18 +924,33 @@ mod tests {
         assert_eq!(steps, [logits_step(&[0, 1, 2]), logits_step(&[0, 1])], "the late stream joined the step");
     }
 
+    /// Prompts with nothing decoding share calls: the oldest leads, the others ride; each gets
+    /// the answer it would get alone.
     #[test]
-    fn prefill_pieces_run_while_under_the_decode_step_time() {
+    fn prompts_without_decodes_share_calls() {
         let twin = Twin::new(8, 4, 4);
         let calls = twin.calls.clone();
         let (mut b, tx) = batcher(twin);
-        let mut waiting: Vec<Answer> = (0..3).map(|s| send(&tx, s, &[1; 3])).collect();
-        assert!(b.gather());
-        let stepped = b.decode_turn();
-        b.prefill_turn(Duration::from_secs(60), stepped); // a long step: every waiting prefill fits
-        assert!(waiting.iter_mut().all(|r| r.try_recv().is_ok_and(|a| a.is_ok())));
-        let want = [Call::Prefill(0, 3, true), Call::Prefill(1, 3, true), Call::Prefill(2, 3, true)];
+        let prompts = [[1, 2, 3], [4, 5, 6], [7, 8, 9]];
+        let mut waiting: Vec<Answer> = (0..3).map(|s| send(&tx, s, &prompts[s as usize])).collect();
+        for _ in 0..3 {
+            turn(&mut b);
+        }
+        let want = [
+            Call::Mixed((0, 2, false), vec![(1, false), (2, false)]),
+            Call::Mixed((0, 1, true), vec![(1, false), (2, false)]),
+            Call::Mixed((1, 1, true), vec![(2, true)]),
+        ];
         assert_eq!(*calls.lock().unwrap(), want);
+        let mut alone = Twin::new(8, 4, 4);
+        for (s, r) in waiting.iter_mut().enumerate() {
+            let got = logits_of(r.try_recv().expect("answered"));
+            let tokens: Vec<_> = prompts[s].iter().map(|&t| TokenId(t)).collect();
+            let mut want = vec![0.0; alone.vocab()];
+            alone.prefill(SlotId(s as u32), &tokens, Some(&mut want));
+            let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(diff < 1e-4, "prompt {s}: max difference {diff}");
+        }
     }
 
     #[test]
@@ -921,8 +995,8 @@ mod tests {
         let prompt = [5, 9, 2, 7, 1, 3, 8, 4, 6, 2];
         let mut p0 = send_job(&tx, 0, &prompt, true);
         let mut p1 = send_job(&tx, 1, &prompt, false);
-        for _ in 0..4 {
-            turn(&mut b); // one piece per turn: two pieces each
+        for _ in 0..3 {
+            turn(&mut b); // slot 0 leads (7 + 3 tokens), slot 1 rides, then leads alone
         }
         let want = argmax(&logits_of(p1.try_recv().unwrap()));
         assert_eq!(token_of(p0.try_recv().unwrap()), want);
@@ -936,10 +1010,9 @@ mod tests {
         }
         let step = Call::Step(vec![(0, false), (1, true), (2, false), (3, true)]);
         let want = [
-            Call::Prefill(0, 8, false),
-            Call::Prefill(0, 2, false),
-            Call::Prefill(1, 8, false),
-            Call::Prefill(1, 2, true),
+            Call::Mixed((0, 7, false), vec![(1, false)]),
+            Call::Mixed((0, 3, false), vec![(1, false)]),
+            Call::Prefill(1, 8, true),
             step.clone(),
             step.clone(),
             step,

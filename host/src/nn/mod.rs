@@ -172,22 +172,31 @@ pub struct NnConfig {
 
 /// What the backends count, for `/metrics`.
 pub struct NnStats {
-    /// Rows per GPU decode step (`tinystate_nn_batch_size`).
+    /// Sequences per GPU call: decode rows, riders and the lead piece (`tinystate_nn_batch_size`).
     pub batch_size: Histogram,
     /// GPU state slots held by live contexts, over all models (`tinystate_nn_slots_in_use`).
     pub slots_in_use: AtomicI64,
-    /// Seconds per GPU decode step on the batcher thread, from writing its inputs to having its
-    /// outputs (`tinystate_nn_step_seconds`).
+    /// Seconds per GPU call (decode rows and prompt pieces) on the batcher thread, from writing
+    /// its inputs to having its outputs (`tinystate_nn_step_seconds`).
     pub step_seconds: Histogram,
     /// Seconds the batcher waited before a step for the streams of the last steps
     /// (`tinystate_nn_linger_seconds`).
     pub linger_seconds: Histogram,
+    /// Seconds the batcher sat with nothing to run, waiting for a compute
+    /// (`tinystate_nn_idle_seconds`).
+    pub idle_seconds: Histogram,
+    /// Seconds from the answer to a sequence's compute to its next one-token compute: the
+    /// guest's turnaround, wake-up included (`tinystate_nn_turnaround_seconds`).
+    pub turnaround_seconds: Histogram,
+    /// Seconds a one-token compute waited from being sent to the start of its step
+    /// (`tinystate_nn_queue_seconds`).
+    pub queue_seconds: Histogram,
 }
 
 /// Bucket bounds of [`NnStats::batch_size`]: powers of two up to the largest batch.
 const BATCH_SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
-/// Bucket bounds of the batcher's timings, 100 µs to 100 ms.
-const STEP_SECONDS: &[f64] = &[1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1];
+/// Bucket bounds of the batcher's timings, 10 µs to 100 ms.
+const STEP_SECONDS: &[f64] = &[1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1];
 
 impl NnStats {
     /// All zero.
@@ -197,6 +206,9 @@ impl NnStats {
             slots_in_use: AtomicI64::new(0),
             step_seconds: Histogram::new(STEP_SECONDS),
             linger_seconds: Histogram::new(STEP_SECONDS),
+            idle_seconds: Histogram::new(STEP_SECONDS),
+            turnaround_seconds: Histogram::new(STEP_SECONDS),
+            queue_seconds: Histogram::new(STEP_SECONDS),
         }
     }
 }

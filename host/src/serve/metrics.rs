@@ -227,17 +227,32 @@ impl Metrics {
         self.nn.batch_size.render(
             &mut o,
             "tinystate_nn_batch_size",
-            "Rows (requests) per wasi-nn GPU decode step.",
+            "Sequences (requests) per wasi-nn GPU call: decode rows and prompt pieces.",
         );
         self.nn.step_seconds.render(
             &mut o,
             "tinystate_nn_step_seconds",
-            "Seconds per wasi-nn GPU decode step on the batcher thread (inputs written to outputs read).",
+            "Seconds per wasi-nn GPU call on the batcher thread (inputs written to outputs read).",
         );
         self.nn.linger_seconds.render(
             &mut o,
             "tinystate_nn_linger_seconds",
             "Seconds the GPU batcher waited before a step for the streams of the last steps.",
+        );
+        self.nn.idle_seconds.render(
+            &mut o,
+            "tinystate_nn_idle_seconds",
+            "Seconds the GPU batcher had nothing to run and waited for a compute.",
+        );
+        self.nn.turnaround_seconds.render(
+            &mut o,
+            "tinystate_nn_turnaround_seconds",
+            "Seconds from answering a sequence's compute to its next one-token compute (the guest's turn).",
+        );
+        self.nn.queue_seconds.render(
+            &mut o,
+            "tinystate_nn_queue_seconds",
+            "Seconds a one-token compute waited from being sent to the start of its GPU step.",
         );
         o
     }

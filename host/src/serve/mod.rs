@@ -44,8 +44,9 @@
 //! `requests_finished_total` is incremented), and histograms `instantiate_seconds`,
 //! `time_to_first_byte_seconds`, `request_duration_seconds`, `request_peak_memory_bytes`.
 //! wasi-nn: `nn_contexts` (live execution contexts), `nn_slots_in_use` (GPU state slots held,
-//! back to 0 once every context is gone and its slot reset), and the histogram `nn_batch_size`
-//! (rows per GPU decode step).
+//! back to 0 once every context is gone and its slot reset), and the GPU batcher's histograms
+//! `nn_batch_size` (sequences per call), `nn_step_seconds`, `nn_linger_seconds`,
+//! `nn_idle_seconds`, `nn_turnaround_seconds` and `nn_queue_seconds` (see `NnStats`).
 //!
 //! `--test-faults` (hidden; tests only) makes the host honour two request headers:
 //! `x-tinystate-test-fault: trap` (the guest traps at its first epoch check) and
