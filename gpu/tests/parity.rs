@@ -364,6 +364,9 @@ fn only_the_rows_that_want_logits_come_back() {
     }
 }
 
+/// A mixed call to make: the lead's slot and piece, the rows' (slot, token).
+type MixedCall<'a> = (u32, &'a [TokenId], Vec<(u32, TokenId)>);
+
 /// A mixed call (a prompt's piece first, then one-token rows of other slots) gives each sequence
 /// what the CPU engine gives it alone, on the matrix × vectors path (7 tokens) and the GEMM path
 /// (11 tokens), and the slots carry on correctly in the next call. Every weight type of `tiny`.
@@ -384,7 +387,7 @@ fn a_mixed_call_equals_each_sequence_alone() {
         gm.prefill(SlotId(1), &base[10..13], None).unwrap();
         fed[1].extend_from_slice(&base[10..13]);
         // (lead slot, its piece, rows (slot, token)): 5 + 2 tokens, then 8 + 3.
-        let calls: [(u32, &[TokenId], Vec<(u32, TokenId)>); 2] = [
+        let calls: [MixedCall<'_>; 2] = [
             (0, &base[4..9], vec![(1, base[13]), (2, base[20])]),
             (3, &base[15..23], vec![(0, base[9]), (1, base[14]), (2, base[21])]),
         ];
