@@ -99,6 +99,9 @@ impl Rows {
     }
 }
 
+/// The longest a call spins for its results (see `GpuModel::spin_until`) before it blocks.
+const SPIN_LIMIT: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Calls of more tokens than this run out_proj as a GEMM, others as matrix × vectors.
 const OUT_PROJ_GEMM_MIN: u32 = 128;
 
@@ -289,6 +292,8 @@ pub struct GpuModel {
     ahead: Option<(Run, wgpu::CommandBuffer)>,
     /// Logits rows the next call copies back, as runs (first row, rows), in row order.
     copies: Vec<(u32, u32)>,
+    /// Wait for a call's results by polling, not by sleeping on a fence (hardware adapters).
+    spin: bool,
 }
 
 /// Builds buffers and bind groups, checking sizes against the device limits.
@@ -562,6 +567,8 @@ impl GpuModel {
             timed: Vec::new(),
             ahead: None,
             copies: Vec::new(),
+            // On a CPU adapter (lavapipe) spinning would take a core from the device itself.
+            spin: gpu.info.device_type != wgpu::DeviceType::Cpu,
         };
         m.build_plan(&mut b, model, &lim)?;
         m.timer = Self::timer(gpu, m.plan.len() as u32 + 1);
@@ -874,6 +881,12 @@ impl GpuModel {
         self.plan.iter().filter(|d| d.when.runs(&run)).count()
     }
 
+    /// Whether a call waits for its results by polling the device (on by default for hardware
+    /// adapters: lower latency, one busy core while the GPU runs) or by sleeping on a fence.
+    pub fn set_spin_wait(&mut self, on: bool) {
+        self.spin = on;
+    }
+
     /// Turns GPU timestamps on or off for later calls (they cost a little GPU time). Returns
     /// whether the device can write them; CPU phases are timed either way (see
     /// [`GpuModel::last_profile`]).
@@ -1173,6 +1186,25 @@ impl GpuModel {
         }
     }
 
+    /// Polls the device without blocking until `wanted` map callbacks have sent on `rx` (into
+    /// `done`), for at most [`SPIN_LIMIT`]. A blocking wait sleeps on a fence and wakes late:
+    /// on the H200 spinning took a decode step from 949 to 813 µs at B=1 (7,499 to 7,318 µs at
+    /// B=256).
+    fn spin_until(
+        &self,
+        rx: &mpsc::Receiver<Result<(), wgpu::BufferAsyncError>>,
+        wanted: usize,
+        done: &mut Vec<Result<(), wgpu::BufferAsyncError>>,
+    ) -> Result<(), GpuError> {
+        let start = Instant::now();
+        while done.len() < wanted && start.elapsed() < SPIN_LIMIT {
+            self.device.poll(wgpu::PollType::Poll).map_err(|e| GpuError::DeviceLost(e.to_string()))?;
+            done.extend(rx.try_iter());
+            std::hint::spin_loop();
+        }
+        Ok(())
+    }
+
     /// Maps what the call copied into the staging buffer (and `also`, mapped until the caller
     /// unmaps it), waits, copies the ids to `ids` and the logits rows to `logits`. Returns when
     /// the wait and the copy ended.
@@ -1202,15 +1234,21 @@ impl GpuModel {
             });
             wanted = 2;
         }
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| GpuError::DeviceLost(e.to_string()))?;
-        for _ in 0..wanted {
-            match rx.try_recv() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(GpuError::DeviceLost(format!("map_async: {e}"))),
-                Err(_) => return Err(GpuError::DeviceLost("map_async did not complete".into())),
-            }
+        let mut done = Vec::with_capacity(wanted);
+        if self.spin {
+            self.spin_until(&rx, wanted, &mut done)?;
+        }
+        if done.len() < wanted {
+            self.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| GpuError::DeviceLost(e.to_string()))?;
+        }
+        done.extend(rx.try_iter());
+        if done.len() < wanted {
+            return Err(GpuError::DeviceLost("map_async did not complete".into()));
+        }
+        if let Some(Err(e)) = done.into_iter().find(|r| r.is_err()) {
+            return Err(GpuError::DeviceLost(format!("map_async: {e}")));
         }
         let waited = Instant::now();
         {

@@ -414,3 +414,25 @@ fn a_mixed_call_equals_each_sequence_alone() {
         }
     }
 }
+
+/// Waiting by polling gives the same answers as sleeping on a fence (the default on hardware
+/// adapters is polling, on lavapipe sleeping).
+#[test]
+fn spin_and_blocking_waits_agree() {
+    let Some(gpu) = gpu() else { return };
+    let file = load_fixture("odd", "f32");
+    let g = Gguf::parse(file.bytes()).unwrap();
+    let m = Mamba::load(&g).unwrap();
+    let v = m.config.vocab;
+    let base = fixture_tokens("odd");
+    let run = |spin: bool| {
+        let mut gm = GpuModel::load(&gpu, &m, 2, 2, 8).unwrap();
+        gm.set_spin_wait(spin);
+        let mut out = vec![0.0; 2 * v];
+        let first = gm.prefill(SlotId(0), &base[..6], Some(&mut out[..v])).unwrap();
+        let mut ids = vec![TokenId(0); 2];
+        gm.step(&rows_of(&[(SlotId(0), first), (SlotId(1), base[7])]), &mut ids, &mut out).unwrap();
+        (first, ids, out)
+    };
+    assert_eq!(run(true), run(false));
+}
