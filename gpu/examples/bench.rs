@@ -2,11 +2,13 @@
 //!
 //! ```text
 //! cargo run --release -p tinystate-gpu --example bench -- MODEL.gguf [--batches 1,8,64,256]
-//!     [--steps 64] [--runs 5] [--chunk 64] [--breakdown] [--greedy]
+//!     [--steps 64] [--runs 5] [--chunk 64] [--breakdown] [--greedy] [--vary]
 //! ```
 //! Each row times `runs` runs of `steps` calls (after warm-up) and reports the median.
 //! `--greedy`: rows and prefill chunks want no logits, so a call reads back only each row's
 //! greedy token (4 bytes) instead of its logits (vocab × 4 bytes), as greedy requests do.
+//! `--vary`: every other decode call has one row fewer (B−1), as a batcher's steps change size
+//! from step to step (the pass recorded ahead then serves any size, see `GpuModel::call`).
 //! `--breakdown` then reruns each row's calls once more with profiling on and prints, per row,
 //! the mean CPU time of each phase of a call (token table write, recording, submit, wait + map,
 //! logits copy) and, where the device has timestamp queries inside passes, the mean GPU time per
@@ -31,6 +33,7 @@ struct Opts {
     chunk: u32,
     breakdown: bool,
     greedy: bool,
+    vary: bool,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -43,6 +46,7 @@ fn parse_args() -> Result<Opts, String> {
         chunk: 64,
         breakdown: false,
         greedy: false,
+        vary: false,
     };
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or(format!("{a} needs a value"));
@@ -58,6 +62,7 @@ fn parse_args() -> Result<Opts, String> {
             "--chunk" => o.chunk = val()?.parse().map_err(|e| format!("--chunk: {e}"))?,
             "--breakdown" => o.breakdown = true,
             "--greedy" => o.greedy = true,
+            "--vary" => o.vary = true,
             _ if o.path.is_empty() => o.path = a,
             _ => return Err(format!("unexpected argument {a}")),
         }
@@ -65,7 +70,7 @@ fn parse_args() -> Result<Opts, String> {
     if o.path.is_empty() || o.batches.is_empty() || o.steps == 0 || o.runs == 0 || o.chunk == 0 {
         return Err(
             "usage: bench MODEL.gguf [--batches 1,8,64,256] [--steps N] [--runs N] [--chunk N] [--breakdown] \
-             [--greedy]"
+             [--greedy] [--vary]"
                 .into(),
         );
     }
@@ -188,7 +193,15 @@ fn main() -> Result<(), String> {
         let mut ids = vec![TokenId(0); b as usize];
         let mut out = vec![0.0; if logits { b as usize * v } else { 0 }];
         let steps = o.steps;
-        let mut step = |gm: &mut GpuModel| gm.step(&rows, &mut ids, &mut out);
+        // With --vary every other call drops the last row, as a batcher's steps change size.
+        let mut k = 0usize;
+        let vary = o.vary && b > 1;
+        let mut step = |gm: &mut GpuModel| {
+            k += 1;
+            let n = if vary && k % 2 == 1 { rows.len() - 1 } else { rows.len() };
+            let wanted = if logits { n * v } else { 0 };
+            gm.step(&rows[..n], &mut ids[..n], &mut out[..wanted])
+        };
         let secs = median_secs(o.runs, || (0..steps).try_for_each(|_| step(&mut gm)))?;
         row("decode", b, secs / steps as f64, f64::from(b), wb);
         if o.breakdown {

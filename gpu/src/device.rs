@@ -59,7 +59,12 @@ impl Gpu {
         if wgpu::Instance::enabled_backend_features().is_empty() {
             return Err(GpuError::NoAdapter);
         }
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        // wgpu checks each indirect dispatch's workgroup counts with a dispatch of its own, which
+        // would double a batched step's dispatches. The only indirect counts are those
+        // `GpuModel` writes, from sizes it checked against the device's grid limit at load.
+        desc.flags.remove(wgpu::InstanceFlags::VALIDATION_INDIRECT_CALL);
+        let instance = wgpu::Instance::new(desc);
         let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
         // Vulkan first among equals: it is the backend the kernels are tuned and tested on.
         adapters.sort_by_key(|a| {

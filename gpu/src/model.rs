@@ -176,6 +176,10 @@ pub struct CallProfile {
     pub wait: Duration,
     /// Copying the mapped ids and logits into the caller's slices.
     pub copy: Duration,
+    /// How the call's forward pass was recorded: "ahead, exact" (while the previous call ran,
+    /// for the same sizes), "ahead, any size" (for any sizes that run the same dispatches, the
+    /// workgroup counts read from a buffer) or "in the call".
+    pub pass: &'static str,
     /// GPU nanoseconds per kernel kind ("embed", "norm", "in_proj", "conv", "x_proj", "scan",
     /// "out_proj", "lm_head", "argmax"), summed over the call, in order of first use. Empty unless
     /// profiling is on and the device has timestamp queries inside passes.
@@ -288,8 +292,14 @@ pub struct GpuModel {
     profile: CallProfile,
     /// Kind of each timed dispatch of the last call.
     timed: Vec<&'static str>,
-    /// The forward pass recorded ahead for the next call, and the sizes it was recorded for.
-    ahead: Option<(Run, wgpu::CommandBuffer)>,
+    /// The forward pass recorded ahead for the next call, and what it was recorded for.
+    ahead: Option<(Recorded, wgpu::CommandBuffer)>,
+    /// The sizes of the last call (to choose how to record ahead).
+    last_run: Option<Run>,
+    /// Workgroup counts (x, y, 1) per plan dispatch for [`Recorded::AnySize`] passes.
+    grid: wgpu::Buffer,
+    /// Scratch for `grid`'s contents.
+    grid_args: Vec<u32>,
     /// Logits rows the next call copies back, as runs (first row, rows), in row order.
     copies: Vec<(u32, u32)>,
     /// Wait for a call's results by polling, not by sleeping on a fence (hardware adapters).
@@ -566,11 +576,24 @@ impl GpuModel {
             profile: CallProfile::default(),
             timed: Vec::new(),
             ahead: None,
+            last_run: None,
+            grid: gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("grid"),
+                size: 12,
+                usage: wgpu::BufferUsages::INDIRECT,
+                mapped_at_creation: false,
+            }),
+            grid_args: Vec::new(),
             copies: Vec::new(),
             // On a CPU adapter (lavapipe) spinning would take a core from the device itself.
             spin: gpu.info.device_type != wgpu::DeviceType::Cpu,
         };
         m.build_plan(&mut b, model, &lim)?;
+        m.grid = b.storage(
+            "grid",
+            12 * m.plan.len() as u64,
+            wgpu::BufferUsages::INDIRECT | wgpu::BufferUsages::COPY_DST,
+        )?;
         m.timer = Self::timer(gpu, m.plan.len() as u32 + 1);
         gpu.errors.check()?;
         Ok(m)
@@ -1115,9 +1138,17 @@ impl GpuModel {
             self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("call") });
         self.record_resets(&mut enc);
         let timer = self.timer.as_ref().filter(|_| self.profiling);
+        self.profile.pass = "in the call";
         let forward = match (timer, self.ahead.take()) {
-            (None, Some((r, cmd))) if r == run => Some(cmd),
-            (None, _) => Some(self.record_forward(run)),
+            (None, Some((r, cmd))) if r.serves(&run, &self.plan) => {
+                self.profile.pass = "ahead, exact";
+                if let Recorded::AnySize(_) = r {
+                    write_grid(&self.plan, run, &mut self.grid_args, (&self.queue, &self.grid));
+                    self.profile.pass = "ahead, any size";
+                }
+                Some(cmd)
+            }
+            (None, _) => Some(self.record_forward(Recorded::Exact(run))),
             (Some(_), _) => {
                 // Profiled calls record inline, with a timestamp before each dispatch.
                 record_pass(&self.plan, &mut self.timed, &mut enc, run, timer);
@@ -1136,10 +1167,17 @@ impl GpuModel {
         self.queue.submit(cmds);
         let t3 = Instant::now();
         if timer.is_none() {
-            // Record the next call's pass while the GPU runs this one: decode steps mostly repeat
-            // the batch size, and recording ~100 dispatches costs ~250 µs of CPU.
-            self.ahead = Some((run, self.record_forward(run)));
+            // Record the next call's pass while the GPU runs this one (~100–150 dispatches cost
+            // 0.3–0.4 ms of CPU on the H200's host): for these exact sizes while they repeat
+            // (a single stream), else for any sizes that run the same dispatches (a batcher's
+            // steps, whose row count changes from step to step).
+            let next = match self.last_run {
+                Some(last) if last == run => Recorded::Exact(run),
+                _ => Recorded::AnySize(self.plan.iter().map(|d| d.when.runs(&run)).collect()),
+            };
+            self.ahead = Some((next.clone(), self.record_forward(next)));
         }
+        self.last_run = Some(run);
         let (t4, t5) = self.read_back(ids, logits, timer.map(|t| (&t.readback, 8 * u64::from(queries))))?;
         self.profile.write = t1 - t0;
         self.profile.record = t2 - t1;
@@ -1153,11 +1191,14 @@ impl GpuModel {
         self.errors.check()
     }
 
-    /// The forward pass of `run` as its own command buffer (no timestamps).
-    fn record_forward(&self, run: Run) -> wgpu::CommandBuffer {
+    /// The forward pass as its own command buffer (no timestamps).
+    fn record_forward(&self, how: Recorded) -> wgpu::CommandBuffer {
         let mut enc =
             self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
-        record_pass(&self.plan, &mut Vec::new(), &mut enc, run, None);
+        match how {
+            Recorded::Exact(run) => record_pass(&self.plan, &mut Vec::new(), &mut enc, run, None),
+            Recorded::AnySize(runs) => record_any_size(&self.plan, &runs, &mut enc, &self.grid),
+        }
         enc.finish()
     }
 
@@ -1318,6 +1359,53 @@ fn record_pass(
     }
     if let Some(t) = timer {
         pass.write_timestamp(&t.set, timed.len() as u32);
+    }
+}
+
+/// How a forward pass was recorded, so a later call knows whether it can submit it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Recorded {
+    /// With the workgroup counts of these sizes in the commands.
+    Exact(Run),
+    /// For any sizes under which exactly these plan dispatches run (`When`), the counts read
+    /// from the `grid` buffer at run time (`dispatch_workgroups_indirect`).
+    AnySize(Vec<bool>),
+}
+
+impl Recorded {
+    /// Whether the pass runs a call of sizes `run` correctly.
+    fn serves(&self, run: &Run, plan: &[Dispatch]) -> bool {
+        match self {
+            Recorded::Exact(r) => r == run,
+            Recorded::AnySize(runs) => plan.iter().zip(runs).all(|(d, &r)| d.when.runs(run) == r),
+        }
+    }
+}
+
+/// Writes the workgroup counts of `run` for every plan dispatch into `grid` (through `args`),
+/// for a pass recorded for any size.
+fn write_grid(
+    plan: &[Dispatch],
+    run: Run,
+    args: &mut Vec<u32>,
+    (queue, grid): (&wgpu::Queue, &wgpu::Buffer),
+) {
+    args.clear();
+    for d in plan {
+        args.extend_from_slice(&[d.x, d.rows.count(&run), 1]);
+    }
+    queue.write_buffer(grid, 0, bytemuck::cast_slice(args));
+}
+
+/// Records the plan dispatches flagged in `runs` in one compute pass, their workgroup counts
+/// read from `grid` (12 bytes per plan dispatch, in plan order) when the pass runs.
+fn record_any_size(plan: &[Dispatch], runs: &[bool], enc: &mut wgpu::CommandEncoder, grid: &wgpu::Buffer) {
+    let mut pass = enc
+        .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
+    for (i, (d, _)) in plan.iter().zip(runs).enumerate().filter(|(_, (_, r))| **r) {
+        pass.set_pipeline(&d.pipeline);
+        pass.set_bind_group(0, &d.bind, &[]);
+        pass.dispatch_workgroups_indirect(grid, 12 * i as u64);
     }
 }
 

@@ -386,6 +386,9 @@ fn a_mixed_call_equals_each_sequence_alone() {
         fed[0].extend_from_slice(&base[..4]);
         gm.prefill(SlotId(1), &base[10..13], None).unwrap();
         fed[1].extend_from_slice(&base[10..13]);
+        // Sizes changed (4 tokens, then 3): the pass recorded ahead serves any size, its
+        // workgroup counts read from a buffer.
+        assert_eq!(gm.last_profile().pass, "ahead, any size");
         // (lead slot, its piece, rows (slot, token)): 5 + 2 tokens, then 8 + 3.
         let calls: [MixedCall<'_>; 2] = [
             (0, &base[4..9], vec![(1, base[13]), (2, base[20])]),
