@@ -219,20 +219,24 @@ impl CoopTile {
 
     /// The tile for a matrix of `rows` output features, so that a step of 256 rows keeps an
     /// H200's 132 SMs busy:
-    ///  - 64 × 64, 2 × 2 subgroups of 2 × 2 fragments: the most reuse per staged element
-    ///    (the LM head: 786 row tiles; in_proj, 3072 rows: 48 × 4 workgroups at 256 tokens);
+    ///  - 128 × 64, 4 × 2 subgroups of 2 × 2 fragments: each token tile's X is read once per
+    ///    128 rows (the LM head: 393 row tiles, X re-read from L2 for each);
+    ///  - 64 × 64, 2 × 2 subgroups of 2 × 2 fragments (in_proj, 3072 rows: 48 × 4 workgroups
+    ///    at 256 tokens);
     ///  - 32 × 32, one 2 × 2 block, K split four ways: out_proj (768 rows: 24 × 8);
     ///  - 16 × 16, one fragment, K split four ways: x_proj (80 rows: 5 × 16).
     pub(crate) fn for_rows(rows: u32) -> Self {
         match rows {
-            2048.. => Self::ALL[0],
-            256.. => Self::ALL[1],
-            _ => Self::ALL[2],
+            8192.. => Self::ALL[0],
+            2048.. => Self::ALL[1],
+            256.. => Self::ALL[2],
+            _ => Self::ALL[3],
         }
     }
 
     /// Every tile [`CoopTile::for_rows`] picks from, largest first.
-    pub(crate) const ALL: [CoopTile; 3] = [
+    pub(crate) const ALL: [CoopTile; 4] = [
+        CoopTile { wm: 4, wn: 2, wk: 1, fm: 2, fn_: 2, ks: 2 },
         CoopTile { wm: 2, wn: 2, wk: 1, fm: 2, fn_: 2, ks: 2 },
         CoopTile { wm: 1, wn: 1, wk: 4, fm: 2, fn_: 2, ks: 4 },
         CoopTile { wm: 1, wn: 1, wk: 4, fm: 1, fn_: 1, ks: 4 },
@@ -338,12 +342,37 @@ pub(crate) struct GemmShape {
     pub head: bool,
     /// The kernel and its workgroup tile.
     pub tile: GemmKernel,
+    /// The coop kernel reads X as vec4 (`mv_in4.wgsl`, binding 10 instead of 4): cols and the
+    /// row stride are multiples of 4.
+    pub x4: bool,
 }
 
 impl GemmShape {
-    /// The shape with the tile [`GemmKernel::for_rows`] picks.
-    pub(crate) fn new(rows: u32, cols: u32, groups: u32, (add, head): (bool, bool), coop: bool) -> Self {
-        GemmShape { rows, cols, groups, add, head, tile: GemmKernel::for_rows(rows, coop) }
+    /// The shape with the tile [`GemmKernel::for_rows`] picks. `x_stride`: floats from one X
+    /// row to the next.
+    pub(crate) fn new(
+        rows: u32,
+        cols: u32,
+        groups: u32,
+        x_stride: u32,
+        flags: (bool, bool),
+        coop: bool,
+    ) -> Self {
+        Self::with_kernel(rows, cols, groups, x_stride, flags, GemmKernel::for_rows(rows, coop))
+    }
+
+    /// The shape with the given kernel and tile.
+    pub(crate) fn with_kernel(
+        rows: u32,
+        cols: u32,
+        groups: u32,
+        x_stride: u32,
+        (add, head): (bool, bool),
+        tile: GemmKernel,
+    ) -> Self {
+        let vec4 = cols.is_multiple_of(4) && x_stride.is_multiple_of(4);
+        let x4 = vec4 && matches!(tile, GemmKernel::Coop(_));
+        GemmShape { rows, cols, groups, add, head, tile, x4 }
     }
 
     /// Workgroups along the rows (the grid's first dimension).
@@ -353,7 +382,7 @@ impl GemmShape {
 
     /// The WGSL constants `gemm.wgsl` / `gemm_coop.wgsl` expect.
     fn header(&self) -> String {
-        let GemmShape { rows, cols, groups, add, head, tile } = *self;
+        let GemmShape { rows, cols, groups, add, head, tile, .. } = *self;
         format!(
             "const ROWS: u32 = {rows}u;\nconst COLS: u32 = {cols}u;\nconst GROUPS: u32 = {groups}u;\n\
              const ADD: bool = {add};\nconst HEAD: bool = {head};\n{}",
@@ -363,7 +392,7 @@ impl GemmShape {
 }
 
 fn source(op: Op, f: Format, spec: Spec) -> String {
-    let x4 = matches!(spec, Spec::Mv(m) if m.x4);
+    let x4 = matches!(spec, Spec::Mv(MvShape { x4: true, .. }) | Spec::Gemm(GemmShape { x4: true, .. }));
     let (input, nw) = if x4 { (MV_IN4, MV_NW4) } else { (MV_IN1, MV_NW1) };
     // mv_conv.wgsl reads smalls as scalars: mv_nw1 declares them, with mv_nw4 mv_smalls does.
     let conv_smalls = if x4 { include_str!("shaders/mv_smalls.wgsl") } else { "" };
@@ -375,7 +404,7 @@ fn source(op: Op, f: Format, spec: Spec) -> String {
         Op::Conv => &[include_str!("shaders/conv.wgsl")],
         Op::RmsNorm => &[include_str!("shaders/rmsnorm.wgsl")],
         Op::Gemm => &[include_str!("shaders/gemm.wgsl")],
-        Op::GemmCoop => &[include_str!("shaders/gemm_coop.wgsl")],
+        Op::GemmCoop => &[input, include_str!("shaders/gemm_coop.wgsl")],
         Op::Scan => &[SCAN_COMMON, include_str!("shaders/scan.wgsl")],
         Op::ArgmaxPart => &[ARGMAX_COMMON, include_str!("shaders/argmax_part.wgsl")],
         Op::Argmax => &[ARGMAX_COMMON, include_str!("shaders/argmax.wgsl")],

@@ -389,7 +389,7 @@ impl Builder<'_> {
         params: &GemmParams,
         bufs: &[(u32, &wgpu::Buffer)],
     ) -> Result<Dispatch, GpuError> {
-        let shape = GemmShape::new(w.rows, cols, w.groups, (add, head), self.coop);
+        let shape = GemmShape::new(w.rows, cols, w.groups, params.x_stride, (add, head), self.coop);
         self.gemm_shaped(shape, w, params, bufs)
     }
 
@@ -404,7 +404,9 @@ impl Builder<'_> {
         let bn = shape.tile.bn();
         let rows = if shape.head { Rows::GemmOutTiles(bn) } else { Rows::GemmTiles(bn) };
         let (op, x) = (shape.tile.op(), shape.row_tiles());
-        self.dispatch_shaped(op, Spec::Gemm(shape), Some(w), params, bufs, x, rows)
+        // The vec4 view of X binds the same buffer at slot 10 (see GemmShape::x4).
+        let bufs: Vec<_> = bufs.iter().map(|&(i, b)| (if shape.x4 && i == 4 { 10 } else { i }, b)).collect();
+        self.dispatch_shaped(op, Spec::Gemm(shape), Some(w), params, &bufs, x, rows)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1509,7 +1511,10 @@ mod gemm_kernel {
         let dev = &gpu.device;
         let mut b = Builder { dev, limit: u64::MAX, pipes: Pipelines::default(), coop: gpu.coop };
         let w = b.matrix("w", &m).unwrap();
-        let (xs, os) = (cols + 3, rows + 2); // strides wider than the matrix
+        // Strides wider than the matrix; X's a multiple of 4 where cols is one (the coop
+        // kernel's vec4 loads), else not.
+        let xs = if cols % 4 == 0 { cols + 4 } else { cols + 3 };
+        let os = rows + 2;
         let max_tok = n as usize + 5;
         // Columns past `cols` hold garbage the kernel must not read.
         let x: Vec<f32> = (0..max_tok * xs).map(|i| if i % xs < cols { val(i, 2) } else { 1e30 }).collect();
@@ -1520,10 +1525,8 @@ mod gemm_kernel {
         let xb = b.init("x", bytemuck::cast_slice(&x), storage).unwrap();
         let ob = b.init("out", bytemuck::cast_slice(&out0), storage | wgpu::BufferUsages::COPY_SRC).unwrap();
         let rb = b.init("run", bytemuck::bytes_of(&run), wgpu::BufferUsages::UNIFORM).unwrap();
-        let shape = GemmShape {
-            tile: kernel,
-            ..GemmShape::new(rows as u32, cols as u32, w.groups, (add, head), false)
-        };
+        let shape =
+            GemmShape::with_kernel(rows as u32, cols as u32, w.groups, xs as u32, (add, head), kernel);
         let p = GemmParams { x_stride: xs as u32, o_stride: os as u32, _pad: [0; 2] };
         let bufs = [(1, &rb), (4, &xb), (5, &ob)];
         let d = b.gemm_shaped(shape, &w, &p, &bufs).unwrap();

@@ -37,7 +37,8 @@ struct Params {
     _pad1: u32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(4) var<storage, read> xin: array<f32>;        // (n, x_stride)
+// X (n, x_stride) comes from mv_in1.wgsl (scalars) or mv_in4.wgsl (vec4 loads, COLS and the
+// stride multiples of 4), through their `load_x`.
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;  // (n, o_stride)
 
 var<workgroup> wt: array<f16, BM * LDK>; // W slice (BM, LDK): rows × k
@@ -64,15 +65,10 @@ fn w_part(i: u32, lid: u32, r0: u32, g0: u32) -> vec4<f32> {
 fn x_part(i: u32, lid: u32, t0: u32, g0: u32, nt: u32) -> vec4<f32> {
     let e = i * THREADS + lid;
     let tok = t0 + e / BKG;
-    let c = 4u * (g0 + e % BKG);
+    let g = g0 + e % BKG;
     var v = vec4<f32>(0.0);
-    if tok < nt {
-        let o = tok * p.x_stride + c;
-        for (var j = 0u; j < 4u; j++) {
-            if c + j < COLS {
-                v[j] = xin[o + j];
-            }
-        }
+    if tok < nt && g < GROUPS {
+        v = load_x(tok, g);
     }
     return v;
 }
