@@ -6,8 +6,9 @@
 //! `matvec.wgsl`, conv fused into in_proj) and the GEMM one otherwise (in_proj and lm_head as
 //! `gemm.wgsl` on inputs normed / convolved by their own kernels; out_proj turns GEMM only past
 //! OUT_PROJ_GEMM_MIN tokens, and the narrow x_proj stays matrix × vectors). On a device with
-//! tensor cores ([`Gpu::tensor_cores`]) every GEMM is `gemm_coop.wgsl` (f16 inputs, f32 sums)
-//! and the GEMM path takes out_proj and x_proj too. The scan is a thread
+//! tensor cores ([`Gpu::tensor_cores`]) every GEMM over F16 or F32 weights is `gemm_coop.wgsl`
+//! (f16 inputs, f32 sums), out_proj turns GEMM past GEMM_MIN_TOKENS and x_proj past
+//! OUT_PROJ_GEMM_MIN. The scan is a thread
 //! per (sequence, channel), its states in registers. Matrix shapes and state sizes are compiled
 //! into the pipelines (`kernels::Spec`):
 //! ```text
@@ -389,8 +390,15 @@ impl Builder<'_> {
         params: &GemmParams,
         bufs: &[(u32, &wgpu::Buffer)],
     ) -> Result<Dispatch, GpuError> {
-        let shape = GemmShape::new(w.rows, cols, w.groups, params.x_stride, (add, head), self.coop);
+        let shape = GemmShape::new(w.rows, cols, w.groups, params.x_stride, (add, head), self.coop_for(w));
         self.gemm_shaped(shape, w, params, bufs)
+    }
+
+    /// Whether GEMMs over `w` run on tensor cores: with [`Gpu::tensor_cores`], for F16 and F32
+    /// weights. Q8_0 / Q4_0 keep `gemm.wgsl` for now: their dequantising loads make the coop
+    /// kernel's staging the bottleneck (H200, Q8_0, B=256: 7.09 vs 6.72 ms per step).
+    fn coop_for(&self, w: &GpuMatrix) -> bool {
+        self.coop && matches!(w.format, Format::F16 | Format::F32)
     }
 
     /// A GEMM dispatch of `shape` (which names the kernel and tile).
@@ -687,12 +695,6 @@ impl GpuModel {
         );
         let mut bytes = 0;
         let (small_path, big_path) = (When::Small, When::Big);
-        // Which calls run out_proj as matrix × vectors and which as a GEMM.
-        let (out_mv, out_gemm) = if b.coop {
-            (small_path, big_path)
-        } else {
-            (When::AtMost(OUT_PROJ_GEMM_MIN), When::Above(OUT_PROJ_GEMM_MIN))
-        };
         for (l, (layer, o)) in model.layers.iter().zip(&offs).enumerate() {
             let w_in = b.matrix("ssm_in", &layer.ssm_in)?;
             let w_x = b.matrix("ssm_x", &layer.ssm_x)?;
@@ -753,12 +755,12 @@ impl GpuModel {
             let d = b.matvec(Op::MvPlain, &w_x, di, (false, false), &p, &bufs, Rows::TokenTiles)?;
             // Without tensor cores, matrix × vectors on both paths: as an f32 GEMM this narrow
             // matrix (r + 2N rows) leaves most of the GPU idle (H200, the former 32×32-tile
-            // GEMM: 360 µs per layer at B=64). The coop GEMM's 16×16 tile with K split four
-            // ways keeps many workgroups busy.
-            if b.coop {
-                plan.push(d.on(small_path, "x_proj"));
+            // GEMM: 360 µs per layer at B=64). The coop GEMM (16×16 tile, K split four ways)
+            // wins only on large calls (H200, F16: 11.0 vs 12.5 µs at B=256, 11.3 vs 6.7 at 64).
+            if b.coop_for(&w_x) {
+                plan.push(d.on(When::AtMost(OUT_PROJ_GEMM_MIN), "x_proj"));
                 let d = b.gemm(&w_x, di, (false, false), &gp(di, xl), &bufs)?;
-                plan.push(d.on(big_path, "x_proj"));
+                plan.push(d.on(When::Above(OUT_PROJ_GEMM_MIN), "x_proj"));
             } else {
                 plan.push(d.on(When::Always, "x_proj"));
             }
@@ -804,7 +806,13 @@ impl GpuModel {
             // An f32 GEMM over this narrow matrix (d_model rows) keeps too few workgroups busy
             // until the batch is large (H200, F16, the former 32×32-tile GEMM: 2.7 vs 1.5 ms per
             // call at B=64, 3.2 vs 5.6 ms at B=256; the threshold wants re-measuring with the
-            // 32×64 tile GemmTile::for_rows now gives it). The coop GEMM takes every GEMM call.
+            // 32×64 tile GemmTile::for_rows now gives it). The coop GEMM takes every GEMM call
+            // (H200, F16: 17 vs 28 µs at B=64).
+            let (out_mv, out_gemm) = if b.coop_for(&w_out) {
+                (small_path, big_path)
+            } else {
+                (When::AtMost(OUT_PROJ_GEMM_MIN), When::Above(OUT_PROJ_GEMM_MIN))
+            };
             plan.push(d.on(out_mv, "out_proj"));
             let d = b.gemm(&w_out, di, (true, false), &gp(di, dm), &bufs)?;
             plan.push(d.on(out_gemm, "out_proj"));
