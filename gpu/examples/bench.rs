@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p tinystate-gpu --example bench -- MODEL.gguf [--batches 1,8,64,256]
-//!     [--steps 64] [--runs 5] [--chunk 64] [--breakdown] [--greedy] [--vary]
+//!     [--steps 64] [--runs 5] [--chunk 64] [--breakdown] [--greedy] [--vary] [--no-tensor-cores]
 //! ```
 //! Each row times `runs` runs of `steps` calls (after warm-up) and reports the median.
 //! `--greedy`: rows and prefill chunks want no logits, so a call reads back only each row's
@@ -12,7 +12,9 @@
 //! `--breakdown` then reruns each row's calls once more with profiling on and prints, per row,
 //! the mean CPU time of each phase of a call (token table write, recording, submit, wait + map,
 //! logits copy) and, where the device has timestamp queries inside passes, the mean GPU time per
-//! kernel kind.
+//! kernel kind. `--no-tensor-cores` keeps the f32 GEMMs on a device that has the tensor-core
+//! ones (to compare them); the device line says which ran and lists the adapter's cooperative
+//! matrix configurations.
 //! "weights/call" counts each weight matrix once per call: the ideal a batched step reaches when
 //! every weight is read from memory once for all rows (tiles re-read it from cache).
 
@@ -34,6 +36,7 @@ struct Opts {
     breakdown: bool,
     greedy: bool,
     vary: bool,
+    tensor_cores: bool,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -47,6 +50,7 @@ fn parse_args() -> Result<Opts, String> {
         breakdown: false,
         greedy: false,
         vary: false,
+        tensor_cores: true,
     };
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or(format!("{a} needs a value"));
@@ -63,6 +67,7 @@ fn parse_args() -> Result<Opts, String> {
             "--breakdown" => o.breakdown = true,
             "--greedy" => o.greedy = true,
             "--vary" => o.vary = true,
+            "--no-tensor-cores" => o.tensor_cores = false,
             _ if o.path.is_empty() => o.path = a,
             _ => return Err(format!("unexpected argument {a}")),
         }
@@ -70,7 +75,7 @@ fn parse_args() -> Result<Opts, String> {
     if o.path.is_empty() || o.batches.is_empty() || o.steps == 0 || o.runs == 0 || o.chunk == 0 {
         return Err(
             "usage: bench MODEL.gguf [--batches 1,8,64,256] [--steps N] [--runs N] [--chunk N] [--breakdown] \
-             [--greedy] [--vary]"
+             [--greedy] [--vary] [--no-tensor-cores]"
                 .into(),
         );
     }
@@ -162,7 +167,8 @@ fn main() -> Result<(), String> {
     let file = &bytemuck::cast_slice::<u64, u8>(&words)[..bytes.len()];
     let g = Gguf::parse(file).map_err(|e| e.to_string())?;
     let m = Mamba::load(&g).map_err(|e| e.to_string())?;
-    let gpu = Gpu::open(AdapterChoice::Any).map_err(|e| e.to_string())?;
+    let mut gpu = Gpu::open(AdapterChoice::Any).map_err(|e| e.to_string())?;
+    gpu.set_tensor_cores(o.tensor_cores);
     let max_b = *o.batches.iter().max().unwrap_or(&1);
     let mut gm = GpuModel::load(&gpu, &m, max_b, max_b, o.chunk).map_err(|e| e.to_string())?;
     let v = gm.vocab();
@@ -172,6 +178,12 @@ fn main() -> Result<(), String> {
         o.path, c.d_model, c.n_layer, c.d_inner, v
     );
     println!("device: {}", gpu.describe());
+    let coop: Vec<String> = gpu
+        .cooperative_matrix_properties()
+        .iter()
+        .map(|p| format!("{}x{}x{} {:?}->{:?}", p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type))
+        .collect();
+    println!("cooperative matrices: [{}]", coop.join(", "));
     let read_back = if o.greedy { "the greedy token only (--greedy)" } else { "every row's logits" };
     println!("read back per row: {read_back}");
     println!(

@@ -1,7 +1,9 @@
-//! Opening a device: adapter choice, limits, and error capture into a shared slot (wgpu reports
-//! validation errors and device loss through callbacks; we turn them into [`GpuError`]s).
+//! Opening a device: adapter choice, limits, optional tensor cores, and error capture into a
+//! shared slot (wgpu reports validation errors and device loss through callbacks; we turn them
+//! into [`GpuError`]s).
 
 use crate::GpuError;
+use crate::kernels::CoopTile;
 use std::sync::{Arc, Mutex};
 
 /// Which adapter to take.
@@ -39,6 +41,32 @@ pub struct Gpu {
     pub(crate) queue: wgpu::Queue,
     pub(crate) info: wgpu::AdapterInfo,
     pub(crate) errors: ErrorSlot,
+    /// The GEMMs run on tensor cores (`gemm_coop.wgsl`); see [`Gpu::tensor_cores`].
+    pub(crate) coop: bool,
+    coop_props: Vec<wgpu::CooperativeMatrixProperties>,
+}
+
+/// What `gemm_coop.wgsl` needs besides the configuration [`coop_gemm_fits`] looks for: the
+/// cooperative matrices, f16 in shaders (its staged tiles), and subgroup ids (which 32 lanes
+/// share a fragment).
+const COOP_FEATURES: wgpu::Features = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+    .union(wgpu::Features::SHADER_F16)
+    .union(wgpu::Features::SUBGROUP);
+
+/// Whether `adapter` can run `gemm_coop.wgsl`: the features, a 16×16×16 f16 × f16 → f32
+/// configuration, subgroups of exactly 32 lanes (the shader's workgroups are counted in
+/// subgroups of 32) and the workgroup memory of its largest tile. Software adapters (lavapipe)
+/// have none of it and keep `gemm.wgsl`.
+fn coop_gemm_fits(adapter: &wgpu::Adapter) -> bool {
+    use wgpu::CooperativeScalarType::{F16, F32};
+    let info = adapter.get_info();
+    adapter.features().contains(COOP_FEATURES)
+        && adapter
+            .cooperative_matrix_properties()
+            .iter()
+            .any(|p| (p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type) == (16, 16, 16, F16, F32))
+        && (info.subgroup_min_size, info.subgroup_max_size) == (32, 32)
+        && adapter.limits().max_compute_workgroup_storage_size >= CoopTile::MAX_WORKGROUP_BYTES
 }
 
 /// Preference order of adapter kinds, best first.
@@ -72,13 +100,25 @@ impl Gpu {
             (rank(i.device_type), i.backend != wgpu::Backend::Vulkan)
         });
         let adapter = adapters.into_iter().next().ok_or(GpuError::NoAdapter)?;
+        let coop = coop_gemm_fits(&adapter);
+        // Timestamp queries when the adapter has them: GpuModel::set_profiling uses them.
+        let mut features = adapter.features()
+            & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
+        let mut experimental = wgpu::ExperimentalFeatures::disabled();
+        if coop {
+            features |= COOP_FEATURES;
+            // SAFETY: wgpu asks us to accept that its experimental features may still hold
+            // bugs with undefined behaviour. We ask for cooperative matrices alone, use them in
+            // one shader (gemm_coop.wgsl) whose loads and stores stay inside its workgroup
+            // arrays, and check that shader against a CPU product (model.rs `gemm_kernel`).
+            experimental = unsafe { wgpu::ExperimentalFeatures::enabled() };
+        }
         let desc = wgpu::DeviceDescriptor {
             label: Some("tinystate"),
-            // Timestamp queries when the adapter has them: GpuModel::set_profiling uses them.
-            required_features: adapter.features()
-                & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
+            required_features: features,
             // The adapter's own limits: weights and state slots need large storage bindings.
             required_limits: adapter.limits(),
+            experimental_features: experimental,
             ..Default::default()
         };
         let (device, queue) = pollster::block_on(adapter.request_device(&desc))
@@ -88,12 +128,34 @@ impl Gpu {
         device.on_uncaptured_error(Arc::new(move |err: wgpu::Error| e.set(err.to_string())));
         let e = errors.clone();
         device.set_device_lost_callback(move |reason, msg| e.set(format!("{reason:?}: {msg}")));
-        Ok(Gpu { device, queue, info: adapter.get_info(), errors })
+        let coop_props = adapter.cooperative_matrix_properties();
+        Ok(Gpu { device, queue, info: adapter.get_info(), errors, coop, coop_props })
     }
 
-    /// E.g. "NVIDIA H200 (Vulkan)" or "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)", for logs.
+    /// E.g. "NVIDIA H200 (Vulkan, tensor cores)" or "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)",
+    /// for logs.
     pub fn describe(&self) -> String {
-        format!("{} ({:?})", self.info.name, self.info.backend)
+        let tc = if self.coop { ", tensor cores" } else { "" };
+        format!("{} ({:?}{tc})", self.info.name, self.info.backend)
+    }
+
+    /// Whether models loaded after this run their GEMMs (batches and prefill chunks of more
+    /// than 8 tokens) over F16 and F32 weights on tensor cores, with f16 activations: the
+    /// adapter lists 16×16×16 f16 × f16 → f32 cooperative matrices (Vulkan
+    /// `VK_KHR_cooperative_matrix`).
+    pub fn tensor_cores(&self) -> bool {
+        self.coop
+    }
+
+    /// Turns the tensor-core GEMMs off (true is ignored where the adapter has none) for models
+    /// loaded after this, e.g. to compare them with the f32 GEMMs.
+    pub fn set_tensor_cores(&mut self, on: bool) {
+        self.coop = on && self.device.features().contains(COOP_FEATURES);
+    }
+
+    /// The cooperative-matrix configurations the adapter lists (empty without the feature).
+    pub fn cooperative_matrix_properties(&self) -> &[wgpu::CooperativeMatrixProperties] {
+        &self.coop_props
     }
 
     /// The wgpu device (for tools that record their own work, e.g. the dispatch-cost example).

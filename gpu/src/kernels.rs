@@ -25,6 +25,9 @@ pub(crate) enum Op {
     RmsNorm,
     /// out (+)= X · Wᵀ as a tiled GEMM for batches and prefill chunks (`gemm.wgsl`).
     Gemm,
+    /// The same on tensor cores, f16 × f16 → f32 cooperative matrices (`gemm_coop.wgsl`), on
+    /// devices with [`crate::Gpu::tensor_cores`].
+    GemmCoop,
     /// Δ projection, selective scan, gate and conv window shift, a thread per channel
     /// (`scan_common.wgsl` + `scan.wgsl`).
     Scan,
@@ -71,7 +74,7 @@ pub(crate) enum Spec {
     None,
     /// A `matvec.wgsl` matrix.
     Mv(MvShape),
-    /// A `gemm.wgsl` matrix and tile.
+    /// A `gemm.wgsl` or `gemm_coop.wgsl` matrix and tile.
     Gemm(GemmShape),
     /// `scan.wgsl`: d_state and dt_rank.
     Scan { n_state: u32, dt_rank: u32 },
@@ -173,7 +176,158 @@ impl GemmTile {
         [GemmTile { bm: 128, tm: 8 }, GemmTile { bm: 64, tm: 4 }, GemmTile { bm: 32, tm: 4 }];
 }
 
-/// The compiled-in shape of one `gemm.wgsl` pipeline: the matrix, the mode and the tile.
+/// One `gemm_coop.wgsl` workgroup's tile: WM × WN × WK subgroups of 32 lanes, each a FM × FN
+/// block of 16×16 fragments (FM, FN ≤ 2), the WK subgroups splitting K between them; K-slices of
+/// 16·KS columns (KS a multiple of WK).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct CoopTile {
+    /// Subgroups along the rows.
+    pub wm: u32,
+    /// Subgroups along the tokens.
+    pub wn: u32,
+    /// Subgroups splitting K.
+    pub wk: u32,
+    /// 16-row fragments per subgroup.
+    pub fm: u32,
+    /// 16-token fragments per subgroup.
+    pub fn_: u32,
+    /// 16-column K fragments per slice.
+    pub ks: u32,
+}
+
+impl CoopTile {
+    /// Weight rows per workgroup.
+    pub(crate) const fn bm(&self) -> u32 {
+        16 * self.wm * self.fm
+    }
+
+    /// Tokens per workgroup.
+    pub(crate) const fn bn(&self) -> u32 {
+        16 * self.wn * self.fn_
+    }
+
+    /// Threads per workgroup.
+    const fn threads(&self) -> u32 {
+        32 * self.wm * self.wn * self.wk
+    }
+
+    /// Workgroup memory the shader declares: the W and X slices as f16 (rows padded by 8
+    /// halves), and one f32 partial tile per K-subgroup.
+    pub(crate) const fn workgroup_bytes(&self) -> u32 {
+        2 * (self.bm() + self.bn()) * (16 * self.ks + 8) + 4 * self.wk * self.bm() * self.bn()
+    }
+
+    /// The tile for a matrix of `rows` output features, so that a step of 256 rows keeps an
+    /// H200's 132 SMs busy:
+    ///  - 128 × 64, 4 × 2 subgroups of 2 × 2 fragments: each token tile's X is read once per
+    ///    128 rows (the LM head: 393 row tiles, X re-read from L2 for each);
+    ///  - 64 × 64, 2 × 2 subgroups of 2 × 2 fragments (in_proj, 3072 rows: 48 × 4 workgroups
+    ///    at 256 tokens);
+    ///  - 32 × 32, one 2 × 2 block, K split four ways: out_proj (768 rows: 24 × 8);
+    ///  - 16 × 16, one fragment, K split four ways: x_proj (80 rows: 5 × 16).
+    pub(crate) fn for_rows(rows: u32) -> Self {
+        match rows {
+            8192.. => Self::ALL[0],
+            2048.. => Self::ALL[1],
+            256.. => Self::ALL[2],
+            _ => Self::ALL[3],
+        }
+    }
+
+    /// Every tile [`CoopTile::for_rows`] picks from, largest first.
+    pub(crate) const ALL: [CoopTile; 4] = [
+        CoopTile { wm: 4, wn: 2, wk: 1, fm: 2, fn_: 2, ks: 2 },
+        CoopTile { wm: 2, wn: 2, wk: 1, fm: 2, fn_: 2, ks: 2 },
+        CoopTile { wm: 1, wn: 1, wk: 4, fm: 2, fn_: 2, ks: 4 },
+        CoopTile { wm: 1, wn: 1, wk: 4, fm: 1, fn_: 1, ks: 4 },
+    ];
+
+    /// The most workgroup memory any tile needs: a device with less gets no tensor-core GEMM.
+    pub(crate) const MAX_WORKGROUP_BYTES: u32 = {
+        let (mut i, mut m) = (0, 0);
+        while i < Self::ALL.len() {
+            let b = Self::ALL[i].workgroup_bytes();
+            m = if b > m { b } else { m };
+            i += 1;
+        }
+        m
+    };
+}
+
+// Every tile's staging loads divide evenly between its threads, and its K-subgroups share each
+// slice's fragments evenly.
+const _: () = {
+    let mut i = 0;
+    while i < CoopTile::ALL.len() {
+        let t = CoopTile::ALL[i];
+        let per_slice = 4 * t.ks; // vec4 groups per staged row
+        assert!((t.bm() * per_slice).is_multiple_of(t.threads()) && t.bm() * per_slice >= t.threads());
+        assert!((t.bn() * per_slice).is_multiple_of(t.threads()) && t.bn() * per_slice >= t.threads());
+        assert!(t.ks.is_multiple_of(t.wk) && t.fm <= 2 && t.fn_ <= 2);
+        i += 1;
+    }
+};
+
+/// Which GEMM kernel a [`GemmShape`] compiles, with its tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum GemmKernel {
+    /// `gemm.wgsl`, f32 FMAs.
+    Fma(GemmTile),
+    /// `gemm_coop.wgsl`, cooperative matrices.
+    Coop(CoopTile),
+}
+
+impl GemmKernel {
+    /// The kernel for a matrix of `rows` output features: tensor cores when `coop`.
+    pub(crate) fn for_rows(rows: u32, coop: bool) -> Self {
+        if coop {
+            GemmKernel::Coop(CoopTile::for_rows(rows))
+        } else {
+            GemmKernel::Fma(GemmTile::for_rows(rows))
+        }
+    }
+
+    /// The op whose shader it is.
+    pub(crate) fn op(&self) -> Op {
+        match self {
+            GemmKernel::Fma(_) => Op::Gemm,
+            GemmKernel::Coop(_) => Op::GemmCoop,
+        }
+    }
+
+    /// Weight rows per workgroup.
+    pub(crate) fn bm(&self) -> u32 {
+        match self {
+            GemmKernel::Fma(t) => t.bm,
+            GemmKernel::Coop(t) => t.bm(),
+        }
+    }
+
+    /// Tokens per workgroup.
+    pub(crate) fn bn(&self) -> u32 {
+        match self {
+            GemmKernel::Fma(_) => GEMM_TOKENS,
+            GemmKernel::Coop(t) => t.bn(),
+        }
+    }
+
+    /// The tile's WGSL constants.
+    fn header(&self) -> String {
+        match *self {
+            GemmKernel::Fma(GemmTile { bm, tm }) => format!(
+                "const BM: u32 = {bm}u;\nconst BN: u32 = {}u;\nconst TM: u32 = {tm}u;\nconst TN: u32 = {}u;\n",
+                GEMM_TOKENS,
+                GemmTile::TN
+            ),
+            GemmKernel::Coop(CoopTile { wm, wn, wk, fm, fn_, ks }) => format!(
+                "const WM: u32 = {wm}u;\nconst WN: u32 = {wn}u;\nconst WK: u32 = {wk}u;\n\
+                 const FM: u32 = {fm}u;\nconst FN: u32 = {fn_}u;\nconst KS: u32 = {ks}u;\n"
+            ),
+        }
+    }
+}
+
+/// The compiled-in shape of one GEMM pipeline: the matrix, the mode and the kernel's tile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct GemmShape {
     /// Output features.
@@ -186,35 +340,59 @@ pub(crate) struct GemmShape {
     pub add: bool,
     /// Token rows are the call's logits rows (the LM head), not all its tokens.
     pub head: bool,
-    /// The workgroup tile.
-    pub tile: GemmTile,
+    /// The kernel and its workgroup tile.
+    pub tile: GemmKernel,
+    /// The coop kernel reads X as vec4 (`mv_in4.wgsl`, binding 10 instead of 4): cols and the
+    /// row stride are multiples of 4.
+    pub x4: bool,
 }
 
 impl GemmShape {
-    pub(crate) fn new(rows: u32, cols: u32, groups: u32, add: bool, head: bool) -> Self {
-        GemmShape { rows, cols, groups, add, head, tile: GemmTile::for_rows(rows) }
+    /// The shape with the tile [`GemmKernel::for_rows`] picks. `x_stride`: floats from one X
+    /// row to the next.
+    pub(crate) fn new(
+        rows: u32,
+        cols: u32,
+        groups: u32,
+        x_stride: u32,
+        flags: (bool, bool),
+        coop: bool,
+    ) -> Self {
+        Self::with_kernel(rows, cols, groups, x_stride, flags, GemmKernel::for_rows(rows, coop))
+    }
+
+    /// The shape with the given kernel and tile.
+    pub(crate) fn with_kernel(
+        rows: u32,
+        cols: u32,
+        groups: u32,
+        x_stride: u32,
+        (add, head): (bool, bool),
+        tile: GemmKernel,
+    ) -> Self {
+        let vec4 = cols.is_multiple_of(4) && x_stride.is_multiple_of(4);
+        let x4 = vec4 && matches!(tile, GemmKernel::Coop(_));
+        GemmShape { rows, cols, groups, add, head, tile, x4 }
     }
 
     /// Workgroups along the rows (the grid's first dimension).
     pub(crate) fn row_tiles(&self) -> u32 {
-        self.rows.div_ceil(self.tile.bm)
+        self.rows.div_ceil(self.tile.bm())
     }
 
-    /// The WGSL constants `gemm.wgsl` expects.
+    /// The WGSL constants `gemm.wgsl` / `gemm_coop.wgsl` expect.
     fn header(&self) -> String {
-        let GemmShape { rows, cols, groups, add, head, tile } = *self;
-        let GemmTile { bm, tm } = tile;
-        let (bn, tn) = (GEMM_TOKENS, GemmTile::TN);
+        let GemmShape { rows, cols, groups, add, head, tile, .. } = *self;
         format!(
             "const ROWS: u32 = {rows}u;\nconst COLS: u32 = {cols}u;\nconst GROUPS: u32 = {groups}u;\n\
-             const ADD: bool = {add};\nconst HEAD: bool = {head};\nconst BM: u32 = {bm}u;\n\
-             const BN: u32 = {bn}u;\nconst TM: u32 = {tm}u;\nconst TN: u32 = {tn}u;\n"
+             const ADD: bool = {add};\nconst HEAD: bool = {head};\n{}",
+            tile.header()
         )
     }
 }
 
 fn source(op: Op, f: Format, spec: Spec) -> String {
-    let x4 = matches!(spec, Spec::Mv(m) if m.x4);
+    let x4 = matches!(spec, Spec::Mv(MvShape { x4: true, .. }) | Spec::Gemm(GemmShape { x4: true, .. }));
     let (input, nw) = if x4 { (MV_IN4, MV_NW4) } else { (MV_IN1, MV_NW1) };
     // mv_conv.wgsl reads smalls as scalars: mv_nw1 declares them, with mv_nw4 mv_smalls does.
     let conv_smalls = if x4 { include_str!("shaders/mv_smalls.wgsl") } else { "" };
@@ -226,11 +404,15 @@ fn source(op: Op, f: Format, spec: Spec) -> String {
         Op::Conv => &[include_str!("shaders/conv.wgsl")],
         Op::RmsNorm => &[include_str!("shaders/rmsnorm.wgsl")],
         Op::Gemm => &[include_str!("shaders/gemm.wgsl")],
+        Op::GemmCoop => &[input, include_str!("shaders/gemm_coop.wgsl")],
         Op::Scan => &[SCAN_COMMON, include_str!("shaders/scan.wgsl")],
         Op::ArgmaxPart => &[ARGMAX_COMMON, include_str!("shaders/argmax_part.wgsl")],
         Op::Argmax => &[ARGMAX_COMMON, include_str!("shaders/argmax.wgsl")],
     };
-    let mut s = String::from(COMMON);
+    // WGSL wants enable directives before every declaration.
+    let enables = if op == Op::GemmCoop { "enable f16;\nenable wgpu_cooperative_matrix;\n" } else { "" };
+    let mut s = String::from(enables);
+    s.push_str(COMMON);
     s.push_str(f.shader());
     s.push_str(&spec.header());
     parts.iter().for_each(|p| s.push_str(p));
@@ -259,7 +441,9 @@ impl Pipelines {
         let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
         let label = match spec {
             Spec::Mv(s) => format!("{op:?}/{f:?}/{}x{}", s.rows, s.cols),
-            Spec::Gemm(s) => format!("{op:?}/{f:?}/{}x{}/tile{}x{}", s.rows, s.cols, s.tile.bm, GEMM_TOKENS),
+            Spec::Gemm(s) => {
+                format!("{op:?}/{f:?}/{}x{}/tile{}x{}", s.rows, s.cols, s.tile.bm(), s.tile.bn())
+            }
             _ => format!("{op:?}/{f:?}"),
         };
         let desc = wgpu::ShaderModuleDescriptor {

@@ -5,7 +5,10 @@
 //! prerecorded; a call takes the small one when n ≤ GEMM_MIN_TOKENS (matrix × vectors,
 //! `matvec.wgsl`, conv fused into in_proj) and the GEMM one otherwise (in_proj and lm_head as
 //! `gemm.wgsl` on inputs normed / convolved by their own kernels; out_proj turns GEMM only past
-//! OUT_PROJ_GEMM_MIN tokens, and the narrow x_proj stays matrix × vectors). The scan is a thread
+//! OUT_PROJ_GEMM_MIN tokens, and the narrow x_proj stays matrix × vectors). On a device with
+//! tensor cores ([`Gpu::tensor_cores`]) every GEMM over F16 or F32 weights is `gemm_coop.wgsl`
+//! (f16 inputs, f32 sums), out_proj turns GEMM past GEMM_MIN_TOKENS and x_proj past
+//! OUT_PROJ_GEMM_MIN. The scan is a thread
 //! per (sequence, channel), its states in registers. Matrix shapes and state sizes are compiled
 //! into the pipelines (`kernels::Spec`):
 //! ```text
@@ -28,8 +31,8 @@
 
 use crate::device::{ErrorSlot, Gpu};
 use crate::kernels::{
-    ARGMAX_PARTS, ArgmaxParams, ConvParams, EmbedParams, GEMM_MIN_TOKENS, GEMM_TOKENS, GemmParams, GemmShape,
-    MM_TOKENS, MvParams, MvShape, NormParams, Op, Pipelines, Run, SCAN_CHANNELS, ScanParams, Spec, WG,
+    ARGMAX_PARTS, ArgmaxParams, ConvParams, EmbedParams, GEMM_MIN_TOKENS, GemmParams, GemmShape, MM_TOKENS,
+    MvParams, MvShape, NormParams, Op, Pipelines, Run, SCAN_CHANNELS, ScanParams, Spec, WG,
 };
 use crate::weights::{Format, Packed, pack, same_tensor};
 use crate::{GpuError, TokenId};
@@ -76,10 +79,10 @@ enum Rows {
     TokenTiles,
     /// One per MM_TOKENS logits rows (lm_head, matrix × vectors).
     OutTiles,
-    /// One per GEMM_TOKENS tokens (GEMM over every token).
-    GemmTiles,
-    /// One per GEMM_TOKENS logits rows (lm_head, GEMM).
-    GemmOutTiles,
+    /// One per the GEMM tile's tokens (GEMM over every token).
+    GemmTiles(u32),
+    /// One per the GEMM tile's logits rows (lm_head, GEMM).
+    GemmOutTiles(u32),
     /// One per sequence (scan).
     Seqs,
 }
@@ -92,8 +95,8 @@ impl Rows {
             Rows::Outs => run.n_out,
             Rows::TokenTiles => run.n_tok.div_ceil(MM_TOKENS),
             Rows::OutTiles => run.n_out.div_ceil(MM_TOKENS),
-            Rows::GemmTiles => run.n_tok.div_ceil(GEMM_TOKENS),
-            Rows::GemmOutTiles => run.n_out.div_ceil(GEMM_TOKENS),
+            Rows::GemmTiles(bn) => run.n_tok.div_ceil(bn),
+            Rows::GemmOutTiles(bn) => run.n_out.div_ceil(bn),
             Rows::Seqs => run.n_seq,
         }
     }
@@ -311,6 +314,8 @@ struct Builder<'d> {
     dev: &'d wgpu::Device,
     limit: u64,
     pipes: Pipelines,
+    /// GEMMs on tensor cores (`gemm_coop.wgsl`), see [`Gpu::tensor_cores`].
+    coop: bool,
 }
 
 impl Builder<'_> {
@@ -400,8 +405,9 @@ impl Builder<'_> {
         self.dispatch_shaped(op, Spec::Mv(shape), Some(w), params, &bufs, x, rows)
     }
 
-    /// A `gemm.wgsl` dispatch of X (cols) · `w`ᵀ, its shape and tile compiled into the
-    /// pipeline; the grid covers `w`'s rows, `rows` (GemmTiles or GemmOutTiles) the tokens.
+    /// A GEMM dispatch of X (cols) · `w`ᵀ (`gemm_coop.wgsl` on tensor cores, else
+    /// `gemm.wgsl`), its shape and tile compiled into the pipeline; the grid covers `w`'s rows
+    /// and the call's tokens (`head`: its logits rows).
     fn gemm(
         &mut self,
         w: &GpuMatrix,
@@ -409,11 +415,32 @@ impl Builder<'_> {
         (add, head): (bool, bool),
         params: &GemmParams,
         bufs: &[(u32, &wgpu::Buffer)],
-        rows: Rows,
     ) -> Result<Dispatch, GpuError> {
-        let shape = GemmShape::new(w.rows, cols, w.groups, add, head);
-        let x = shape.row_tiles();
-        self.dispatch_shaped(Op::Gemm, Spec::Gemm(shape), Some(w), params, bufs, x, rows)
+        let shape = GemmShape::new(w.rows, cols, w.groups, params.x_stride, (add, head), self.coop_for(w));
+        self.gemm_shaped(shape, w, params, bufs)
+    }
+
+    /// Whether GEMMs over `w` run on tensor cores: with [`Gpu::tensor_cores`], for F16 and F32
+    /// weights. Q8_0 / Q4_0 keep `gemm.wgsl` for now: their dequantising loads make the coop
+    /// kernel's staging the bottleneck (H200, Q8_0, B=256: 7.09 vs 6.72 ms per step).
+    fn coop_for(&self, w: &GpuMatrix) -> bool {
+        self.coop && matches!(w.format, Format::F16 | Format::F32)
+    }
+
+    /// A GEMM dispatch of `shape` (which names the kernel and tile).
+    fn gemm_shaped(
+        &mut self,
+        shape: GemmShape,
+        w: &GpuMatrix,
+        params: &GemmParams,
+        bufs: &[(u32, &wgpu::Buffer)],
+    ) -> Result<Dispatch, GpuError> {
+        let bn = shape.tile.bn();
+        let rows = if shape.head { Rows::GemmOutTiles(bn) } else { Rows::GemmTiles(bn) };
+        let (op, x) = (shape.tile.op(), shape.row_tiles());
+        // The vec4 view of X binds the same buffer at slot 10 (see GemmShape::x4).
+        let bufs: Vec<_> = bufs.iter().map(|&(i, b)| (if shape.x4 && i == 4 { 10 } else { i }, b)).collect();
+        self.dispatch_shaped(op, Spec::Gemm(shape), Some(w), params, &bufs, x, rows)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -553,7 +580,7 @@ impl GpuModel {
                 limit: max_grid.into(),
             });
         }
-        let mut b = Builder { dev: &gpu.device, limit, pipes: Pipelines::default() };
+        let mut b = Builder { dev: &gpu.device, limit, pipes: Pipelines::default(), coop: gpu.coop };
         let acts = Self::acts(&b, &c, max_tok, max_batch)?;
         let states = Self::states(&b, &c, slots)?;
         let mut m = GpuModel {
@@ -744,7 +771,7 @@ impl GpuModel {
             let bufs = [(1, &a.run), (4, &a.x), (5, &a.xn), (6, &small)];
             plan.push(b.dispatch(Op::RmsNorm, None, &np, &bufs, 1, Rows::Tokens)?.on(big_path, "norm"));
             let bufs = [(1, &a.run), (4, &a.xn), (5, &a.xz)];
-            let d = b.gemm(&w_in, dm, (false, false), &gp(dm, 2 * di), &bufs, Rows::GemmTiles)?;
+            let d = b.gemm(&w_in, dm, (false, false), &gp(dm, 2 * di), &bufs)?;
             plan.push(d.on(big_path, "in_proj"));
 
             // conv: u = SiLU(conv1d(xz[:, :d_inner]))
@@ -767,9 +794,17 @@ impl GpuModel {
             let p = mp(di, xl, [0; 9]);
             let bufs = [(1, &a.run), (4, &a.u), (5, &a.xdb)];
             let d = b.matvec(Op::MvPlain, &w_x, di, (false, false), &p, &bufs, Rows::TokenTiles)?;
-            // Matrix × vectors on both paths: as a GEMM this narrow matrix (r + 2N rows) leaves
-            // most of the GPU idle (H200, the former 32×32-tile GEMM: 360 µs per layer at B=64).
-            plan.push(d.on(When::Always, "x_proj"));
+            // Without tensor cores, matrix × vectors on both paths: as an f32 GEMM this narrow
+            // matrix (r + 2N rows) leaves most of the GPU idle (H200, the former 32×32-tile
+            // GEMM: 360 µs per layer at B=64). The coop GEMM (16×16 tile, K split four ways)
+            // wins only on large calls (H200, F16: 11.0 vs 12.5 µs at B=256, 11.3 vs 6.7 at 64).
+            if b.coop_for(&w_x) {
+                plan.push(d.on(When::AtMost(OUT_PROJ_GEMM_MIN), "x_proj"));
+                let d = b.gemm(&w_x, di, (false, false), &gp(di, xl), &bufs)?;
+                plan.push(d.on(When::Above(OUT_PROJ_GEMM_MIN), "x_proj"));
+            } else {
+                plan.push(d.on(When::Always, "x_proj"));
+            }
 
             // scan: y = scan(u, Δ, A, B, C, D) · SiLU(z), then the conv window shift
             let sp = ScanParams {
@@ -809,13 +844,19 @@ impl GpuModel {
             let p = mp(di, dm, [0; 9]);
             let bufs = [(1, &a.run), (4, &a.y), (5, &a.x)];
             let d = b.matvec(Op::MvPlain, &w_out, di, (true, false), &p, &bufs, Rows::TokenTiles)?;
-            // A GEMM over this narrow matrix (d_model rows) keeps too few workgroups busy until
-            // the batch is large (H200, F16, the former 32×32-tile GEMM: 2.7 vs 1.5 ms per call
-            // at B=64, 3.2 vs 5.6 ms at B=256; the threshold wants re-measuring with the 32×64
-            // tile GemmTile::for_rows now gives it).
-            plan.push(d.on(When::AtMost(OUT_PROJ_GEMM_MIN), "out_proj"));
-            let d = b.gemm(&w_out, di, (true, false), &gp(di, dm), &bufs, Rows::GemmTiles)?;
-            plan.push(d.on(When::Above(OUT_PROJ_GEMM_MIN), "out_proj"));
+            // An f32 GEMM over this narrow matrix (d_model rows) keeps too few workgroups busy
+            // until the batch is large (H200, F16, the former 32×32-tile GEMM: 2.7 vs 1.5 ms per
+            // call at B=64, 3.2 vs 5.6 ms at B=256; the threshold wants re-measuring with the
+            // 32×64 tile GemmTile::for_rows now gives it). The coop GEMM takes every GEMM call
+            // (H200, F16: 17 vs 28 µs at B=64).
+            let (out_mv, out_gemm) = if b.coop_for(&w_out) {
+                (small_path, big_path)
+            } else {
+                (When::AtMost(OUT_PROJ_GEMM_MIN), When::Above(OUT_PROJ_GEMM_MIN))
+            };
+            plan.push(d.on(out_mv, "out_proj"));
+            let d = b.gemm(&w_out, di, (true, false), &gp(di, dm), &bufs)?;
+            plan.push(d.on(out_gemm, "out_proj"));
         }
         let head = output.as_ref().unwrap_or(&embed);
         bytes += matrix_bytes(head);
@@ -845,7 +886,7 @@ impl GpuModel {
         plan.push(b.dispatch(Op::RmsNorm, None, &np, &bufs, 1, Rows::Outs)?.on(When::HeadBig, "norm"));
         let p = GemmParams { x_stride: dm, o_stride: head.rows, _pad: [0; 2] };
         let bufs = [(1, &a.run), (4, &a.xn), (5, &a.logits)];
-        let d = b.gemm(head, dm, (false, true), &p, &bufs, Rows::GemmOutTiles)?;
+        let d = b.gemm(head, dm, (false, true), &p, &bufs)?;
         plan.push(d.on(When::HeadBig, "lm_head"));
         self.push_argmax(b, &mut plan)?;
         self.plan = plan;
@@ -1513,7 +1554,7 @@ mod argmax_kernel {
     fn gpu_argmax(rows: &[Vec<f32>], cols: usize) -> Option<Vec<u32>> {
         let gpu = kernel_harness::device()?;
         let dev = &gpu.device;
-        let mut b = Builder { dev, limit: u64::MAX, pipes: Pipelines::default() };
+        let mut b = Builder { dev, limit: u64::MAX, pipes: Pipelines::default(), coop: gpu.coop };
         let n = rows.len() as u32;
         let flat: Vec<f32> = rows.iter().flatten().copied().collect();
         let storage = wgpu::BufferUsages::STORAGE;
@@ -1576,13 +1617,13 @@ mod argmax_kernel {
     }
 }
 
-/// `gemm.wgsl` with every tile and weight format, against a CPU product over the dequantised
-/// weights: rows, columns and tokens with tails, input and output strides wider than the matrix,
-/// the residual (`add`) and LM head (`head`, n_out rows) modes.
+/// `gemm.wgsl` and `gemm_coop.wgsl` with every tile and weight format, against a CPU product
+/// over the dequantised weights: rows, columns and tokens with tails, input and output strides
+/// wider than the matrix, the residual (`add`) and LM head (`head`, n_out rows) modes.
 #[cfg(test)]
 mod gemm_kernel {
     use super::*;
-    use crate::kernels::GemmTile;
+    use crate::kernels::{CoopTile, GemmKernel, GemmTile};
     use half::f16;
     use tinystate_engine::kernels::{dequantize, quantize_q4_0, quantize_q8_0};
     use tinystate_engine::tensor::{BlockQ4_0, BlockQ8_0, Elems, QK};
@@ -1601,10 +1642,22 @@ mod gemm_kernel {
         Q4,
     }
 
-    /// Runs out (+)= X · Wᵀ with `tile` and checks every element of `out`, in range or not.
+    /// How far the kernel may be from the f64 product `s` of `cols` terms whose absolute
+    /// values sum to `mag`, added to `base`: f32 rounding; with the coop kernel also X and W
+    /// rounded to f16 (at most 2⁻¹¹ relative each, so 2⁻¹⁰ per product; F16 weights are exact),
+    /// and f16's subnormal steps (2⁻²⁴ absolute, |x|, |w| ≤ 1 here) for values below 2⁻¹⁴.
+    fn tolerance(kernel: GemmKernel, cols: usize, mag: f64, base: f64) -> f64 {
+        let f32_part = 1e-5 * (mag + base.abs()) + 1e-6;
+        match kernel {
+            GemmKernel::Fma(_) => f32_part,
+            GemmKernel::Coop(_) => f32_part + mag / 1024.0 + 2.0 * cols as f64 / 16_777_216.0,
+        }
+    }
+
+    /// Runs out (+)= X · Wᵀ with `kernel` and checks every element of `out`, in range or not.
     fn check(
         gpu: &Gpu,
-        tile: GemmTile,
+        kernel: GemmKernel,
         fmt: Fmt,
         (rows, cols): (usize, usize),
         n: u32,
@@ -1636,9 +1689,12 @@ mod gemm_kernel {
         let m = Matrix { rows, cols, elems };
 
         let dev = &gpu.device;
-        let mut b = Builder { dev, limit: u64::MAX, pipes: Pipelines::default() };
+        let mut b = Builder { dev, limit: u64::MAX, pipes: Pipelines::default(), coop: gpu.coop };
         let w = b.matrix("w", &m).unwrap();
-        let (xs, os) = (cols + 3, rows + 2); // strides wider than the matrix
+        // Strides wider than the matrix; X's a multiple of 4 where cols is one (the coop
+        // kernel's vec4 loads), else not.
+        let xs = if cols % 4 == 0 { cols + 4 } else { cols + 3 };
+        let os = rows + 2;
         let max_tok = n as usize + 5;
         // Columns past `cols` hold garbage the kernel must not read.
         let x: Vec<f32> = (0..max_tok * xs).map(|i| if i % xs < cols { val(i, 2) } else { 1e30 }).collect();
@@ -1649,13 +1705,11 @@ mod gemm_kernel {
         let xb = b.init("x", bytemuck::cast_slice(&x), storage).unwrap();
         let ob = b.init("out", bytemuck::cast_slice(&out0), storage | wgpu::BufferUsages::COPY_SRC).unwrap();
         let rb = b.init("run", bytemuck::bytes_of(&run), wgpu::BufferUsages::UNIFORM).unwrap();
-        let shape = GemmShape { tile, ..GemmShape::new(rows as u32, cols as u32, w.groups, add, head) };
+        let shape =
+            GemmShape::with_kernel(rows as u32, cols as u32, w.groups, xs as u32, (add, head), kernel);
         let p = GemmParams { x_stride: xs as u32, o_stride: os as u32, _pad: [0; 2] };
         let bufs = [(1, &rb), (4, &xb), (5, &ob)];
-        let rows_of = if head { Rows::GemmOutTiles } else { Rows::GemmTiles };
-        let d = b
-            .dispatch_shaped(Op::Gemm, Spec::Gemm(shape), Some(&w), &p, &bufs, shape.row_tiles(), rows_of)
-            .unwrap();
+        let d = b.gemm_shaped(shape, &w, &p, &bufs).unwrap();
         let got: Vec<f32> = kernel_harness::run_and_read(gpu, &[&d], &run, &ob, 4 * out0.len() as u64);
 
         for t in 0..max_tok {
@@ -1669,11 +1723,11 @@ mod gemm_kernel {
                         mag += v.abs();
                     }
                     let base = if add { f64::from(out0[o]) } else { 0.0 };
-                    let tol = 1e-5 * (mag + base.abs()) + 1e-6;
+                    let tol = tolerance(kernel, cols, mag, base);
                     let g = f64::from(got[o]);
                     assert!(
                         (g - (base + s)).abs() <= tol,
-                        "{tile:?} {fmt:?} rows {rows} cols {cols} n {n} add {add} head {head}: \
+                        "{kernel:?} {fmt:?} rows {rows} cols {cols} n {n} add {add} head {head}: \
                          token {t} row {r}: got {g}, want {}",
                         base + s
                     );
@@ -1681,24 +1735,47 @@ mod gemm_kernel {
                 } else {
                     out0[o]
                 };
-                assert_eq!(got[o], want, "{tile:?} {fmt:?}: token {t} row {r} written outside the call");
+                assert_eq!(got[o], want, "{kernel:?} {fmt:?}: token {t} row {r} written outside the call");
             }
         }
+    }
+
+    /// Every format with tails in rows, columns and tokens, through `kernel`.
+    fn tails(gpu: &Gpu, kernel: GemmKernel) {
+        // Two row tiles and a tail; quantised formats need whole 32-column blocks.
+        let rows = 2 * kernel.bm() as usize + 5;
+        check(gpu, kernel, Fmt::F32, (rows, 70), 70, (false, false)); // 17.5 groups: a partial slice
+        check(gpu, kernel, Fmt::F16, (rows, 37), 9, (true, false));
+        check(gpu, kernel, Fmt::Q8, (rows, 96), 130, (true, false));
+        check(gpu, kernel, Fmt::Q4, (rows, 64), 64, (false, true));
     }
 
     #[test]
     fn every_tile_and_format_with_tails() {
         let Some(gpu) = kernel_harness::device() else { return };
         for tile in GemmTile::ALL {
-            // Two row tiles and a tail; quantised formats need whole 32-column blocks.
-            let rows = 2 * tile.bm as usize + 5;
-            check(&gpu, tile, Fmt::F32, (rows, 70), 70, (false, false)); // 17.5 groups: a partial slice
-            check(&gpu, tile, Fmt::F16, (rows, 37), 9, (true, false));
-            check(&gpu, tile, Fmt::Q8, (rows, 96), 130, (true, false));
-            check(&gpu, tile, Fmt::Q4, (rows, 64), 64, (false, true));
+            tails(&gpu, GemmKernel::Fma(tile));
         }
         // One row, one token.
-        check(&gpu, GemmTile::ALL[0], Fmt::F32, (1, 5), 1, (false, false));
+        check(&gpu, GemmKernel::Fma(GemmTile::ALL[0]), Fmt::F32, (1, 5), 1, (false, false));
+    }
+
+    /// The tensor-core kernel, checked the same way, on adapters that have it. Others (lavapipe,
+    /// so CI) skip this test: without the capability the models never run that kernel.
+    #[test]
+    fn coop_every_tile_and_format_with_tails() {
+        let Some(gpu) = kernel_harness::device() else { return };
+        if !gpu.tensor_cores() {
+            eprintln!("skipping the coop GEMM test: {} has no tensor-core GEMM", gpu.describe());
+            return;
+        }
+        for tile in CoopTile::ALL {
+            tails(&gpu, GemmKernel::Coop(tile));
+        }
+        check(&gpu, GemmKernel::Coop(CoopTile::ALL[0]), Fmt::F32, (1, 5), 1, (false, false));
+        // Model-sized: out_proj (the residual, 24 slices) and x_proj at 200 and 256 tokens.
+        check(&gpu, GemmKernel::Coop(CoopTile::for_rows(768)), Fmt::F16, (768, 1536), 200, (true, false));
+        check(&gpu, GemmKernel::Coop(CoopTile::for_rows(80)), Fmt::Q8, (80, 1536), 256, (false, false));
     }
 }
 
@@ -1726,7 +1803,7 @@ mod matvec_kernel {
         let wf: Vec<f32> = (0..rows * cols).map(|i| val(i, 1)).collect();
         let m = Matrix { rows, cols, elems: Elems::F32(&wf) };
         let dev = &gpu.device;
-        let mut b = Builder { dev, limit: u64::MAX, pipes: Pipelines::default() };
+        let mut b = Builder { dev, limit: u64::MAX, pipes: Pipelines::default(), coop: gpu.coop };
         let w = b.matrix("w", &m).unwrap();
         let os = rows + 2;
         let max_tok = n as usize + 3;

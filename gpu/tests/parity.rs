@@ -8,6 +8,9 @@
 //! - F32, F16: both sides compute in f32 on the same weights; only summation order differs.
 //! - Q8_0, Q4_0: the CPU engine quantises activations to Q8_0 before each product (as llama.cpp
 //!   does); the GPU keeps activations in f32. The difference is that quantisation error.
+//! - On a device with tensor cores ([`Gpu::tensor_cores`]) calls of more than 8 tokens (here
+//!   the 64-token prefill chunks and the default model's B=64) run their GEMMs with f16 inputs,
+//!   so those checks allow that rounding too ([`tol_on`]).
 //!
 //! Without an adapter the tests print a note and pass, unless `CI` is set: then they fail.
 
@@ -31,6 +34,16 @@ fn tol(ty: &str) -> f32 {
         // 1e-4 (see `matches_transformers_on_the_same_weights`).
         "q8_0" | "q4_0" => 0.15,
         _ => unreachable!(),
+    }
+}
+
+/// [`tol`] for calls that may take the GEMM path on `gpu`: with tensor cores every GEMM input
+/// (activations and weights) is rounded to f16, 2⁻¹¹ relative, before its f32 sums.
+fn tol_on(gpu: &Gpu, ty: &str) -> f32 {
+    match (gpu.tensor_cores(), ty) {
+        (false, _) => tol(ty),
+        (true, "f32" | "f16") => 0.05,
+        (true, _) => 0.2,
     }
 }
 
@@ -213,6 +226,7 @@ fn chunked_prefill_matches_cpu_interleaved_with_steps() {
             let m = Mamba::load(&g).unwrap();
             let v = m.config.vocab;
             let mut gm = GpuModel::load(&gpu, &m, 3, 2, 64).unwrap();
+            let allowed = tol_on(&gpu, ty);
             for chunk in [1, 5, 64] {
                 let what = format!("{config}/{ty} chunk {chunk}");
                 let mut worst = 0.0f32;
@@ -236,16 +250,16 @@ fn chunked_prefill_matches_cpu_interleaved_with_steps() {
                             &format!("{what} other {k} step {i}"),
                             &out2[k * v..(k + 1) * v],
                             want,
-                            tol(ty),
+                            allowed,
                         );
                     }
                 }
                 let mut cpu = CpuDecoder::new(&m, 64);
-                worst = worst.max(check(&format!("{what} last"), &out, cpu.feed(&base).unwrap(), tol(ty)));
+                worst = worst.max(check(&format!("{what} last"), &out, cpu.feed(&base).unwrap(), allowed));
                 // The state after the prefill continues like the CPU's.
                 let next = TokenId(3);
                 gm.prefill(SlotId(1), &[next], Some(&mut out)).unwrap();
-                worst = worst.max(check(&format!("{what} next"), &out, cpu.feed(&[next]).unwrap(), tol(ty)));
+                worst = worst.max(check(&format!("{what} next"), &out, cpu.feed(&[next]).unwrap(), allowed));
                 eprintln!("{what}: prefill max |Δ| vs CPU {worst:.2e}");
             }
         }
@@ -411,7 +425,7 @@ fn a_mixed_call_equals_each_sequence_alone() {
                 let what = format!("tiny/{ty} mixed call {n}, sequence {k} (slot {slot})");
                 let mut cpu = CpuDecoder::new(&m, 64);
                 let got = &out[k * v..(k + 1) * v];
-                check(&what, got, cpu.feed(&fed[slot as usize]).unwrap(), tol(ty));
+                check(&what, got, cpu.feed(&fed[slot as usize]).unwrap(), tol_on(&gpu, ty));
                 check_argmax(&what, ids[k], got);
             }
         }
