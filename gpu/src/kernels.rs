@@ -31,6 +31,9 @@ pub(crate) enum Op {
     /// Δ projection, selective scan, gate and conv window shift, a thread per channel
     /// (`scan_common.wgsl` + `scan.wgsl`).
     Scan,
+    /// The same for a call's multi-token lead (sequence 0), a thread per state
+    /// (`scan_common.wgsl` + `scan_lead.wgsl`).
+    ScanLead,
     /// Each slice's best logit (`argmax_common.wgsl` + `argmax_part.wgsl`).
     ArgmaxPart,
     /// The index of each logits row's highest value, the greedy token, from the slices' best
@@ -49,6 +52,8 @@ pub(crate) const GEMM_TOKENS: u32 = 64;
 /// vector path (`matvec.wgsl`). At most MM_TOKENS: `mv_conv.wgsl` needs every token in one tile.
 pub(crate) const GEMM_MIN_TOKENS: u32 = MM_TOKENS;
 const _: () = assert!(GEMM_MIN_TOKENS <= MM_TOKENS);
+/// Channels per `scan_lead.wgsl` workgroup (its `CPW`).
+pub(crate) const LEAD_SCAN_CHANNELS: u32 = 4;
 /// Channels (threads) per `scan.wgsl` workgroup.
 pub(crate) const SCAN_CHANNELS: u32 = 32;
 /// Threads per workgroup in every shader.
@@ -406,6 +411,7 @@ fn source(op: Op, f: Format, spec: Spec) -> String {
         Op::Gemm => &[include_str!("shaders/gemm.wgsl")],
         Op::GemmCoop => &[input, include_str!("shaders/gemm_coop.wgsl")],
         Op::Scan => &[SCAN_COMMON, include_str!("shaders/scan.wgsl")],
+        Op::ScanLead => &[SCAN_COMMON, include_str!("shaders/scan_lead.wgsl")],
         Op::ArgmaxPart => &[ARGMAX_COMMON, include_str!("shaders/argmax_part.wgsl")],
         Op::Argmax => &[ARGMAX_COMMON, include_str!("shaders/argmax.wgsl")],
     };

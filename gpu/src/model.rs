@@ -31,8 +31,9 @@
 
 use crate::device::{ErrorSlot, Gpu};
 use crate::kernels::{
-    ARGMAX_PARTS, ArgmaxParams, ConvParams, EmbedParams, GEMM_MIN_TOKENS, GemmParams, GemmShape, MM_TOKENS,
-    MvParams, MvShape, NormParams, Op, Pipelines, Run, SCAN_CHANNELS, ScanParams, Spec, WG,
+    ARGMAX_PARTS, ArgmaxParams, ConvParams, EmbedParams, GEMM_MIN_TOKENS, GemmParams, GemmShape,
+    LEAD_SCAN_CHANNELS, MM_TOKENS, MvParams, MvShape, NormParams, Op, Pipelines, Run, SCAN_CHANNELS,
+    ScanParams, Spec, WG,
 };
 use crate::weights::{Format, Packed, pack, same_tensor};
 use crate::{GpuError, TokenId};
@@ -85,6 +86,8 @@ enum Rows {
     GemmOutTiles(u32),
     /// One per sequence (scan).
     Seqs,
+    /// One (a call's lead).
+    One,
 }
 
 impl Rows {
@@ -98,6 +101,7 @@ impl Rows {
             Rows::GemmTiles(bn) => run.n_tok.div_ceil(bn),
             Rows::GemmOutTiles(bn) => run.n_out.div_ceil(bn),
             Rows::Seqs => run.n_seq,
+            Rows::One => 1,
         }
     }
 }
@@ -125,6 +129,9 @@ enum When {
     HeadSmall,
     /// n_out > GEMM_MIN_TOKENS (LM head, GEMM).
     HeadBig,
+    /// Sequence 0 has more than one token (a prefill chunk or a mixed call's lead: only the
+    /// first sequence of a call can).
+    Lead,
 }
 
 impl When {
@@ -137,6 +144,7 @@ impl When {
             When::Above(n) => run.n_tok > n,
             When::HeadSmall => run.n_out <= GEMM_MIN_TOKENS,
             When::HeadBig => run.n_out > GEMM_MIN_TOKENS,
+            When::Lead => run.n_tok > run.n_seq,
         }
     }
 }
@@ -839,6 +847,11 @@ impl GpuModel {
             let x = di.div_ceil(SCAN_CHANNELS);
             let d = b.dispatch_shaped(Op::Scan, spec, Some(&w_dt), &sp, &bufs, x, Rows::Seqs)?;
             plan.push(d.on(When::Always, "scan"));
+            // A multi-token lead (sequence 0: a prompt's piece) has its own kernel, which
+            // scan.wgsl leaves it to.
+            let x = di.div_ceil(LEAD_SCAN_CHANNELS);
+            let d = b.dispatch_shaped(Op::ScanLead, spec, Some(&w_dt), &sp, &bufs, x, Rows::One)?;
+            plan.push(d.on(When::Lead, "scan"));
 
             // out_proj: x += y · W_outᵀ
             let p = mp(di, dm, [0; 9]);

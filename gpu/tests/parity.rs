@@ -453,3 +453,29 @@ fn spin_and_blocking_waits_agree() {
     };
     assert_eq!(run(true), run(false));
 }
+
+/// A chunk longer than the lead scan's slice of 32 tokens (70: slices of 32, 32 and 6) continues
+/// its state across slices like the CPU engine.
+#[test]
+fn a_long_chunk_scans_across_slices() {
+    let Some(gpu) = gpu() else { return };
+    for ty in ["f32", "q8_0"] {
+        let file = load_fixture("odd", ty);
+        let g = Gguf::parse(file.bytes()).unwrap();
+        let m = Mamba::load(&g).unwrap();
+        let v = m.config.vocab;
+        let tokens: Vec<TokenId> =
+            (0..70).map(|i| stream(&fixture_tokens("odd"), i / 24, v)[i % 24]).collect();
+        let mut gm = GpuModel::load(&gpu, &m, 1, 1, 80).unwrap();
+        let mut out = vec![0.0; v];
+        let id = gm.prefill(SlotId(0), &tokens, Some(&mut out)).unwrap();
+        let what = format!("odd/{ty} 70-token chunk");
+        let mut cpu = CpuDecoder::new(&m, 80);
+        check(&what, &out, cpu.feed(&tokens).unwrap(), tol_on(&gpu, ty));
+        check_argmax(&what, id, &out);
+        // And the next token from the state it left.
+        let next = TokenId(5);
+        gm.prefill(SlotId(0), &[next], Some(&mut out)).unwrap();
+        check(&format!("{what}, next"), &out, cpu.feed(&[next]).unwrap(), tol_on(&gpu, ty));
+    }
+}

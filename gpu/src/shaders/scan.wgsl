@@ -3,23 +3,6 @@
 // sequence: read once, written once. Every loop but the token loop has a compiled-in trip
 // count, so a thread's loads are all in flight together.
 
-// Δ for token row `row` (xdb offset) and channel c.
-fn delta(row: u32, c: u32) -> f32 {
-    let sd = seg_scale(row, DT_RANK);
-    var acc = 0.0;
-    for (var g = 0u; g < DT_GROUPS; g++) {
-        var dv = vec4<f32>(0.0);
-        for (var k = 0u; k < 4u; k++) {
-            let j = 4u * g + k;
-            if j < DT_RANK {
-                dv[k] = xdb[row + j];
-            }
-        }
-        acc += dot(load_w(c, g, DT_GROUPS), dv);
-    }
-    return softplus(acc * sd + smalls[p.off_dt_bias + c]);
-}
-
 @compute @workgroup_size(32)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c = gid.x;
@@ -31,6 +14,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let slot = tokmeta[4u * (p.max_tok + sq)];
     let start = tokmeta[4u * (p.max_tok + sq) + 1u];
     let len = tokmeta[4u * (p.max_tok + sq) + 2u];
+    if sq == 0u && len > 1u {
+        return; // scan_lead.wgsl runs a call's multi-token lead
+    }
     // States are (n_state, d_inner) per slot and layer: consecutive threads read consecutive words.
     let h0 = (slot * p.n_layer + p.layer) * di * NS + c;
     var h: array<f32, NS>;

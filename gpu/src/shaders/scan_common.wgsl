@@ -1,4 +1,4 @@
-// Used by scan.wgsl: Δ projection + softplus, selective scan, D skip and SiLU(z) gate, then the
+// Used by scan.wgsl and scan_lead.wgsl: Δ projection + softplus, selective scan, D skip and SiLU(z) gate, then the
 // conv window shift. W_dt comes from `load_w` (a weights_*.wgsl file). The sizes NS (d_state),
 // DT_RANK and DT_GROUPS are compiled in (a header the host writes), so the loops over them unroll.
 //
@@ -71,3 +71,21 @@ fn shift_window(slot: u32, start: u32, len: u32, c: u32) {
         conv_state[win + j * di] = v;
     }
 }
+
+// Δ for token row `row` (xdb offset) and channel c.
+fn delta(row: u32, c: u32) -> f32 {
+    let sd = seg_scale(row, DT_RANK);
+    var acc = 0.0;
+    for (var g = 0u; g < DT_GROUPS; g++) {
+        var dv = vec4<f32>(0.0);
+        for (var k = 0u; k < 4u; k++) {
+            let j = 4u * g + k;
+            if j < DT_RANK {
+                dv[k] = xdb[row + j];
+            }
+        }
+        acc += dot(load_w(c, g, DT_GROUPS), dv);
+    }
+    return softplus(acc * sd + smalls[p.off_dt_bias + c]);
+}
+
