@@ -8,9 +8,10 @@
 //! 2. [`GpuModel::load`] repacks every weight matrix once into a WGSL-friendly layout
 //!    (`weights.rs`), uploads it, allocates `slots` fixed-size recurrent states and builds every
 //!    bind group, so recording a step only sets pipelines and dispatches.
-//! 3. [`GpuModel::step`] (B rows, each its own slot) and [`GpuModel::prefill`] (a chunk of one
-//!    slot) validate their input, write the token table, record the whole forward pass into one
-//!    compute pass (four dispatches per layer, see `model.rs`) and submit it once. Every row's
+//! 3. [`GpuModel::mixed`] (a prompt's piece first, then one-token rows, each sequence in its
+//!    own slot; [`GpuModel::step`] and [`GpuModel::prefill`] are its two plain cases) validates
+//!    its input, writes the token table and submits the whole forward pass as one compute pass
+//!    (four or five dispatches per layer, see `model.rs`), recorded while the previous call ran. Every row's
 //!    greedy token (its logits' argmax, computed on the GPU) is copied back, 4 bytes a row; its
 //!    logits (vocab × 4 bytes) only if the caller wants them ([`StepRow::logits`]).
 //!
