@@ -19,10 +19,14 @@ pub(crate) enum Op {
     /// MvNorm, then u = SiLU(conv1d(out[:, :d_inner])) from the workgroup's sums, for calls
     /// whose tokens fit one tile (`mv_norm.wgsl` + `mv_conv.wgsl` + `matvec.wgsl`).
     MvNormConv,
-    /// u = SiLU(conv1d(X)) (`conv.wgsl`).
+    /// u = SiLU(conv1d(X)) (`conv.wgsl` + `conv_f32.wgsl`).
     Conv,
-    /// xn = RMSNorm(x)·w, the GEMM path's input (`rmsnorm.wgsl`).
+    /// Conv, also writing u in f16 for the tensor-core GEMM (`conv.wgsl` + `conv_f16.wgsl`).
+    ConvHalf,
+    /// xn = RMSNorm(x)·w, the GEMM path's input (`rmsnorm.wgsl` + `norm_f32.wgsl`).
     RmsNorm,
+    /// The same, written in f16 for the tensor-core GEMM (`rmsnorm.wgsl` + `norm_f16.wgsl`).
+    RmsNormHalf,
     /// out (+)= X · Wᵀ as a tiled GEMM for batches and prefill chunks (`gemm.wgsl`).
     Gemm,
     /// The same on tensor cores, f16 × f16 → f32 cooperative matrices (`gemm_coop.wgsl`), on
@@ -211,20 +215,28 @@ impl CoopTile {
         32 * self.wm * self.wn * self.wk
     }
 
-    /// Workgroup memory the shader declares: the W and X slices as f16 (rows padded by 8
-    /// halves), and one f32 partial tile per K-subgroup.
-    pub(crate) const fn workgroup_bytes(&self) -> u32 {
-        2 * (self.bm() + self.bn()) * (16 * self.ks + 8) + 4 * self.wk * self.bm() * self.bn()
+    /// Subgroups per workgroup.
+    const fn subgroups(&self) -> u32 {
+        self.wm * self.wn * self.wk
+    }
+
+    /// Workgroup memory the shader declares: the staged W and X slices as f16 (rows padded by
+    /// 8 halves; none for an operand loaded direct) and one 16×16 f32 scratch per subgroup.
+    pub(crate) const fn workgroup_bytes(&self, wd: bool, xd: bool) -> u32 {
+        let rows = if wd { 0 } else { self.bm() } + if xd { 0 } else { self.bn() };
+        2 * rows * (16 * self.ks + 8) + 4 * 256 * self.subgroups()
     }
 
     /// The tile for a matrix of `rows` output features, so that a step of 256 rows keeps an
     /// H200's 132 SMs busy:
     ///  - 128 × 64, 4 × 2 subgroups of 2 × 2 fragments: each token tile's X is read once per
-    ///    128 rows (the LM head: 393 row tiles, X re-read from L2 for each);
+    ///    128 rows (the LM head: 393 row tiles);
     ///  - 64 × 64, 2 × 2 subgroups of 2 × 2 fragments (in_proj, 3072 rows: 48 × 4 workgroups
     ///    at 256 tokens);
     ///  - 32 × 32, one 2 × 2 block, K split four ways: out_proj (768 rows: 24 × 8);
     ///  - 16 × 16, one fragment, K split four ways: x_proj (80 rows: 5 × 16).
+    ///
+    /// K-slices of 64 columns: half the barriers of 32, and twice the loads in flight.
     pub(crate) fn for_rows(rows: u32) -> Self {
         match rows {
             8192.. => Self::ALL[0],
@@ -234,24 +246,35 @@ impl CoopTile {
         }
     }
 
+    /// The most weight rows any tile covers: model.rs pads F16 matrices to a multiple of it, so
+    /// direct W loads of a last row tile read zeros.
+    pub(crate) const MAX_BM: u32 = 128;
+
     /// Every tile [`CoopTile::for_rows`] picks from, largest first.
     pub(crate) const ALL: [CoopTile; 4] = [
-        CoopTile { wm: 4, wn: 2, wk: 1, fm: 2, fn_: 2, ks: 2 },
-        CoopTile { wm: 2, wn: 2, wk: 1, fm: 2, fn_: 2, ks: 2 },
+        CoopTile { wm: 4, wn: 2, wk: 1, fm: 2, fn_: 2, ks: 4 },
+        CoopTile { wm: 2, wn: 2, wk: 1, fm: 2, fn_: 2, ks: 4 },
         CoopTile { wm: 1, wn: 1, wk: 4, fm: 2, fn_: 2, ks: 4 },
         CoopTile { wm: 1, wn: 1, wk: 4, fm: 1, fn_: 1, ks: 4 },
     ];
 
-    /// The most workgroup memory any tile needs: a device with less gets no tensor-core GEMM.
+    /// The most workgroup memory any tile needs (both operands staged): a device with less
+    /// gets no tensor-core GEMM.
     pub(crate) const MAX_WORKGROUP_BYTES: u32 = {
         let (mut i, mut m) = (0, 0);
         while i < Self::ALL.len() {
-            let b = Self::ALL[i].workgroup_bytes();
+            let b = Self::ALL[i].workgroup_bytes(false, false);
             m = if b > m { b } else { m };
             i += 1;
         }
         m
     };
+}
+
+/// Halves per row of a tensor-core GEMM's f16 input of `cols` columns: whole 16-column
+/// fragments, zero-padded.
+pub(crate) const fn half_row(cols: u32) -> u32 {
+    cols.div_ceil(16) * 16
 }
 
 // Every tile's staging loads divide evenly between its threads, and its K-subgroups share each
@@ -264,6 +287,7 @@ const _: () = {
         assert!((t.bm() * per_slice).is_multiple_of(t.threads()) && t.bm() * per_slice >= t.threads());
         assert!((t.bn() * per_slice).is_multiple_of(t.threads()) && t.bn() * per_slice >= t.threads());
         assert!(t.ks.is_multiple_of(t.wk) && t.fm <= 2 && t.fn_ <= 2);
+        assert!(t.bm() <= CoopTile::MAX_BM);
         i += 1;
     }
 };
@@ -345,6 +369,13 @@ pub(crate) struct GemmShape {
     /// The coop kernel reads X as vec4 (`mv_in4.wgsl`, binding 10 instead of 4): cols and the
     /// row stride are multiples of 4.
     pub x4: bool,
+    /// The coop kernel loads X's fragments straight from its f16 copy (binding 12, rows of
+    /// [`half_row`] halves) instead of staging f32 X.
+    pub xd: bool,
+    /// The coop kernel loads W's fragments straight from the F16 weights instead of staging
+    /// them: F16 weights whose rows are whole K-slices (`gemm_coop.wgsl` then never reads past
+    /// a row's end).
+    pub wd: bool,
 }
 
 impl GemmShape {
@@ -372,7 +403,15 @@ impl GemmShape {
     ) -> Self {
         let vec4 = cols.is_multiple_of(4) && x_stride.is_multiple_of(4);
         let x4 = vec4 && matches!(tile, GemmKernel::Coop(_));
-        GemmShape { rows, cols, groups, add, head, tile, x4 }
+        GemmShape { rows, cols, groups, add, head, tile, x4, xd: false, wd: false }
+    }
+
+    /// On the coop kernel, loads X from its f16 copy when `x_half` (the producer writes one)
+    /// and W direct when `format` is F16 and the rows are whole K-slices.
+    pub(crate) fn direct(self, x_half: bool, format: Format) -> Self {
+        let GemmKernel::Coop(t) = self.tile else { return self };
+        let wd = format == Format::F16 && self.cols.is_multiple_of(16 * t.ks);
+        GemmShape { xd: x_half, wd, x4: self.x4 && !x_half, ..self }
     }
 
     /// Workgroups along the rows (the grid's first dimension).
@@ -382,13 +421,36 @@ impl GemmShape {
 
     /// The WGSL constants `gemm.wgsl` / `gemm_coop.wgsl` expect.
     fn header(&self) -> String {
-        let GemmShape { rows, cols, groups, add, head, tile, .. } = *self;
+        let GemmShape { rows, cols, groups, add, head, tile, xd, wd, .. } = *self;
         format!(
             "const ROWS: u32 = {rows}u;\nconst COLS: u32 = {cols}u;\nconst GROUPS: u32 = {groups}u;\n\
-             const ADD: bool = {add};\nconst HEAD: bool = {head};\n{}",
+             const ADD: bool = {add};\nconst HEAD: bool = {head};\nconst STAGED: bool = {};\n\
+             const XS: u32 = {}u;\n{}",
+            !(xd && wd),
+            half_row(cols),
             tile.header()
         )
     }
+}
+
+/// `gemm_coop.wgsl` with the files that bring its operands: W and X each direct or staged
+/// (see [`GemmShape::wd`], [`GemmShape::xd`]); `input` reads staged f32 X.
+fn coop_parts(spec: Spec, input: &'static str) -> [&'static str; 4] {
+    let (wd, xd) = match spec {
+        Spec::Gemm(g) => (g.wd, g.xd),
+        _ => (false, false),
+    };
+    let w = if wd {
+        include_str!("shaders/coop_w_direct.wgsl")
+    } else {
+        include_str!("shaders/coop_w_staged.wgsl")
+    };
+    let x = if xd {
+        ["", include_str!("shaders/coop_x_direct.wgsl")]
+    } else {
+        [input, include_str!("shaders/coop_x_staged.wgsl")]
+    };
+    [x[0], x[1], w, include_str!("shaders/gemm_coop.wgsl")]
 }
 
 fn source(op: Op, f: Format, spec: Spec) -> String {
@@ -401,10 +463,12 @@ fn source(op: Op, f: Format, spec: Spec) -> String {
         Op::MvPlain => &[input, include_str!("shaders/mv_plain.wgsl"), MV_STORE, MATVEC],
         Op::MvNorm => &[input, nw, MV_NORM, MV_STORE, MATVEC],
         Op::MvNormConv => &[input, nw, conv_smalls, MV_NORM, include_str!("shaders/mv_conv.wgsl"), MATVEC],
-        Op::Conv => &[include_str!("shaders/conv.wgsl")],
-        Op::RmsNorm => &[include_str!("shaders/rmsnorm.wgsl")],
+        Op::Conv => &[include_str!("shaders/conv.wgsl"), include_str!("shaders/conv_f32.wgsl")],
+        Op::ConvHalf => &[include_str!("shaders/conv.wgsl"), include_str!("shaders/conv_f16.wgsl")],
+        Op::RmsNorm => &[include_str!("shaders/rmsnorm.wgsl"), include_str!("shaders/norm_f32.wgsl")],
+        Op::RmsNormHalf => &[include_str!("shaders/rmsnorm.wgsl"), include_str!("shaders/norm_f16.wgsl")],
         Op::Gemm => &[include_str!("shaders/gemm.wgsl")],
-        Op::GemmCoop => &[input, include_str!("shaders/gemm_coop.wgsl")],
+        Op::GemmCoop => &coop_parts(spec, input),
         Op::Scan => &[SCAN_COMMON, include_str!("shaders/scan.wgsl")],
         Op::ArgmaxPart => &[ARGMAX_COMMON, include_str!("shaders/argmax_part.wgsl")],
         Op::Argmax => &[ARGMAX_COMMON, include_str!("shaders/argmax.wgsl")],
@@ -413,7 +477,10 @@ fn source(op: Op, f: Format, spec: Spec) -> String {
     let enables = if op == Op::GemmCoop { "enable f16;\nenable wgpu_cooperative_matrix;\n" } else { "" };
     let mut s = String::from(enables);
     s.push_str(COMMON);
-    s.push_str(f.shader());
+    // W loaded straight as halves (coop_w_direct.wgsl) binds the weights itself.
+    if !matches!(spec, Spec::Gemm(GemmShape { wd: true, .. })) {
+        s.push_str(f.shader());
+    }
     s.push_str(&spec.header());
     parts.iter().for_each(|p| s.push_str(p));
     s
@@ -518,7 +585,8 @@ pub(crate) struct NormParams {
     pub w_off: u32,
     pub eps_bits: u32,
     pub head: u32,
-    pub _pad: [u32; 3],
+    pub h_words: u32,
+    pub _pad: [u32; 2],
 }
 
 /// `conv.wgsl` Params.
@@ -531,7 +599,8 @@ pub(crate) struct ConvParams {
     pub layer: u32,
     pub off_w: u32,
     pub off_b: u32,
-    pub _pad: [u32; 2],
+    pub h_words: u32,
+    pub _pad: u32,
 }
 
 /// `scan.wgsl` Params.
@@ -572,4 +641,43 @@ pub(crate) struct Run {
     pub n_seq: u32,
     pub out_row0: u32,
     pub n_out: u32,
+}
+
+/// Every shader variant through naga's WGSL front end, validator and SPIR-V back end, on any
+/// machine: the tensor-core GEMM and the f16 writers run only on devices that have tensor
+/// cores, which CI's lavapipe has not.
+#[cfg(test)]
+mod shader_check {
+    use super::*;
+
+    fn validate(what: &str, src: &str) {
+        let module = naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(src)));
+        let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(src)));
+        naga::back::spv::write_vec(&module, &info, &Default::default(), None)
+            .unwrap_or_else(|e| panic!("{what}: SPIR-V: {e}"));
+    }
+
+    #[test]
+    fn coop_gemm_variants_validate() {
+        for tile in CoopTile::ALL {
+            for f in [Format::F32, Format::F16, Format::Q8_0, Format::Q4_0] {
+                for (cols, xs) in [(768, 768), (70, 72), (37, 37)] {
+                    for x_half in [false, true] {
+                        let shape = GemmShape::with_kernel(200, cols, cols.div_ceil(4), xs, (true, false), GemmKernel::Coop(tile))
+                            .direct(x_half, f);
+                        validate(&format!("{tile:?} {f:?} {cols} {x_half}"), &source(Op::GemmCoop, f, Spec::Gemm(shape)));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f16_writers_validate() {
+        for op in [Op::RmsNorm, Op::RmsNormHalf, Op::Conv, Op::ConvHalf] {
+            validate(&format!("{op:?}"), &source(op, Format::F32, Spec::None));
+        }
+    }
 }

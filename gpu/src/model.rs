@@ -31,8 +31,9 @@
 
 use crate::device::{ErrorSlot, Gpu};
 use crate::kernels::{
-    ARGMAX_PARTS, ArgmaxParams, ConvParams, EmbedParams, GEMM_MIN_TOKENS, GemmParams, GemmShape, MM_TOKENS,
-    MvParams, MvShape, NormParams, Op, Pipelines, Run, SCAN_CHANNELS, ScanParams, Spec, WG,
+    ARGMAX_PARTS, ArgmaxParams, ConvParams, CoopTile, EmbedParams, GEMM_MIN_TOKENS, GemmParams, GemmShape,
+    MM_TOKENS, MvParams, MvShape, NormParams, Op, Pipelines, Run, SCAN_CHANNELS, ScanParams, Spec, WG,
+    half_row,
 };
 use crate::weights::{Format, Packed, pack, same_tensor};
 use crate::{GpuError, TokenId};
@@ -216,8 +217,12 @@ struct Acts {
     u: wgpu::Buffer,
     /// Gated scan output (max_tok, d_inner).
     y: wgpu::Buffer,
-    /// RMSNorm output, the GEMM path's input (max_tok, d_model).
+    /// RMSNorm output, the f32 GEMM's input (max_tok, d_model).
     xn: wgpu::Buffer,
+    /// The tensor-core GEMM's f16 input, written by rmsnorm (in_proj, LM head) or the conv
+    /// (x_proj) just before its GEMM: (max_tok rounded up to whole token tiles,
+    /// half_row(max(d_model, d_inner))) halves.
+    xh: wgpu::Buffer,
     /// Logits (max_batch, vocab).
     logits: wgpu::Buffer,
     /// Index of each logits row's highest value (max_batch,) u32.
@@ -347,7 +352,12 @@ impl Builder<'_> {
     }
 
     fn matrix(&self, what: &str, m: &Matrix<'_>) -> Result<GpuMatrix, GpuError> {
-        let Packed { format, rows, groups, data, scales } = pack(m)?;
+        let Packed { format, rows, groups, mut data, scales } = pack(m)?;
+        if self.coop && format == Format::F16 {
+            // Zero rows up to whole coop row tiles: direct W loads (coop_w_direct.wgsl) of a
+            // last row tile read them instead of whatever follows.
+            data.resize(rows.next_multiple_of(CoopTile::MAX_BM as usize) * groups * 8, 0);
+        }
         let usage = wgpu::BufferUsages::STORAGE;
         let data = self.init(what, &data, usage)?;
         let scales = scales.map(|s| self.init(what, &s, usage)).transpose()?;
@@ -408,6 +418,8 @@ impl Builder<'_> {
     /// A GEMM dispatch of X (cols) · `w`ᵀ (`gemm_coop.wgsl` on tensor cores, else
     /// `gemm.wgsl`), its shape and tile compiled into the pipeline; the grid covers `w`'s rows
     /// and the call's tokens (`head`: its logits rows).
+    /// `bufs` names X at 4 (f32) and, when `x_half`, its f16 copy at 12 (which the coop kernel
+    /// then reads instead).
     fn gemm(
         &mut self,
         w: &GpuMatrix,
@@ -415,16 +427,29 @@ impl Builder<'_> {
         (add, head): (bool, bool),
         params: &GemmParams,
         bufs: &[(u32, &wgpu::Buffer)],
+        x_half: bool,
     ) -> Result<Dispatch, GpuError> {
-        let shape = GemmShape::new(w.rows, cols, w.groups, params.x_stride, (add, head), self.coop_for(w));
+        let shape = GemmShape::new(w.rows, cols, w.groups, params.x_stride, (add, head), self.coop_for(w))
+            .direct(x_half, w.format);
         self.gemm_shaped(shape, w, params, bufs)
     }
 
-    /// Whether GEMMs over `w` run on tensor cores: with [`Gpu::tensor_cores`], for F16 and F32
-    /// weights. Q8_0 / Q4_0 keep `gemm.wgsl` for now: their dequantising loads make the coop
-    /// kernel's staging the bottleneck (H200, Q8_0, B=256: 7.09 vs 6.72 ms per step).
-    fn coop_for(&self, w: &GpuMatrix) -> bool {
-        self.coop && matches!(w.format, Format::F16 | Format::F32)
+    /// Whether GEMMs over `w` run on tensor cores: with [`Gpu::tensor_cores`], every format.
+    fn coop_for(&self, _w: &GpuMatrix) -> bool {
+        self.coop
+    }
+
+    /// An RMSNorm dispatch of `bufs` = (run, x, xn, xh, smalls): into xh in f16 when `half`
+    /// (`rmsnorm.wgsl` + `norm_f16.wgsl`), else into xn.
+    fn norm(
+        &mut self,
+        half: bool,
+        params: &NormParams,
+        (run, x, xn, xh, small): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
+        rows: Rows,
+    ) -> Result<Dispatch, GpuError> {
+        let (op, out) = if half { (Op::RmsNormHalf, (12, xh)) } else { (Op::RmsNorm, (5, xn)) };
+        self.dispatch(op, None, params, &[(1, run), (4, x), out, (6, small)], 1, rows)
     }
 
     /// A GEMM dispatch of `shape` (which names the kernel and tile).
@@ -438,8 +463,12 @@ impl Builder<'_> {
         let bn = shape.tile.bn();
         let rows = if shape.head { Rows::GemmOutTiles(bn) } else { Rows::GemmTiles(bn) };
         let (op, x) = (shape.tile.op(), shape.row_tiles());
-        // The vec4 view of X binds the same buffer at slot 10 (see GemmShape::x4).
-        let bufs: Vec<_> = bufs.iter().map(|&(i, b)| (if shape.x4 && i == 4 { 10 } else { i }, b)).collect();
+        // X binds at 4, its vec4 view at 10 (see GemmShape::x4), or its f16 copy at 12 (xd).
+        let bufs: Vec<_> = bufs
+            .iter()
+            .filter(|&&(i, _)| !matches!((i, shape.xd), (4, true) | (12, false)))
+            .map(|&(i, b)| (if shape.x4 && i == 4 { 10 } else { i }, b))
+            .collect();
         self.dispatch_shaped(op, Spec::Gemm(shape), Some(w), params, &bufs, x, rows)
     }
 
@@ -645,6 +674,7 @@ impl GpuModel {
             u: b.storage("u", f(c.d_inner), none)?,
             y: b.storage("y", f(c.d_inner), none)?,
             xn: b.storage("xn", f(c.d_model), none)?,
+            xh: b.storage("xh", 2 * Self::xh_rows(max_tok) * Self::xh_row(c)? as u64, none)?,
             logits: b.storage("logits", logits_bytes, wgpu::BufferUsages::COPY_SRC)?,
             argmax: b.storage("argmax", 4 * u64::from(max_batch), wgpu::BufferUsages::COPY_SRC)?,
             argmax_parts: b.storage("argmax parts", 8 * u64::from(max_batch * ARGMAX_PARTS), none)?,
@@ -655,6 +685,17 @@ impl GpuModel {
                 mapped_at_creation: false,
             }),
         })
+    }
+
+    /// Rows of `acts.xh`: whole token tiles of the largest coop tile and one more, so that a
+    /// tile's direct fragment loads, a last slice past the row's end too, stay inside the buffer.
+    fn xh_rows(max_tok: u32) -> u64 {
+        u64::from(max_tok.next_multiple_of(128)) + 1
+    }
+
+    /// Halves per row of `acts.xh`.
+    fn xh_row(c: &Config) -> Result<u32, GpuError> {
+        Ok(half_row(u32_of("d_inner", c.d_inner.max(c.d_model))?))
     }
 
     /// Timestamp queries for `n` points, when the device has them inside passes.
@@ -761,17 +802,20 @@ impl GpuModel {
             ];
             let d = b.matvec(Op::MvNormConv, &w_in, dm, (false, false), &p, &bufs, Rows::TokenTiles)?;
             plan.push(d.on(small_path, "in_proj"));
+            // On tensor cores the norm writes the f16 copy the GEMM loads direct.
+            let half = b.coop_for(&w_in);
             let np = NormParams {
                 cols: dm,
                 x_stride: dm,
                 w_off: o.attn_norm,
                 eps_bits: eps,
+                h_words: half_row(dm) / 2,
                 ..Default::default()
             };
-            let bufs = [(1, &a.run), (4, &a.x), (5, &a.xn), (6, &small)];
-            plan.push(b.dispatch(Op::RmsNorm, None, &np, &bufs, 1, Rows::Tokens)?.on(big_path, "norm"));
-            let bufs = [(1, &a.run), (4, &a.xn), (5, &a.xz)];
-            let d = b.gemm(&w_in, dm, (false, false), &gp(dm, 2 * di), &bufs)?;
+            let d = b.norm(half, &np, (&a.run, &a.x, &a.xn, &a.xh, &small), Rows::Tokens)?;
+            plan.push(d.on(big_path, "norm"));
+            let bufs = [(1, &a.run), (4, &a.xn), (12, &a.xh), (5, &a.xz)];
+            let d = b.gemm(&w_in, dm, (false, false), &gp(dm, 2 * di), &bufs, half)?;
             plan.push(d.on(big_path, "in_proj"));
 
             // conv: u = SiLU(conv1d(xz[:, :d_inner]))
@@ -782,13 +826,23 @@ impl GpuModel {
                 layer: l,
                 off_w: o.conv_w,
                 off_b: o.conv_b,
-                _pad: [0; 2],
+                h_words: half_row(di) / 2,
+                _pad: 0,
             };
-            let bufs =
-                [(1, &a.run), (4, &a.xz), (6, &small), (7, &self.states.conv), (8, &a.meta), (9, &a.u)];
-            plan.push(
-                b.dispatch(Op::Conv, None, &cp, &bufs, di.div_ceil(WG), Rows::Tokens)?.on(big_path, "conv"),
-            );
+            // With an x_proj GEMM on tensor cores the conv also writes u in f16 for it.
+            let half = b.coop_for(&w_x);
+            let bufs = [
+                (1, &a.run),
+                (4, &a.xz),
+                (6, &small),
+                (7, &self.states.conv),
+                (8, &a.meta),
+                (9, &a.u),
+                (12, &a.xh),
+            ];
+            let (op, bufs) = if half { (Op::ConvHalf, &bufs[..]) } else { (Op::Conv, &bufs[..6]) };
+            let x = cp.h_words.div_ceil(WG);
+            plan.push(b.dispatch(op, None, &cp, bufs, x, Rows::Tokens)?.on(big_path, "conv"));
 
             // x_proj: xdb = u · W_xᵀ
             let p = mp(di, xl, [0; 9]);
@@ -800,7 +854,8 @@ impl GpuModel {
             // wins only on large calls (H200, F16: 11.0 vs 12.5 µs at B=256, 11.3 vs 6.7 at 64).
             if b.coop_for(&w_x) {
                 plan.push(d.on(When::AtMost(OUT_PROJ_GEMM_MIN), "x_proj"));
-                let d = b.gemm(&w_x, di, (false, false), &gp(di, xl), &bufs)?;
+                let bufs = [(1, &a.run), (4, &a.u), (12, &a.xh), (5, &a.xdb)];
+                let d = b.gemm(&w_x, di, (false, false), &gp(di, xl), &bufs, true)?;
                 plan.push(d.on(When::Above(OUT_PROJ_GEMM_MIN), "x_proj"));
             } else {
                 plan.push(d.on(When::Always, "x_proj"));
@@ -855,7 +910,7 @@ impl GpuModel {
                 (When::AtMost(OUT_PROJ_GEMM_MIN), When::Above(OUT_PROJ_GEMM_MIN))
             };
             plan.push(d.on(out_mv, "out_proj"));
-            let d = b.gemm(&w_out, di, (true, false), &gp(di, dm), &bufs)?;
+            let d = b.gemm(&w_out, di, (true, false), &gp(di, dm), &bufs, false)?;
             plan.push(d.on(out_gemm, "out_proj"));
         }
         let head = output.as_ref().unwrap_or(&embed);
@@ -874,19 +929,21 @@ impl GpuModel {
         let bufs = [(1, &a.run), (4, &a.x), (5, &a.logits), (6, &small)];
         let d = b.matvec(Op::MvNorm, head, dm, (false, true), &p, &bufs, Rows::OutTiles)?;
         plan.push(d.on(When::HeadSmall, "lm_head"));
+        let half = b.coop_for(head);
         let np = NormParams {
             cols: dm,
             x_stride: dm,
             w_off: norm_f,
             eps_bits: eps,
             head: 1,
+            h_words: half_row(dm) / 2,
             ..Default::default()
         };
-        let bufs = [(1, &a.run), (4, &a.x), (5, &a.xn), (6, &small)];
-        plan.push(b.dispatch(Op::RmsNorm, None, &np, &bufs, 1, Rows::Outs)?.on(When::HeadBig, "norm"));
+        let d = b.norm(half, &np, (&a.run, &a.x, &a.xn, &a.xh, &small), Rows::Outs)?;
+        plan.push(d.on(When::HeadBig, "norm"));
         let p = GemmParams { x_stride: dm, o_stride: head.rows, _pad: [0; 2] };
-        let bufs = [(1, &a.run), (4, &a.xn), (5, &a.logits)];
-        let d = b.gemm(head, dm, (false, true), &p, &bufs)?;
+        let bufs = [(1, &a.run), (4, &a.xn), (12, &a.xh), (5, &a.logits)];
+        let d = b.gemm(head, dm, (false, true), &p, &bufs, half)?;
         plan.push(d.on(When::HeadBig, "lm_head"));
         self.push_argmax(b, &mut plan)?;
         self.plan = plan;
@@ -1623,7 +1680,7 @@ mod argmax_kernel {
 #[cfg(test)]
 mod gemm_kernel {
     use super::*;
-    use crate::kernels::{CoopTile, GemmKernel, GemmTile};
+    use crate::kernels::{CoopTile, GemmKernel, GemmTile, half_row};
     use half::f16;
     use tinystate_engine::kernels::{dequantize, quantize_q4_0, quantize_q8_0};
     use tinystate_engine::tensor::{BlockQ4_0, BlockQ8_0, Elems, QK};
@@ -1655,13 +1712,14 @@ mod gemm_kernel {
     }
 
     /// Runs out (+)= X · Wᵀ with `kernel` and checks every element of `out`, in range or not.
+    /// `x_half`: the coop kernel reads X from an f16 copy, as rmsnorm / conv write it.
     fn check(
         gpu: &Gpu,
         kernel: GemmKernel,
         fmt: Fmt,
         (rows, cols): (usize, usize),
         n: u32,
-        (add, head): (bool, bool),
+        (add, head, x_half): (bool, bool, bool),
     ) {
         let wf: Vec<f32> = (0..rows * cols).map(|i| val(i, 1)).collect();
         let (q8, q4, h16): (Vec<BlockQ8_0>, Vec<BlockQ4_0>, Vec<f16>);
@@ -1705,10 +1763,20 @@ mod gemm_kernel {
         let xb = b.init("x", bytemuck::cast_slice(&x), storage).unwrap();
         let ob = b.init("out", bytemuck::cast_slice(&out0), storage | wgpu::BufferUsages::COPY_SRC).unwrap();
         let rb = b.init("run", bytemuck::bytes_of(&run), wgpu::BufferUsages::UNIFORM).unwrap();
-        let shape =
-            GemmShape::with_kernel(rows as u32, cols as u32, w.groups, xs as u32, (add, head), kernel);
+        // The f16 copy: rows of half_row(cols) halves, zero-padded, whole token tiles and one
+        // row more (GpuModel::xh_rows).
+        let hs = half_row(cols as u32) as usize;
+        let xh: Vec<f16> = (0..GpuModel::xh_rows(max_tok as u32) as usize * hs)
+            .map(|i| {
+                let (t, c) = (i / hs, i % hs);
+                if t < max_tok && c < cols { f16::from_f32(x[t * xs + c]) } else { f16::ZERO }
+            })
+            .collect();
+        let xhb = b.init("xh", bytemuck::cast_slice(&xh), storage).unwrap();
+        let shape = GemmShape::with_kernel(rows as u32, cols as u32, w.groups, xs as u32, (add, head), kernel)
+            .direct(x_half, w.format);
         let p = GemmParams { x_stride: xs as u32, o_stride: os as u32, _pad: [0; 2] };
-        let bufs = [(1, &rb), (4, &xb), (5, &ob)];
+        let bufs = [(1, &rb), (4, &xb), (12, &xhb), (5, &ob)];
         let d = b.gemm_shaped(shape, &w, &p, &bufs).unwrap();
         let got: Vec<f32> = kernel_harness::run_and_read(gpu, &[&d], &run, &ob, 4 * out0.len() as u64);
 
@@ -1727,7 +1795,8 @@ mod gemm_kernel {
                     let g = f64::from(got[o]);
                     assert!(
                         (g - (base + s)).abs() <= tol,
-                        "{kernel:?} {fmt:?} rows {rows} cols {cols} n {n} add {add} head {head}: \
+                        "{kernel:?} {fmt:?} rows {rows} cols {cols} n {n} add {add} head {head} \
+                         x_half {x_half}: \
                          token {t} row {r}: got {g}, want {}",
                         base + s
                     );
@@ -1740,24 +1809,26 @@ mod gemm_kernel {
         }
     }
 
-    /// Every format with tails in rows, columns and tokens, through `kernel`.
-    fn tails(gpu: &Gpu, kernel: GemmKernel) {
+    /// Every format with tails in rows, columns and tokens, through `kernel`, X in f32 or (coop
+    /// kernel) in f16.
+    fn tails(gpu: &Gpu, kernel: GemmKernel, x_half: bool) {
         // Two row tiles and a tail; quantised formats need whole 32-column blocks.
         let rows = 2 * kernel.bm() as usize + 5;
-        check(gpu, kernel, Fmt::F32, (rows, 70), 70, (false, false)); // 17.5 groups: a partial slice
-        check(gpu, kernel, Fmt::F16, (rows, 37), 9, (true, false));
-        check(gpu, kernel, Fmt::Q8, (rows, 96), 130, (true, false));
-        check(gpu, kernel, Fmt::Q4, (rows, 64), 64, (false, true));
+        check(gpu, kernel, Fmt::F32, (rows, 70), 70, (false, false, x_half)); // 17.5 groups: a partial slice
+        check(gpu, kernel, Fmt::F16, (rows, 37), 9, (true, false, x_half));
+        check(gpu, kernel, Fmt::F16, (rows, 128), 33, (false, true, x_half)); // whole slices: direct W
+        check(gpu, kernel, Fmt::Q8, (rows, 96), 130, (true, false, x_half));
+        check(gpu, kernel, Fmt::Q4, (rows, 64), 64, (false, true, x_half));
     }
 
     #[test]
     fn every_tile_and_format_with_tails() {
         let Some(gpu) = kernel_harness::device() else { return };
         for tile in GemmTile::ALL {
-            tails(&gpu, GemmKernel::Fma(tile));
+            tails(&gpu, GemmKernel::Fma(tile), false);
         }
         // One row, one token.
-        check(&gpu, GemmKernel::Fma(GemmTile::ALL[0]), Fmt::F32, (1, 5), 1, (false, false));
+        check(&gpu, GemmKernel::Fma(GemmTile::ALL[0]), Fmt::F32, (1, 5), 1, (false, false, false));
     }
 
     /// The tensor-core kernel, checked the same way, on adapters that have it. Others (lavapipe,
@@ -1770,12 +1841,19 @@ mod gemm_kernel {
             return;
         }
         for tile in CoopTile::ALL {
-            tails(&gpu, GemmKernel::Coop(tile));
+            tails(&gpu, GemmKernel::Coop(tile), false);
+            tails(&gpu, GemmKernel::Coop(tile), true);
         }
-        check(&gpu, GemmKernel::Coop(CoopTile::ALL[0]), Fmt::F32, (1, 5), 1, (false, false));
-        // Model-sized: out_proj (the residual, 24 slices) and x_proj at 200 and 256 tokens.
-        check(&gpu, GemmKernel::Coop(CoopTile::for_rows(768)), Fmt::F16, (768, 1536), 200, (true, false));
-        check(&gpu, GemmKernel::Coop(CoopTile::for_rows(80)), Fmt::Q8, (80, 1536), 256, (false, false));
+        check(&gpu, GemmKernel::Coop(CoopTile::ALL[0]), Fmt::F32, (1, 5), 1, (false, false, false));
+        check(&gpu, GemmKernel::Coop(CoopTile::ALL[0]), Fmt::F16, (1, 64), 1, (false, false, true));
+        // Model-sized: out_proj (the residual, 24 slices), x_proj, in_proj and an LM head.
+        let coop = |rows| GemmKernel::Coop(CoopTile::for_rows(rows));
+        check(&gpu, coop(768), Fmt::F16, (768, 1536), 200, (true, false, false));
+        check(&gpu, coop(80), Fmt::Q8, (80, 1536), 256, (false, false, true));
+        check(&gpu, coop(80), Fmt::F16, (80, 1536), 256, (false, false, true));
+        check(&gpu, coop(3072), Fmt::F16, (3072, 768), 256, (false, false, true));
+        check(&gpu, coop(3072), Fmt::Q8, (3072, 768), 100, (false, false, true));
+        check(&gpu, coop(8200), Fmt::F16, (8200, 768), 100, (false, true, true));
     }
 }
 
