@@ -220,11 +220,10 @@ impl CoopTile {
         self.wm * self.wn * self.wk
     }
 
-    /// Workgroup memory the shader declares: the staged W and X slices as f16 (rows padded by
-    /// 8 halves; none for an operand loaded direct) and one 16×16 f32 scratch per subgroup.
-    pub(crate) const fn workgroup_bytes(&self, wd: bool, xd: bool) -> u32 {
-        let rows = if wd { 0 } else { self.bm() } + if xd { 0 } else { self.bn() };
-        2 * rows * (16 * self.ks + 8) + 4 * 256 * self.subgroups()
+    /// Workgroup memory the shader declares: the W and X slices as f16 (rows padded by 8
+    /// halves) and one 16×16 f32 scratch per subgroup.
+    pub(crate) const fn workgroup_bytes(&self) -> u32 {
+        2 * (self.bm() + self.bn()) * (16 * self.ks + 8) + 4 * 256 * self.subgroups()
     }
 
     /// The tile for a matrix of `rows` output features, so that a step of 256 rows keeps an
@@ -246,10 +245,6 @@ impl CoopTile {
         }
     }
 
-    /// The most weight rows any tile covers: model.rs pads F16 matrices to a multiple of it, so
-    /// direct W loads of a last row tile read zeros.
-    pub(crate) const MAX_BM: u32 = 128;
-
     /// Every tile [`CoopTile::for_rows`] picks from, largest first.
     pub(crate) const ALL: [CoopTile; 4] = [
         CoopTile { wm: 4, wn: 2, wk: 1, fm: 2, fn_: 2, ks: 4 },
@@ -258,12 +253,11 @@ impl CoopTile {
         CoopTile { wm: 1, wn: 1, wk: 4, fm: 1, fn_: 1, ks: 4 },
     ];
 
-    /// The most workgroup memory any tile needs (both operands staged): a device with less
-    /// gets no tensor-core GEMM.
+    /// The most workgroup memory any tile needs: a device with less gets no tensor-core GEMM.
     pub(crate) const MAX_WORKGROUP_BYTES: u32 = {
         let (mut i, mut m) = (0, 0);
         while i < Self::ALL.len() {
-            let b = Self::ALL[i].workgroup_bytes(false, false);
+            let b = Self::ALL[i].workgroup_bytes();
             m = if b > m { b } else { m };
             i += 1;
         }
@@ -272,7 +266,7 @@ impl CoopTile {
 }
 
 /// Halves per row of a tensor-core GEMM's f16 input of `cols` columns: whole 16-column
-/// fragments, zero-padded.
+/// fragments (so whole groups of 4), zero-padded.
 pub(crate) const fn half_row(cols: u32) -> u32 {
     cols.div_ceil(16) * 16
 }
@@ -287,7 +281,6 @@ const _: () = {
         assert!((t.bm() * per_slice).is_multiple_of(t.threads()) && t.bm() * per_slice >= t.threads());
         assert!((t.bn() * per_slice).is_multiple_of(t.threads()) && t.bn() * per_slice >= t.threads());
         assert!(t.ks.is_multiple_of(t.wk) && t.fm <= 2 && t.fn_ <= 2);
-        assert!(t.bm() <= CoopTile::MAX_BM);
         i += 1;
     }
 };
@@ -369,13 +362,9 @@ pub(crate) struct GemmShape {
     /// The coop kernel reads X as vec4 (`mv_in4.wgsl`, binding 10 instead of 4): cols and the
     /// row stride are multiples of 4.
     pub x4: bool,
-    /// The coop kernel loads X's fragments straight from its f16 copy (binding 12, rows of
-    /// [`half_row`] halves) instead of staging f32 X.
-    pub xd: bool,
-    /// The coop kernel loads W's fragments straight from the F16 weights instead of staging
-    /// them: F16 weights whose rows are whole K-slices (`gemm_coop.wgsl` then never reads past
-    /// a row's end).
-    pub wd: bool,
+    /// The coop kernel reads X from its f16 copy (`coop_x_half.wgsl`, binding 12 instead of 4:
+    /// rows of [`half_row`] halves) instead of converting f32 X.
+    pub xh: bool,
 }
 
 impl GemmShape {
@@ -403,15 +392,13 @@ impl GemmShape {
     ) -> Self {
         let vec4 = cols.is_multiple_of(4) && x_stride.is_multiple_of(4);
         let x4 = vec4 && matches!(tile, GemmKernel::Coop(_));
-        GemmShape { rows, cols, groups, add, head, tile, x4, xd: false, wd: false }
+        GemmShape { rows, cols, groups, add, head, tile, x4, xh: false }
     }
 
-    /// On the coop kernel, loads X from its f16 copy when `x_half` (the producer writes one)
-    /// and W direct when `format` is F16 and the rows are whole K-slices.
-    pub(crate) fn direct(self, x_half: bool, format: Format) -> Self {
-        let GemmKernel::Coop(t) = self.tile else { return self };
-        let wd = format == Format::F16 && self.cols.is_multiple_of(16 * t.ks);
-        GemmShape { xd: x_half, wd, x4: self.x4 && !x_half, ..self }
+    /// On the coop kernel, reads X from its f16 copy when `x_half` (the producer writes one).
+    pub(crate) fn half_x(self, x_half: bool) -> Self {
+        let xh = x_half && matches!(self.tile, GemmKernel::Coop(_));
+        GemmShape { xh, x4: self.x4 && !xh, ..self }
     }
 
     /// Workgroups along the rows (the grid's first dimension).
@@ -421,36 +408,25 @@ impl GemmShape {
 
     /// The WGSL constants `gemm.wgsl` / `gemm_coop.wgsl` expect.
     fn header(&self) -> String {
-        let GemmShape { rows, cols, groups, add, head, tile, xd, wd, .. } = *self;
+        let GemmShape { rows, cols, groups, add, head, tile, .. } = *self;
         format!(
             "const ROWS: u32 = {rows}u;\nconst COLS: u32 = {cols}u;\nconst GROUPS: u32 = {groups}u;\n\
-             const ADD: bool = {add};\nconst HEAD: bool = {head};\nconst STAGED: bool = {};\n\
-             const XS: u32 = {}u;\n{}",
-            !(xd && wd),
-            half_row(cols),
+             const ADD: bool = {add};\nconst HEAD: bool = {head};\nconst XG: u32 = {}u;\n{}",
+            half_row(cols) / 4,
             tile.header()
         )
     }
 }
 
-/// `gemm_coop.wgsl` with the files that bring its operands: W and X each direct or staged
-/// (see [`GemmShape::wd`], [`GemmShape::xd`]); `input` reads staged f32 X.
-fn coop_parts(spec: Spec, input: &'static str) -> [&'static str; 4] {
-    let (wd, xd) = match spec {
-        Spec::Gemm(g) => (g.wd, g.xd),
-        _ => (false, false),
-    };
-    let w = if wd {
-        include_str!("shaders/coop_w_direct.wgsl")
-    } else {
-        include_str!("shaders/coop_w_staged.wgsl")
-    };
-    let x = if xd {
-        ["", include_str!("shaders/coop_x_direct.wgsl")]
+/// `gemm_coop.wgsl` with the files that bring X: its f16 copy (see [`GemmShape::xh`]), or f32
+/// rows read by `input`.
+fn coop_parts(spec: Spec, input: &'static str) -> [&'static str; 3] {
+    let x = if matches!(spec, Spec::Gemm(GemmShape { xh: true, .. })) {
+        ["", include_str!("shaders/coop_x_half.wgsl")]
     } else {
         [input, include_str!("shaders/coop_x_staged.wgsl")]
     };
-    [x[0], x[1], w, include_str!("shaders/gemm_coop.wgsl")]
+    [x[0], x[1], include_str!("shaders/gemm_coop.wgsl")]
 }
 
 fn source(op: Op, f: Format, spec: Spec) -> String {
@@ -477,10 +453,7 @@ fn source(op: Op, f: Format, spec: Spec) -> String {
     let enables = if op == Op::GemmCoop { "enable f16;\nenable wgpu_cooperative_matrix;\n" } else { "" };
     let mut s = String::from(enables);
     s.push_str(COMMON);
-    // W loaded straight as halves (coop_w_direct.wgsl) binds the weights itself.
-    if !matches!(spec, Spec::Gemm(GemmShape { wd: true, .. })) {
-        s.push_str(f.shader());
-    }
+    s.push_str(f.shader());
     s.push_str(&spec.header());
     parts.iter().for_each(|p| s.push_str(p));
     s
@@ -651,10 +624,14 @@ mod shader_check {
     use super::*;
 
     fn validate(what: &str, src: &str) {
-        let module = naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(src)));
-        let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(src)));
+        let module =
+            naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(src)));
+        let info = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::all(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(src)));
         naga::back::spv::write_vec(&module, &info, &Default::default(), None)
             .unwrap_or_else(|e| panic!("{what}: SPIR-V: {e}"));
     }
@@ -665,9 +642,19 @@ mod shader_check {
             for f in [Format::F32, Format::F16, Format::Q8_0, Format::Q4_0] {
                 for (cols, xs) in [(768, 768), (70, 72), (37, 37)] {
                     for x_half in [false, true] {
-                        let shape = GemmShape::with_kernel(200, cols, cols.div_ceil(4), xs, (true, false), GemmKernel::Coop(tile))
-                            .direct(x_half, f);
-                        validate(&format!("{tile:?} {f:?} {cols} {x_half}"), &source(Op::GemmCoop, f, Spec::Gemm(shape)));
+                        let shape = GemmShape::with_kernel(
+                            200,
+                            cols,
+                            cols.div_ceil(4),
+                            xs,
+                            (true, false),
+                            GemmKernel::Coop(tile),
+                        )
+                        .half_x(x_half);
+                        validate(
+                            &format!("{tile:?} {f:?} {cols} {x_half}"),
+                            &source(Op::GemmCoop, f, Spec::Gemm(shape)),
+                        );
                     }
                 }
             }

@@ -6,9 +6,9 @@
 //! `matvec.wgsl`, conv fused into in_proj) and the GEMM one otherwise (in_proj and lm_head as
 //! `gemm.wgsl` on inputs normed / convolved by their own kernels; out_proj turns GEMM only past
 //! OUT_PROJ_GEMM_MIN tokens, and the narrow x_proj stays matrix × vectors). On a device with
-//! tensor cores ([`Gpu::tensor_cores`]) every GEMM over F16 or F32 weights is `gemm_coop.wgsl`
-//! (f16 inputs, f32 sums), out_proj turns GEMM past GEMM_MIN_TOKENS and x_proj past
-//! OUT_PROJ_GEMM_MIN. The scan is a thread
+//! tensor cores ([`Gpu::tensor_cores`]) every GEMM is `gemm_coop.wgsl` (f16 inputs, f32 sums;
+//! the norms and the conv write its input in f16, out_proj's y is converted as it loads),
+//! out_proj turns GEMM past GEMM_MIN_TOKENS and x_proj past OUT_PROJ_GEMM_MIN. The scan is a thread
 //! per (sequence, channel), its states in registers. Matrix shapes and state sizes are compiled
 //! into the pipelines (`kernels::Spec`):
 //! ```text
@@ -31,9 +31,8 @@
 
 use crate::device::{ErrorSlot, Gpu};
 use crate::kernels::{
-    ARGMAX_PARTS, ArgmaxParams, ConvParams, CoopTile, EmbedParams, GEMM_MIN_TOKENS, GemmParams, GemmShape,
-    MM_TOKENS, MvParams, MvShape, NormParams, Op, Pipelines, Run, SCAN_CHANNELS, ScanParams, Spec, WG,
-    half_row,
+    ARGMAX_PARTS, ArgmaxParams, ConvParams, EmbedParams, GEMM_MIN_TOKENS, GemmParams, GemmShape, MM_TOKENS,
+    MvParams, MvShape, NormParams, Op, Pipelines, Run, SCAN_CHANNELS, ScanParams, Spec, WG, half_row,
 };
 use crate::weights::{Format, Packed, pack, same_tensor};
 use crate::{GpuError, TokenId};
@@ -220,8 +219,7 @@ struct Acts {
     /// RMSNorm output, the f32 GEMM's input (max_tok, d_model).
     xn: wgpu::Buffer,
     /// The tensor-core GEMM's f16 input, written by rmsnorm (in_proj, LM head) or the conv
-    /// (x_proj) just before its GEMM: (max_tok rounded up to whole token tiles,
-    /// half_row(max(d_model, d_inner))) halves.
+    /// (x_proj) just before its GEMM: (max_tok, half_row(max(d_model, d_inner))) halves.
     xh: wgpu::Buffer,
     /// Logits (max_batch, vocab).
     logits: wgpu::Buffer,
@@ -352,12 +350,7 @@ impl Builder<'_> {
     }
 
     fn matrix(&self, what: &str, m: &Matrix<'_>) -> Result<GpuMatrix, GpuError> {
-        let Packed { format, rows, groups, mut data, scales } = pack(m)?;
-        if self.coop && format == Format::F16 {
-            // Zero rows up to whole coop row tiles: direct W loads (coop_w_direct.wgsl) of a
-            // last row tile read them instead of whatever follows.
-            data.resize(rows.next_multiple_of(CoopTile::MAX_BM as usize) * groups * 8, 0);
-        }
+        let Packed { format, rows, groups, data, scales } = pack(m)?;
         let usage = wgpu::BufferUsages::STORAGE;
         let data = self.init(what, &data, usage)?;
         let scales = scales.map(|s| self.init(what, &s, usage)).transpose()?;
@@ -430,7 +423,7 @@ impl Builder<'_> {
         x_half: bool,
     ) -> Result<Dispatch, GpuError> {
         let shape = GemmShape::new(w.rows, cols, w.groups, params.x_stride, (add, head), self.coop_for(w))
-            .direct(x_half, w.format);
+            .half_x(x_half);
         self.gemm_shaped(shape, w, params, bufs)
     }
 
@@ -463,10 +456,10 @@ impl Builder<'_> {
         let bn = shape.tile.bn();
         let rows = if shape.head { Rows::GemmOutTiles(bn) } else { Rows::GemmTiles(bn) };
         let (op, x) = (shape.tile.op(), shape.row_tiles());
-        // X binds at 4, its vec4 view at 10 (see GemmShape::x4), or its f16 copy at 12 (xd).
+        // X binds at 4, its vec4 view at 10 (see GemmShape::x4), or its f16 copy at 12 (xh).
         let bufs: Vec<_> = bufs
             .iter()
-            .filter(|&&(i, _)| !matches!((i, shape.xd), (4, true) | (12, false)))
+            .filter(|&&(i, _)| !matches!((i, shape.xh), (4, true) | (12, false)))
             .map(|&(i, b)| (if shape.x4 && i == 4 { 10 } else { i }, b))
             .collect();
         self.dispatch_shaped(op, Spec::Gemm(shape), Some(w), params, &bufs, x, rows)
@@ -674,7 +667,7 @@ impl GpuModel {
             u: b.storage("u", f(c.d_inner), none)?,
             y: b.storage("y", f(c.d_inner), none)?,
             xn: b.storage("xn", f(c.d_model), none)?,
-            xh: b.storage("xh", 2 * Self::xh_rows(max_tok) * Self::xh_row(c)? as u64, none)?,
+            xh: b.storage("xh", 2 * t * u64::from(Self::xh_row(c)?), none)?,
             logits: b.storage("logits", logits_bytes, wgpu::BufferUsages::COPY_SRC)?,
             argmax: b.storage("argmax", 4 * u64::from(max_batch), wgpu::BufferUsages::COPY_SRC)?,
             argmax_parts: b.storage("argmax parts", 8 * u64::from(max_batch * ARGMAX_PARTS), none)?,
@@ -685,12 +678,6 @@ impl GpuModel {
                 mapped_at_creation: false,
             }),
         })
-    }
-
-    /// Rows of `acts.xh`: whole token tiles of the largest coop tile and one more, so that a
-    /// tile's direct fragment loads, a last slice past the row's end too, stay inside the buffer.
-    fn xh_rows(max_tok: u32) -> u64 {
-        u64::from(max_tok.next_multiple_of(128)) + 1
     }
 
     /// Halves per row of `acts.xh`.
@@ -802,7 +789,7 @@ impl GpuModel {
             ];
             let d = b.matvec(Op::MvNormConv, &w_in, dm, (false, false), &p, &bufs, Rows::TokenTiles)?;
             plan.push(d.on(small_path, "in_proj"));
-            // On tensor cores the norm writes the f16 copy the GEMM loads direct.
+            // On tensor cores the norm writes X in f16, which the GEMM stages as is.
             let half = b.coop_for(&w_in);
             let np = NormParams {
                 cols: dm,
@@ -1763,18 +1750,18 @@ mod gemm_kernel {
         let xb = b.init("x", bytemuck::cast_slice(&x), storage).unwrap();
         let ob = b.init("out", bytemuck::cast_slice(&out0), storage | wgpu::BufferUsages::COPY_SRC).unwrap();
         let rb = b.init("run", bytemuck::bytes_of(&run), wgpu::BufferUsages::UNIFORM).unwrap();
-        // The f16 copy: rows of half_row(cols) halves, zero-padded, whole token tiles and one
-        // row more (GpuModel::xh_rows).
+        // The f16 copy: rows of half_row(cols) halves, zero-padded, as rmsnorm / conv write it.
         let hs = half_row(cols as u32) as usize;
-        let xh: Vec<f16> = (0..GpuModel::xh_rows(max_tok as u32) as usize * hs)
+        let xh: Vec<f16> = (0..max_tok * hs)
             .map(|i| {
                 let (t, c) = (i / hs, i % hs);
                 if t < max_tok && c < cols { f16::from_f32(x[t * xs + c]) } else { f16::ZERO }
             })
             .collect();
         let xhb = b.init("xh", bytemuck::cast_slice(&xh), storage).unwrap();
-        let shape = GemmShape::with_kernel(rows as u32, cols as u32, w.groups, xs as u32, (add, head), kernel)
-            .direct(x_half, w.format);
+        let shape =
+            GemmShape::with_kernel(rows as u32, cols as u32, w.groups, xs as u32, (add, head), kernel)
+                .half_x(x_half);
         let p = GemmParams { x_stride: xs as u32, o_stride: os as u32, _pad: [0; 2] };
         let bufs = [(1, &rb), (4, &xb), (12, &xhb), (5, &ob)];
         let d = b.gemm_shaped(shape, &w, &p, &bufs).unwrap();
@@ -1816,7 +1803,7 @@ mod gemm_kernel {
         let rows = 2 * kernel.bm() as usize + 5;
         check(gpu, kernel, Fmt::F32, (rows, 70), 70, (false, false, x_half)); // 17.5 groups: a partial slice
         check(gpu, kernel, Fmt::F16, (rows, 37), 9, (true, false, x_half));
-        check(gpu, kernel, Fmt::F16, (rows, 128), 33, (false, true, x_half)); // whole slices: direct W
+        check(gpu, kernel, Fmt::F16, (rows, 128), 33, (false, true, x_half));
         check(gpu, kernel, Fmt::Q8, (rows, 96), 130, (true, false, x_half));
         check(gpu, kernel, Fmt::Q4, (rows, 64), 64, (false, true, x_half));
     }
@@ -1831,6 +1818,20 @@ mod gemm_kernel {
         check(&gpu, GemmKernel::Fma(GemmTile::ALL[0]), Fmt::F32, (1, 5), 1, (false, false, false));
     }
 
+    /// Tiles besides [`CoopTile::ALL`] that were timed on the H200 (BENCHMARKS.md), kept
+    /// correct so that a retune can pick them.
+    const SWEPT: [CoopTile; 9] = [
+        CoopTile { wm: 4, wn: 2, wk: 1, fm: 2, fn_: 2, ks: 2 },
+        CoopTile { wm: 2, wn: 4, wk: 1, fm: 2, fn_: 2, ks: 4 },
+        CoopTile { wm: 2, wn: 2, wk: 1, fm: 2, fn_: 2, ks: 2 },
+        CoopTile { wm: 2, wn: 1, wk: 2, fm: 2, fn_: 2, ks: 4 },
+        CoopTile { wm: 1, wn: 2, wk: 2, fm: 2, fn_: 2, ks: 4 },
+        CoopTile { wm: 1, wn: 1, wk: 4, fm: 2, fn_: 2, ks: 8 },
+        CoopTile { wm: 1, wn: 1, wk: 2, fm: 2, fn_: 2, ks: 4 },
+        CoopTile { wm: 1, wn: 1, wk: 4, fm: 1, fn_: 1, ks: 8 },
+        CoopTile { wm: 1, wn: 1, wk: 8, fm: 1, fn_: 1, ks: 8 },
+    ];
+
     /// The tensor-core kernel, checked the same way, on adapters that have it. Others (lavapipe,
     /// so CI) skip this test: without the capability the models never run that kernel.
     #[test]
@@ -1840,7 +1841,7 @@ mod gemm_kernel {
             eprintln!("skipping the coop GEMM test: {} has no tensor-core GEMM", gpu.describe());
             return;
         }
-        for tile in CoopTile::ALL {
+        for tile in CoopTile::ALL.into_iter().chain(SWEPT) {
             tails(&gpu, GemmKernel::Coop(tile), false);
             tails(&gpu, GemmKernel::Coop(tile), true);
         }
@@ -1968,5 +1969,110 @@ mod matvec_kernel {
         ] {
             check(&gpu, shape, n, flags);
         }
+    }
+}
+
+/// The f16 copies rmsnorm and the conv write for the tensor-core GEMM (`norm_f16.wgsl`,
+/// `conv_f16.wgsl`), against the f32 outputs of the same kernels: pack2x16float is core WGSL,
+/// so this runs on every adapter, lavapipe too, though only tensor-core devices use the copies.
+#[cfg(test)]
+mod half_writers {
+    use super::*;
+    use half::f16;
+
+    /// A deterministic value in about [−1, 1).
+    fn val(i: usize, salt: usize) -> f32 {
+        let h = (i.wrapping_mul(2654435761) ^ salt.wrapping_mul(40503)) % 2003;
+        h as f32 / 1001.5 - 1.0
+    }
+
+    /// `words` (rows of `cols.div_ceil(16) · 8` words) hold `want` (rows of `cols`) rounded to
+    /// f16, within an ulp, and zeros past `cols`.
+    fn check_copy(words: &[u32], want: &[f32], cols: usize, n: usize) {
+        let hs = half_row(cols as u32) as usize;
+        let halves: Vec<f16> =
+            words.iter().flat_map(|w| [*w as u16, (*w >> 16) as u16]).map(f16::from_bits).collect();
+        for t in 0..n {
+            for c in 0..hs {
+                let got = halves[t * hs + c];
+                if c >= cols {
+                    assert_eq!(got.to_bits(), 0, "token {t} column {c}: padding");
+                    continue;
+                }
+                let w = f16::from_f32(want[t * cols + c]);
+                let ulps = (i32::from(got.to_bits() as i16) - i32::from(w.to_bits() as i16)).abs();
+                assert!(ulps <= 1, "token {t} column {c}: got {got}, want {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn rmsnorm_and_conv_write_f16_copies() {
+        let Some(gpu) = kernel_harness::device() else { return };
+        let dev = &gpu.device;
+        let mut b = Builder { dev, limit: u64::MAX, pipes: Pipelines::default(), coop: gpu.coop };
+        let (n, cols, k) = (5u32, 70u32, 4u32);
+        let (nu, cu) = (n as usize, cols as usize);
+        let storage = wgpu::BufferUsages::STORAGE;
+        let read = wgpu::BufferUsages::COPY_SRC;
+        let run = Run { n_tok: n, n_seq: n, out_row0: 0, n_out: n };
+        let rb = b.init("run", bytemuck::bytes_of(&run), wgpu::BufferUsages::UNIFORM).unwrap();
+        // Norm weights at 4, conv taps (cols, k) and bias after them.
+        let small: Vec<f32> = (0..4 + cu * (2 + k as usize)).map(|i| val(i, 4)).collect();
+        let sb = b.init("smalls", bytemuck::cast_slice(&small), storage).unwrap();
+        // X (n, 2·cols), read by the norm as rows of cols with stride 2·cols and by the conv as
+        // xz; the f16 copies start as garbage, so the padding must be written.
+        let x: Vec<f32> = (0..nu * 2 * cu).map(|i| val(i, 1) * 3.0).collect();
+        let xb = b.init("x", bytemuck::cast_slice(&x), storage).unwrap();
+        let h_words = half_row(cols) / 2;
+        let garbage = vec![0x7bff_7bffu32; nu * h_words as usize];
+        let out = |b: &Builder<'_>, what| b.storage(what, 4 * u64::from(n * 2 * cols), read).unwrap();
+        let xh = b.init("xh", bytemuck::cast_slice(&garbage), storage | read).unwrap();
+        let xn = out(&b, "xn");
+
+        let np = NormParams {
+            cols,
+            x_stride: 2 * cols,
+            w_off: 4,
+            eps_bits: 1e-5f32.to_bits(),
+            h_words,
+            ..Default::default()
+        };
+        for half in [false, true] {
+            let d = b.norm(half, &np, (&rb, &xb, &xn, &xh, &sb), Rows::Tokens).unwrap();
+            kernel_harness::run_and_read::<u32>(&gpu, &[&d], &run, &xn, 4);
+        }
+        let want: Vec<f32> = kernel_harness::run_and_read(&gpu, &[], &run, &xn, 4 * u64::from(n * cols));
+        let words: Vec<u32> = kernel_harness::run_and_read(&gpu, &[], &run, &xh, 4 * u64::from(n * h_words));
+        check_copy(&words, &want, cu, nu);
+
+        // The conv: token t is slot t's first, its window from the state (n slots, 1 layer).
+        let meta: Vec<u32> =
+            (0..n).flat_map(|t| [0, t, t, 0]).chain((0..n).flat_map(|t| [t, t, 1, 0])).collect();
+        let mb = b.init("meta", bytemuck::cast_slice(&meta), storage).unwrap();
+        let state: Vec<f32> = (0..nu * (k as usize - 1) * cu).map(|i| val(i, 5)).collect();
+        let stb = b.init("conv state", bytemuck::cast_slice(&state), storage).unwrap();
+        let xh = b.init("uh", bytemuck::cast_slice(&garbage), storage | read).unwrap();
+        let cp = ConvParams {
+            d_inner: cols,
+            d_conv: k,
+            n_layer: 1,
+            layer: 0,
+            off_w: 4 + cols,
+            off_b: 4 + cols * (1 + k),
+            h_words,
+            _pad: 0,
+        };
+        let mut us = Vec::new();
+        for (op, half) in [(Op::Conv, false), (Op::ConvHalf, true)] {
+            let u = out(&b, "u");
+            let bufs = [(1, &rb), (4, &xb), (6, &sb), (7, &stb), (8, &mb), (9, &u), (12, &xh)];
+            let bufs = if half { &bufs[..] } else { &bufs[..6] };
+            let d = b.dispatch(op, None, &cp, bufs, h_words.div_ceil(WG), Rows::Tokens).unwrap();
+            us.push(kernel_harness::run_and_read::<f32>(&gpu, &[&d], &run, &u, 4 * u64::from(n * cols)));
+        }
+        assert_eq!(us[0], us[1], "u with and without the f16 copy");
+        let words: Vec<u32> = kernel_harness::run_and_read(&gpu, &[], &run, &xh, 4 * u64::from(n * h_words));
+        check_copy(&words, &us[0], cu, nu);
     }
 }

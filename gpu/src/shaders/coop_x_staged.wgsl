@@ -1,9 +1,8 @@
-// gemm_coop.wgsl's X staged from f32 rows (`load_x`: mv_in4.wgsl or mv_in1.wgsl): per K-slice
-// every thread loads NX vec4s into registers and after the next barrier converts them into the
-// slice tile as f16.
+// gemm_coop.wgsl's X from f32 rows (`load_x`: mv_in4.wgsl or mv_in1.wgsl; out_proj's y, which
+// has no f16 copy): per K-slice every thread loads NX vec4s into registers and after the next
+// barrier converts them into the slice tile as f16.
 const NX: u32 = BN * BKG / THREADS; // X vec4 loads per thread per slice
 
-var<workgroup> xt: array<f16, BN * LDK>; // X slice (BN, LDK): tokens × k
 var<private> xr: array<vec4<f32>, NX>; // the next slice of X
 
 // The i-th X vec4 (4 columns of one token) this thread loads for the slice at group g0. Tokens
@@ -36,9 +35,4 @@ fn stage_x_slice(lid: u32) {
             xt[o + j] = h[j];
         }
     }
-}
-
-// The subgroup's X fragment at staged tokens n0.., K fragment kf (kl: its column in the slice).
-fn frag_b(t0: u32, n0: u32, kf: u32, kl: u32) -> coop_mat16x16<f16, B> {
-    return coopLoad<coop_mat16x16<f16, B>>(&xt[n0 * LDK + kl], LDK);
 }

@@ -4,22 +4,20 @@
 // with `enable f16; enable wgpu_cooperative_matrix;` (kernels.rs puts it before everything).
 //
 // The header (kernels.rs `CoopTile`, `GemmShape`) compiles in the matrix (ROWS, COLS, GROUPS,
-// ADD, HEAD), whether any operand is staged (STAGED) and the tile: WM × WN × WK subgroups of 32
-// lanes; subgroup (wm, wn, kw) owns a FM × FN block of 16×16 fragments, so the workgroup covers
+// ADD, HEAD) and the tile: WM × WN × WK subgroups of 32 lanes; subgroup (wm, wn, kw) owns a FM × FN block of 16×16 fragments, so the workgroup covers
 // BM = 16·WM·FM weight rows × BN = 16·WN·FN tokens, and its WK subgroups split every K-slice
 // between them (kw takes fragments kw, kw + WK, ...; their partial sums meet in the epilogue).
 // Splitting K inside the workgroup lets narrow matrices (out_proj, x_proj) use small tiles, and
 // so many workgroups, without atomics or a second pass.
 //
-// As C = A·B: A = W (rows × k, row-major), B = Xᵀ (k × tokens: X's rows are B's columns, so
-// column-major), C = outᵀ (rows × tokens, column-major = out's layout). Each operand comes one of
-// two ways, from a file kernels.rs picks (`load_*_slice`, `stage_*_slice`, `frag_*`):
-//  - direct: fragments load from the storage buffer itself: X from its f16 copy
-//    (coop_x_direct.wgsl), W when it is F16 (coop_w_direct.wgsl);
-//  - staged: per K-slice of BK = 16·KS columns the workgroup converts W (any weight format,
-//    coop_w_staged.wgsl) or f32 X (coop_x_staged.wgsl) to f16 in workgroup memory. The next
-//    slice's global loads go into registers before this slice's multiplies and are decoded only
-//    when staged, so their latency hides behind the multiplies.
+// As C = A·B: A = the W tile (rows × k, row-major in workgroup memory), B = Xᵀ (k × tokens: X's
+// rows are B's columns, so column-major), C = outᵀ (rows × tokens, column-major = out's layout).
+// Per K-slice of BK = 16·KS columns the workgroup stages W (any weight format, `raw_w` /
+// `cook_w`) and X (its f16 copy, coop_x_half.wgsl, or f32 rows, coop_x_staged.wgsl) as f16 in
+// workgroup memory. The next slice's global loads go into registers before this
+// slice's multiplies and are decoded only when staged, so their latency hides behind the
+// multiplies. (Loading fragments straight from the storage buffers instead, no staging, was
+// slower on the H200: in_proj 48 vs 22 µs at B=256.)
 // Inputs go through f16: |x| must stay below 65504, and each product carries about 2⁻¹⁰
 // relative error (model.rs `gemm_kernel` states the tolerance).
 
@@ -32,6 +30,7 @@ const NSG: u32 = WM * WN * WK; // subgroups
 const THREADS: u32 = 32u * NSG;
 const SLICES: u32 = (GROUPS + BKG - 1u) / BKG;
 const KPW: u32 = KS / WK; // K fragments per subgroup per slice
+const NW: u32 = BM * BKG / THREADS; // W vec4 loads per thread per slice
 
 struct Params {
     x_stride: u32, // floats per input row (staged X)
@@ -42,9 +41,55 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;  // (n, o_stride)
 
+var<workgroup> wt: array<f16, BM * LDK>; // W slice (BM, LDK): rows × k
+var<workgroup> xt: array<f16, BN * LDK>; // X slice (BN, LDK): tokens × k
 // Each subgroup's 16×16 scratch for the epilogue (column-major: token j, row i at 16j + i). The
 // first 256 floats are zeros at the start, the accumulators' initial value.
 var<workgroup> cs: array<f32, NSG * 256u>;
+
+var<private> wr: array<vec4<u32>, NW>; // the next slice of W, raw
+
+// The i-th W vec4 this thread loads for the slice at group g0: consecutive threads read
+// consecutive groups of one row. Rows past ROWS and groups past GROUPS read as 0.
+fn w_part(i: u32, lid: u32, r0: u32, g0: u32) -> vec4<u32> {
+    let e = i * THREADS + lid;
+    let row = r0 + e / BKG;
+    let g = g0 + e % BKG;
+    var v = vec4<u32>(0u);
+    if row < ROWS && g < GROUPS {
+        v = raw_w(row, g, GROUPS);
+    }
+    return v;
+}
+
+// Issues the loads of the slice at group g0 (raw: nothing waits for them until staging).
+fn load_w_slice(lid: u32, r0: u32, g0: u32) {
+    for (var i = 0u; i < NW; i++) {
+        wr[i] = w_part(i, lid, r0, g0);
+    }
+}
+
+// The loaded slice into `wt`, as f16.
+fn stage_w_slice(lid: u32) {
+    for (var i = 0u; i < NW; i++) {
+        let e = i * THREADS + lid;
+        let o = (e / BKG) * LDK + 4u * (e % BKG);
+        let h = vec4<f16>(cook_w(wr[i]));
+        for (var j = 0u; j < 4u; j++) {
+            wt[o + j] = h[j];
+        }
+    }
+}
+
+// The subgroup's W fragment at staged rows m0.., column kl of the slice.
+fn frag_a(m0: u32, kl: u32) -> coop_mat16x16<f16, A> {
+    return coopLoadT<coop_mat16x16<f16, A>>(&wt[m0 * LDK + kl], LDK);
+}
+
+// The subgroup's X fragment at staged tokens n0.., column kl of the slice.
+fn frag_b(n0: u32, kl: u32) -> coop_mat16x16<f16, B> {
+    return coopLoad<coop_mat16x16<f16, B>>(&xt[n0 * LDK + kl], LDK);
+}
 
 // Sums fragment (fi, fj) over the K-subgroups and writes it: every subgroup stores its own into
 // its scratch, then each thread adds up some elements; consecutive threads take consecutive rows
@@ -106,43 +151,33 @@ fn main(
     var c11 = c00;
 
     for (var s = 0u; s < SLICES; s++) {
-        // A staged slice is written, read, then overwritten: two barriers a slice.
         stage_w_slice(lid);
         stage_x_slice(lid);
-        if STAGED {
-            workgroupBarrier();
-        }
+        workgroupBarrier();
         // Slice s + 1 into registers: its loads are in flight during slice s's multiplies.
         if s + 1u < SLICES {
             load_w_slice(lid, r0, (s + 1u) * BKG);
             load_x_slice(lid, t0, (s + 1u) * BKG, nt);
         }
-        // A last slice may reach past COLS, where a staged operand is zero; a direct X fragment
-        // there reads the next token's row (finite f16 values, times those zeros). Direct W
-        // comes only with whole slices (kernels.rs `GemmShape::direct`), so never meets direct
-        // X past COLS.
         for (var f = 0u; f < KPW; f++) {
             let kl = 16u * (kw + WK * f);
-            let kf = s * KS + kw + WK * f;
-            let a0 = frag_a(r0, m0, kf, kl);
-            let b0 = frag_b(t0, n0, kf, kl);
+            let a0 = frag_a(m0, kl);
+            let b0 = frag_b(n0, kl);
             c00 = coopMultiplyAdd(a0, b0, c00);
             if FN > 1u {
-                let b1 = frag_b(t0, n0 + 16u, kf, kl);
+                let b1 = frag_b(n0 + 16u, kl);
                 c01 = coopMultiplyAdd(a0, b1, c01);
                 if FM > 1u {
-                    let a1 = frag_a(r0, m0 + 16u, kf, kl);
+                    let a1 = frag_a(m0 + 16u, kl);
                     c10 = coopMultiplyAdd(a1, b0, c10);
                     c11 = coopMultiplyAdd(a1, b1, c11);
                 }
             } else if FM > 1u {
-                let a1 = frag_a(r0, m0 + 16u, kf, kl);
+                let a1 = frag_a(m0 + 16u, kl);
                 c10 = coopMultiplyAdd(a1, b0, c10);
             }
         }
-        if STAGED {
-            workgroupBarrier();
-        }
+        workgroupBarrier();
     }
 
     write_frag(c00, 0u, 0u, sg, lid, r0, t0, nt);
