@@ -226,31 +226,38 @@ impl CoopTile {
         2 * (self.bm() + self.bn()) * (16 * self.ks + 8) + 4 * 256 * self.subgroups()
     }
 
-    /// The tile for a matrix of `rows` output features, so that a step of 256 rows keeps an
-    /// H200's 132 SMs busy:
-    ///  - 128 × 64, 4 × 2 subgroups of 2 × 2 fragments: each token tile's X is read once per
-    ///    128 rows (the LM head: 393 row tiles);
-    ///  - 64 × 64, 2 × 2 subgroups of 2 × 2 fragments (in_proj, 3072 rows: 48 × 4 workgroups
-    ///    at 256 tokens);
-    ///  - 32 × 32, one 2 × 2 block, K split four ways: out_proj (768 rows: 24 × 8);
-    ///  - 16 × 16, one fragment, K split four ways: x_proj (80 rows: 5 × 16).
+    /// The tile for a matrix of `rows` output features in calls of more than
+    /// [`COOP_SMALL_TOKENS`] token rows (`small`: at most that many), timed on an H200 (µs per
+    /// dispatch replayed alone at B=64 / B=256, F16, BENCHMARKS.md):
+    ///  - 128 × 64, 4 × 2 subgroups of 2 × 2 fragments: the LM head (393 row tiles; 75 / 260,
+    ///    64 × 64: 65 / 231, 64 × 128: 99 / 203);
+    ///  - in_proj (3072 rows): 64 × 64, 2 × 2 subgroups of 2 × 2 fragments past
+    ///    COOP_SMALL_TOKENS (20 at 256; 32 × 32 split four ways: 25), that 32 × 32 tile up to it
+    ///    (11 at 64, 64 × 64: 18);
+    ///  - out_proj (768 rows): 32 × 32, one 2 × 2 block, K split four ways, past it (21 at
+    ///    256; 16 × 16: 34), 16 × 16, K split four ways, up to it (14 at 64, 32 × 32: 19);
+    ///  - x_proj (80 rows, GEMM only past OUT_PROJ_GEMM_MIN): 16 × 16, K split four ways in
+    ///    slices of 128 columns (8 at 256; slices of 64: 11).
     ///
-    /// K-slices of 64 columns: half the barriers of 32, and twice the loads in flight.
-    pub(crate) fn for_rows(rows: u32) -> Self {
-        match rows {
-            8192.. => Self::ALL[0],
-            2048.. => Self::ALL[1],
-            256.. => Self::ALL[2],
-            _ => Self::ALL[3],
+    /// Slices of 64 columns elsewhere: they measured faster than 32 (fewer barriers, more loads
+    /// in flight).
+    pub(crate) fn for_rows(rows: u32, small: bool) -> Self {
+        match (rows, small) {
+            (8192.., _) => Self::ALL[0],
+            (2048.., false) => Self::ALL[1],
+            (2048.., true) | (256.., false) => Self::ALL[2],
+            (256.., true) => Self::ALL[3],
+            _ => Self::ALL[4],
         }
     }
 
     /// Every tile [`CoopTile::for_rows`] picks from, largest first.
-    pub(crate) const ALL: [CoopTile; 4] = [
+    pub(crate) const ALL: [CoopTile; 5] = [
         CoopTile { wm: 4, wn: 2, wk: 1, fm: 2, fn_: 2, ks: 4 },
         CoopTile { wm: 2, wn: 2, wk: 1, fm: 2, fn_: 2, ks: 4 },
         CoopTile { wm: 1, wn: 1, wk: 4, fm: 2, fn_: 2, ks: 4 },
         CoopTile { wm: 1, wn: 1, wk: 4, fm: 1, fn_: 1, ks: 4 },
+        CoopTile { wm: 1, wn: 1, wk: 4, fm: 1, fn_: 1, ks: 8 },
     ];
 
     /// The most workgroup memory any tile needs: a device with less gets no tensor-core GEMM.
@@ -264,6 +271,10 @@ impl CoopTile {
         m
     };
 }
+
+/// Calls of at most this many token rows run the tensor-core GEMMs of in_proj and out_proj on
+/// smaller tiles ([`CoopTile::for_rows`]): more workgroups for fewer tokens.
+pub(crate) const COOP_SMALL_TOKENS: u32 = 128;
 
 /// Halves per row of a tensor-core GEMM's f16 input of `cols` columns: whole 16-column
 /// fragments (so whole groups of 4), zero-padded.
@@ -295,10 +306,11 @@ pub(crate) enum GemmKernel {
 }
 
 impl GemmKernel {
-    /// The kernel for a matrix of `rows` output features: tensor cores when `coop`.
-    pub(crate) fn for_rows(rows: u32, coop: bool) -> Self {
+    /// The kernel for a matrix of `rows` output features: tensor cores when `coop`, on the tile
+    /// for calls of at most [`COOP_SMALL_TOKENS`] tokens when `small`.
+    pub(crate) fn for_rows(rows: u32, coop: bool, small: bool) -> Self {
         if coop {
-            GemmKernel::Coop(CoopTile::for_rows(rows))
+            GemmKernel::Coop(CoopTile::for_rows(rows, small))
         } else {
             GemmKernel::Fma(GemmTile::for_rows(rows))
         }
@@ -368,20 +380,7 @@ pub(crate) struct GemmShape {
 }
 
 impl GemmShape {
-    /// The shape with the tile [`GemmKernel::for_rows`] picks. `x_stride`: floats from one X
-    /// row to the next.
-    pub(crate) fn new(
-        rows: u32,
-        cols: u32,
-        groups: u32,
-        x_stride: u32,
-        flags: (bool, bool),
-        coop: bool,
-    ) -> Self {
-        Self::with_kernel(rows, cols, groups, x_stride, flags, GemmKernel::for_rows(rows, coop))
-    }
-
-    /// The shape with the given kernel and tile.
+    /// The shape with the given kernel and tile. `x_stride`: floats from one X row to the next.
     pub(crate) fn with_kernel(
         rows: u32,
         cols: u32,

@@ -31,8 +31,9 @@
 
 use crate::device::{ErrorSlot, Gpu};
 use crate::kernels::{
-    ARGMAX_PARTS, ArgmaxParams, ConvParams, EmbedParams, GEMM_MIN_TOKENS, GemmParams, GemmShape, MM_TOKENS,
-    MvParams, MvShape, NormParams, Op, Pipelines, Run, SCAN_CHANNELS, ScanParams, Spec, WG, half_row,
+    ARGMAX_PARTS, ArgmaxParams, COOP_SMALL_TOKENS, ConvParams, EmbedParams, GEMM_MIN_TOKENS, GemmKernel,
+    GemmParams, GemmShape, MM_TOKENS, MvParams, MvShape, NormParams, Op, Pipelines, Run, SCAN_CHANNELS,
+    ScanParams, Spec, WG, half_row,
 };
 use crate::weights::{Format, Packed, pack, same_tensor};
 use crate::{GpuError, TokenId};
@@ -121,6 +122,8 @@ enum When {
     AtMost(u32),
     /// n_tok > the value.
     Above(u32),
+    /// n_tok > the first value and ≤ the second.
+    Between(u32, u32),
     /// n_out ≤ GEMM_MIN_TOKENS (LM head, matrix × vectors).
     HeadSmall,
     /// n_out > GEMM_MIN_TOKENS (LM head, GEMM).
@@ -135,9 +138,21 @@ impl When {
             When::Big => run.n_tok > GEMM_MIN_TOKENS,
             When::AtMost(n) => run.n_tok <= n,
             When::Above(n) => run.n_tok > n,
+            When::Between(lo, hi) => lo < run.n_tok && run.n_tok <= hi,
             When::HeadSmall => run.n_out <= GEMM_MIN_TOKENS,
             When::HeadBig => run.n_out > GEMM_MIN_TOKENS,
         }
+    }
+}
+
+/// The call sizes of a GEMM that runs on calls of more than `above` tokens, each with whether
+/// it takes the small-call tile ([`crate::kernels::CoopTile::for_rows`]): on tensor cores, calls up to
+/// COOP_SMALL_TOKENS apart from larger ones; else all in one.
+fn gemm_calls(above: u32, coop: bool) -> Vec<(When, bool)> {
+    if coop && above < COOP_SMALL_TOKENS {
+        vec![(When::Between(above, COOP_SMALL_TOKENS), true), (When::Above(COOP_SMALL_TOKENS), false)]
+    } else {
+        vec![(When::Above(above), false)]
     }
 }
 
@@ -409,10 +424,11 @@ impl Builder<'_> {
     }
 
     /// A GEMM dispatch of X (cols) · `w`ᵀ (`gemm_coop.wgsl` on tensor cores, else
-    /// `gemm.wgsl`), its shape and tile compiled into the pipeline; the grid covers `w`'s rows
-    /// and the call's tokens (`head`: its logits rows).
-    /// `bufs` names X at 4 (f32) and, when `x_half`, its f16 copy at 12 (which the coop kernel
-    /// then reads instead).
+    /// `gemm.wgsl`), its shape and tile (for calls of at most COOP_SMALL_TOKENS tokens when
+    /// `small`) compiled into the pipeline; the grid covers `w`'s rows and the call's tokens
+    /// (`head`: its logits rows). `bufs` names X at 4 (f32) and, when `x_half`, its f16 copy at
+    /// 12 (which the coop kernel then reads instead).
+    #[allow(clippy::too_many_arguments)]
     fn gemm(
         &mut self,
         w: &GpuMatrix,
@@ -421,10 +437,32 @@ impl Builder<'_> {
         params: &GemmParams,
         bufs: &[(u32, &wgpu::Buffer)],
         x_half: bool,
+        small: bool,
     ) -> Result<Dispatch, GpuError> {
-        let shape = GemmShape::new(w.rows, cols, w.groups, params.x_stride, (add, head), self.coop_for(w))
+        let kernel = GemmKernel::for_rows(w.rows, self.coop_for(w), small);
+        let shape = GemmShape::with_kernel(w.rows, cols, w.groups, params.x_stride, (add, head), kernel)
             .half_x(x_half);
         self.gemm_shaped(shape, w, params, bufs)
+    }
+
+    /// The GEMM dispatches of [`Builder::gemm`] for calls of more than `above` tokens, one per
+    /// tile ([`gemm_calls`]), each named `kind`.
+    #[allow(clippy::too_many_arguments)]
+    fn gemms(
+        &mut self,
+        kind: &'static str,
+        above: u32,
+        w: &GpuMatrix,
+        cols: u32,
+        flags: (bool, bool),
+        params: &GemmParams,
+        bufs: &[(u32, &wgpu::Buffer)],
+        x_half: bool,
+    ) -> Result<Vec<Dispatch>, GpuError> {
+        gemm_calls(above, self.coop_for(w))
+            .into_iter()
+            .map(|(when, small)| Ok(self.gemm(w, cols, flags, params, bufs, x_half, small)?.on(when, kind)))
+            .collect()
     }
 
     /// Whether GEMMs over `w` run on tensor cores: with [`Gpu::tensor_cores`], every format.
@@ -802,8 +840,16 @@ impl GpuModel {
             let d = b.norm(half, &np, (&a.run, &a.x, &a.xn, &a.xh, &small), Rows::Tokens)?;
             plan.push(d.on(big_path, "norm"));
             let bufs = [(1, &a.run), (4, &a.xn), (12, &a.xh), (5, &a.xz)];
-            let d = b.gemm(&w_in, dm, (false, false), &gp(dm, 2 * di), &bufs, half)?;
-            plan.push(d.on(big_path, "in_proj"));
+            plan.extend(b.gemms(
+                "in_proj",
+                GEMM_MIN_TOKENS,
+                &w_in,
+                dm,
+                (false, false),
+                &gp(dm, 2 * di),
+                &bufs,
+                half,
+            )?);
 
             // conv: u = SiLU(conv1d(xz[:, :d_inner]))
             let cp = ConvParams {
@@ -838,12 +884,12 @@ impl GpuModel {
             // Without tensor cores, matrix × vectors on both paths: as an f32 GEMM this narrow
             // matrix (r + 2N rows) leaves most of the GPU idle (H200, the former 32×32-tile
             // GEMM: 360 µs per layer at B=64). The coop GEMM (16×16 tile, K split four ways)
-            // wins only on large calls (H200, F16: 11.0 vs 12.5 µs at B=256, 11.3 vs 6.7 at 64).
+            // wins only on large calls (H200, F16: 7.6 vs 12.5 µs at B=256, 10.3 vs 6.8 at 64).
             if b.coop_for(&w_x) {
                 plan.push(d.on(When::AtMost(OUT_PROJ_GEMM_MIN), "x_proj"));
                 let bufs = [(1, &a.run), (4, &a.u), (12, &a.xh), (5, &a.xdb)];
-                let d = b.gemm(&w_x, di, (false, false), &gp(di, xl), &bufs, true)?;
-                plan.push(d.on(When::Above(OUT_PROJ_GEMM_MIN), "x_proj"));
+                let (above, p) = (OUT_PROJ_GEMM_MIN, gp(di, xl));
+                plan.extend(b.gemms("x_proj", above, &w_x, di, (false, false), &p, &bufs, half)?);
             } else {
                 plan.push(d.on(When::Always, "x_proj"));
             }
@@ -891,14 +937,9 @@ impl GpuModel {
             // call at B=64, 3.2 vs 5.6 ms at B=256; the threshold wants re-measuring with the
             // 32×64 tile GemmTile::for_rows now gives it). The coop GEMM takes every GEMM call
             // (H200, F16: 17 vs 28 µs at B=64).
-            let (out_mv, out_gemm) = if b.coop_for(&w_out) {
-                (small_path, big_path)
-            } else {
-                (When::AtMost(OUT_PROJ_GEMM_MIN), When::Above(OUT_PROJ_GEMM_MIN))
-            };
-            plan.push(d.on(out_mv, "out_proj"));
-            let d = b.gemm(&w_out, di, (true, false), &gp(di, dm), &bufs, false)?;
-            plan.push(d.on(out_gemm, "out_proj"));
+            let above = if b.coop_for(&w_out) { GEMM_MIN_TOKENS } else { OUT_PROJ_GEMM_MIN };
+            plan.push(d.on(When::AtMost(above), "out_proj"));
+            plan.extend(b.gemms("out_proj", above, &w_out, di, (true, false), &gp(di, dm), &bufs, false)?);
         }
         let head = output.as_ref().unwrap_or(&embed);
         bytes += matrix_bytes(head);
@@ -916,21 +957,22 @@ impl GpuModel {
         let bufs = [(1, &a.run), (4, &a.x), (5, &a.logits), (6, &small)];
         let d = b.matvec(Op::MvNorm, head, dm, (false, true), &p, &bufs, Rows::OutTiles)?;
         plan.push(d.on(When::HeadSmall, "lm_head"));
-        let half = b.coop_for(head);
+        // The LM head's GEMM reads f32 X even on tensor cores: its 128 × 64 tile ran slower on
+        // the f16 copy (H200, F16: 260 vs 226 µs at B=256, 75 vs 62 at B=64; in_proj the other
+        // way, 19.7 vs 21.5 at 256).
         let np = NormParams {
             cols: dm,
             x_stride: dm,
             w_off: norm_f,
             eps_bits: eps,
             head: 1,
-            h_words: half_row(dm) / 2,
             ..Default::default()
         };
-        let d = b.norm(half, &np, (&a.run, &a.x, &a.xn, &a.xh, &small), Rows::Outs)?;
+        let d = b.norm(false, &np, (&a.run, &a.x, &a.xn, &a.xh, &small), Rows::Outs)?;
         plan.push(d.on(When::HeadBig, "norm"));
         let p = GemmParams { x_stride: dm, o_stride: head.rows, _pad: [0; 2] };
-        let bufs = [(1, &a.run), (4, &a.xn), (12, &a.xh), (5, &a.logits)];
-        let d = b.gemm(head, dm, (false, true), &p, &bufs, half)?;
+        let bufs = [(1, &a.run), (4, &a.xn), (5, &a.logits)];
+        let d = b.gemm(head, dm, (false, true), &p, &bufs, false, false)?;
         plan.push(d.on(When::HeadBig, "lm_head"));
         self.push_argmax(b, &mut plan)?;
         self.plan = plan;
@@ -1518,7 +1560,21 @@ fn check_ids(ids: &[TokenId], rows: usize) -> Result<(), GpuError> {
 
 #[cfg(test)]
 mod tests {
-    use super::logits_runs;
+    use super::{GEMM_MIN_TOKENS, OUT_PROJ_GEMM_MIN, Run, gemm_calls, logits_runs};
+
+    #[test]
+    fn a_gemm_runs_once_on_every_call_past_its_threshold() {
+        for coop in [false, true] {
+            for above in [GEMM_MIN_TOKENS, OUT_PROJ_GEMM_MIN] {
+                let calls = gemm_calls(above, coop);
+                for n in 1..=300 {
+                    let run = Run { n_tok: n, n_seq: n, out_row0: 0, n_out: n };
+                    let k = calls.iter().filter(|(w, _)| w.runs(&run)).count();
+                    assert_eq!(k, usize::from(n > above), "coop {coop}, above {above}, {n} tokens");
+                }
+            }
+        }
+    }
 
     fn runs(wants: &[bool]) -> Vec<(u32, u32)> {
         let mut r = vec![(9, 9)]; // cleared first
@@ -1820,7 +1876,7 @@ mod gemm_kernel {
 
     /// Tiles besides [`CoopTile::ALL`] that were timed on the H200 (BENCHMARKS.md), kept
     /// correct so that a retune can pick them.
-    const SWEPT: [CoopTile; 9] = [
+    const SWEPT: [CoopTile; 8] = [
         CoopTile { wm: 4, wn: 2, wk: 1, fm: 2, fn_: 2, ks: 2 },
         CoopTile { wm: 2, wn: 4, wk: 1, fm: 2, fn_: 2, ks: 4 },
         CoopTile { wm: 2, wn: 2, wk: 1, fm: 2, fn_: 2, ks: 2 },
@@ -1828,7 +1884,6 @@ mod gemm_kernel {
         CoopTile { wm: 1, wn: 2, wk: 2, fm: 2, fn_: 2, ks: 4 },
         CoopTile { wm: 1, wn: 1, wk: 4, fm: 2, fn_: 2, ks: 8 },
         CoopTile { wm: 1, wn: 1, wk: 2, fm: 2, fn_: 2, ks: 4 },
-        CoopTile { wm: 1, wn: 1, wk: 4, fm: 1, fn_: 1, ks: 8 },
         CoopTile { wm: 1, wn: 1, wk: 8, fm: 1, fn_: 1, ks: 8 },
     ];
 
@@ -1848,13 +1903,15 @@ mod gemm_kernel {
         check(&gpu, GemmKernel::Coop(CoopTile::ALL[0]), Fmt::F32, (1, 5), 1, (false, false, false));
         check(&gpu, GemmKernel::Coop(CoopTile::ALL[0]), Fmt::F16, (1, 64), 1, (false, false, true));
         // Model-sized: out_proj (the residual, 24 slices), x_proj, in_proj and an LM head.
-        let coop = |rows| GemmKernel::Coop(CoopTile::for_rows(rows));
-        check(&gpu, coop(768), Fmt::F16, (768, 1536), 200, (true, false, false));
-        check(&gpu, coop(80), Fmt::Q8, (80, 1536), 256, (false, false, true));
-        check(&gpu, coop(80), Fmt::F16, (80, 1536), 256, (false, false, true));
-        check(&gpu, coop(3072), Fmt::F16, (3072, 768), 256, (false, false, true));
-        check(&gpu, coop(3072), Fmt::Q8, (3072, 768), 100, (false, false, true));
-        check(&gpu, coop(8200), Fmt::F16, (8200, 768), 100, (false, true, true));
+        let coop = |rows, small| GemmKernel::Coop(CoopTile::for_rows(rows, small));
+        check(&gpu, coop(768, false), Fmt::F16, (768, 1536), 200, (true, false, false));
+        check(&gpu, coop(768, true), Fmt::F16, (768, 1536), 64, (true, false, false));
+        check(&gpu, coop(80, false), Fmt::Q8, (80, 1536), 256, (false, false, true));
+        check(&gpu, coop(80, false), Fmt::F16, (80, 1536), 256, (false, false, true));
+        check(&gpu, coop(3072, false), Fmt::F16, (3072, 768), 256, (false, false, true));
+        check(&gpu, coop(3072, true), Fmt::F16, (3072, 768), 64, (false, false, true));
+        check(&gpu, coop(3072, false), Fmt::Q8, (3072, 768), 100, (false, false, true));
+        check(&gpu, coop(8200, false), Fmt::F16, (8200, 768), 100, (false, true, false));
     }
 }
 
