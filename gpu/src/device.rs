@@ -140,7 +140,7 @@ impl Gpu {
     }
 
     /// Whether models loaded after this run their GEMMs (batches and prefill chunks of more
-    /// than 8 tokens) over F16 and F32 weights on tensor cores, with f16 activations: the
+    /// than 8 tokens) on tensor cores, every weight format, with f16 activations: the
     /// adapter lists 16×16×16 f16 × f16 → f32 cooperative matrices (Vulkan
     /// `VK_KHR_cooperative_matrix`).
     pub fn tensor_cores(&self) -> bool {

@@ -19,10 +19,14 @@ pub(crate) enum Op {
     /// MvNorm, then u = SiLU(conv1d(out[:, :d_inner])) from the workgroup's sums, for calls
     /// whose tokens fit one tile (`mv_norm.wgsl` + `mv_conv.wgsl` + `matvec.wgsl`).
     MvNormConv,
-    /// u = SiLU(conv1d(X)) (`conv.wgsl`).
+    /// u = SiLU(conv1d(X)) (`conv.wgsl` + `conv_f32.wgsl`).
     Conv,
-    /// xn = RMSNorm(x)·w, the GEMM path's input (`rmsnorm.wgsl`).
+    /// Conv, also writing u in f16 for the tensor-core GEMM (`conv.wgsl` + `conv_f16.wgsl`).
+    ConvHalf,
+    /// xn = RMSNorm(x)·w, the GEMM path's input (`rmsnorm.wgsl` + `norm_f32.wgsl`).
     RmsNorm,
+    /// The same, written in f16 for the tensor-core GEMM (`rmsnorm.wgsl` + `norm_f16.wgsl`).
+    RmsNormHalf,
     /// out (+)= X · Wᵀ as a tiled GEMM for batches and prefill chunks (`gemm.wgsl`).
     Gemm,
     /// The same on tensor cores, f16 × f16 → f32 cooperative matrices (`gemm_coop.wgsl`), on
@@ -216,35 +220,49 @@ impl CoopTile {
         32 * self.wm * self.wn * self.wk
     }
 
-    /// Workgroup memory the shader declares: the W and X slices as f16 (rows padded by 8
-    /// halves), and one f32 partial tile per K-subgroup.
-    pub(crate) const fn workgroup_bytes(&self) -> u32 {
-        2 * (self.bm() + self.bn()) * (16 * self.ks + 8) + 4 * self.wk * self.bm() * self.bn()
+    /// Subgroups per workgroup.
+    const fn subgroups(&self) -> u32 {
+        self.wm * self.wn * self.wk
     }
 
-    /// The tile for a matrix of `rows` output features, so that a step of 256 rows keeps an
-    /// H200's 132 SMs busy:
-    ///  - 128 × 64, 4 × 2 subgroups of 2 × 2 fragments: each token tile's X is read once per
-    ///    128 rows (the LM head: 393 row tiles, X re-read from L2 for each);
-    ///  - 64 × 64, 2 × 2 subgroups of 2 × 2 fragments (in_proj, 3072 rows: 48 × 4 workgroups
-    ///    at 256 tokens);
-    ///  - 32 × 32, one 2 × 2 block, K split four ways: out_proj (768 rows: 24 × 8);
-    ///  - 16 × 16, one fragment, K split four ways: x_proj (80 rows: 5 × 16).
-    pub(crate) fn for_rows(rows: u32) -> Self {
-        match rows {
-            8192.. => Self::ALL[0],
-            2048.. => Self::ALL[1],
-            256.. => Self::ALL[2],
-            _ => Self::ALL[3],
+    /// Workgroup memory the shader declares: the W and X slices as f16 (rows padded by 8
+    /// halves) and one 16×16 f32 scratch per subgroup.
+    pub(crate) const fn workgroup_bytes(&self) -> u32 {
+        2 * (self.bm() + self.bn()) * (16 * self.ks + 8) + 4 * 256 * self.subgroups()
+    }
+
+    /// The tile for a matrix of `rows` output features in calls of more than
+    /// [`COOP_SMALL_TOKENS`] token rows (`small`: at most that many), timed on an H200 (µs per
+    /// dispatch replayed alone at B=64 / B=256, F16, BENCHMARKS.md):
+    ///  - 128 × 64, 4 × 2 subgroups of 2 × 2 fragments: the LM head (393 row tiles; 75 / 260,
+    ///    64 × 64: 65 / 231, 64 × 128: 99 / 203);
+    ///  - in_proj (3072 rows): 64 × 64, 2 × 2 subgroups of 2 × 2 fragments past
+    ///    COOP_SMALL_TOKENS (20 at 256; 32 × 32 split four ways: 25), that 32 × 32 tile up to it
+    ///    (11 at 64, 64 × 64: 18);
+    ///  - out_proj (768 rows): 32 × 32, one 2 × 2 block, K split four ways, past it (21 at
+    ///    256; 16 × 16: 34), 16 × 16, K split four ways, up to it (14 at 64, 32 × 32: 19);
+    ///  - x_proj (80 rows, GEMM only past OUT_PROJ_GEMM_MIN): 16 × 16, K split four ways in
+    ///    slices of 128 columns (8 at 256; slices of 64: 11).
+    ///
+    /// Slices of 64 columns elsewhere: they measured faster than 32 (fewer barriers, more loads
+    /// in flight).
+    pub(crate) fn for_rows(rows: u32, small: bool) -> Self {
+        match (rows, small) {
+            (8192.., _) => Self::ALL[0],
+            (2048.., false) => Self::ALL[1],
+            (2048.., true) | (256.., false) => Self::ALL[2],
+            (256.., true) => Self::ALL[3],
+            _ => Self::ALL[4],
         }
     }
 
     /// Every tile [`CoopTile::for_rows`] picks from, largest first.
-    pub(crate) const ALL: [CoopTile; 4] = [
-        CoopTile { wm: 4, wn: 2, wk: 1, fm: 2, fn_: 2, ks: 2 },
-        CoopTile { wm: 2, wn: 2, wk: 1, fm: 2, fn_: 2, ks: 2 },
+    pub(crate) const ALL: [CoopTile; 5] = [
+        CoopTile { wm: 4, wn: 2, wk: 1, fm: 2, fn_: 2, ks: 4 },
+        CoopTile { wm: 2, wn: 2, wk: 1, fm: 2, fn_: 2, ks: 4 },
         CoopTile { wm: 1, wn: 1, wk: 4, fm: 2, fn_: 2, ks: 4 },
         CoopTile { wm: 1, wn: 1, wk: 4, fm: 1, fn_: 1, ks: 4 },
+        CoopTile { wm: 1, wn: 1, wk: 4, fm: 1, fn_: 1, ks: 8 },
     ];
 
     /// The most workgroup memory any tile needs: a device with less gets no tensor-core GEMM.
@@ -257,6 +275,16 @@ impl CoopTile {
         }
         m
     };
+}
+
+/// Calls of at most this many token rows run the tensor-core GEMMs of in_proj and out_proj on
+/// smaller tiles ([`CoopTile::for_rows`]): more workgroups for fewer tokens.
+pub(crate) const COOP_SMALL_TOKENS: u32 = 128;
+
+/// Halves per row of a tensor-core GEMM's f16 input of `cols` columns: whole 16-column
+/// fragments (so whole groups of 4), zero-padded.
+pub(crate) const fn half_row(cols: u32) -> u32 {
+    cols.div_ceil(16) * 16
 }
 
 // Every tile's staging loads divide evenly between its threads, and its K-subgroups share each
@@ -283,10 +311,11 @@ pub(crate) enum GemmKernel {
 }
 
 impl GemmKernel {
-    /// The kernel for a matrix of `rows` output features: tensor cores when `coop`.
-    pub(crate) fn for_rows(rows: u32, coop: bool) -> Self {
+    /// The kernel for a matrix of `rows` output features: tensor cores when `coop`, on the tile
+    /// for calls of at most [`COOP_SMALL_TOKENS`] tokens when `small`.
+    pub(crate) fn for_rows(rows: u32, coop: bool, small: bool) -> Self {
         if coop {
-            GemmKernel::Coop(CoopTile::for_rows(rows))
+            GemmKernel::Coop(CoopTile::for_rows(rows, small))
         } else {
             GemmKernel::Fma(GemmTile::for_rows(rows))
         }
@@ -350,23 +379,13 @@ pub(crate) struct GemmShape {
     /// The coop kernel reads X as vec4 (`mv_in4.wgsl`, binding 10 instead of 4): cols and the
     /// row stride are multiples of 4.
     pub x4: bool,
+    /// The coop kernel reads X from its f16 copy (`coop_x_half.wgsl`, binding 12 instead of 4:
+    /// rows of [`half_row`] halves) instead of converting f32 X.
+    pub xh: bool,
 }
 
 impl GemmShape {
-    /// The shape with the tile [`GemmKernel::for_rows`] picks. `x_stride`: floats from one X
-    /// row to the next.
-    pub(crate) fn new(
-        rows: u32,
-        cols: u32,
-        groups: u32,
-        x_stride: u32,
-        flags: (bool, bool),
-        coop: bool,
-    ) -> Self {
-        Self::with_kernel(rows, cols, groups, x_stride, flags, GemmKernel::for_rows(rows, coop))
-    }
-
-    /// The shape with the given kernel and tile.
+    /// The shape with the given kernel and tile. `x_stride`: floats from one X row to the next.
     pub(crate) fn with_kernel(
         rows: u32,
         cols: u32,
@@ -377,7 +396,13 @@ impl GemmShape {
     ) -> Self {
         let vec4 = cols.is_multiple_of(4) && x_stride.is_multiple_of(4);
         let x4 = vec4 && matches!(tile, GemmKernel::Coop(_));
-        GemmShape { rows, cols, groups, add, head, tile, x4 }
+        GemmShape { rows, cols, groups, add, head, tile, x4, xh: false }
+    }
+
+    /// On the coop kernel, reads X from its f16 copy when `x_half` (the producer writes one).
+    pub(crate) fn half_x(self, x_half: bool) -> Self {
+        let xh = x_half && matches!(self.tile, GemmKernel::Coop(_));
+        GemmShape { xh, x4: self.x4 && !xh, ..self }
     }
 
     /// Workgroups along the rows (the grid's first dimension).
@@ -390,10 +415,22 @@ impl GemmShape {
         let GemmShape { rows, cols, groups, add, head, tile, .. } = *self;
         format!(
             "const ROWS: u32 = {rows}u;\nconst COLS: u32 = {cols}u;\nconst GROUPS: u32 = {groups}u;\n\
-             const ADD: bool = {add};\nconst HEAD: bool = {head};\n{}",
+             const ADD: bool = {add};\nconst HEAD: bool = {head};\nconst XG: u32 = {}u;\n{}",
+            half_row(cols) / 4,
             tile.header()
         )
     }
+}
+
+/// `gemm_coop.wgsl` with the files that bring X: its f16 copy (see [`GemmShape::xh`]), or f32
+/// rows read by `input`.
+fn coop_parts(spec: Spec, input: &'static str) -> [&'static str; 3] {
+    let x = if matches!(spec, Spec::Gemm(GemmShape { xh: true, .. })) {
+        ["", include_str!("shaders/coop_x_half.wgsl")]
+    } else {
+        [input, include_str!("shaders/coop_x_staged.wgsl")]
+    };
+    [x[0], x[1], include_str!("shaders/gemm_coop.wgsl")]
 }
 
 fn source(op: Op, f: Format, spec: Spec) -> String {
@@ -406,10 +443,12 @@ fn source(op: Op, f: Format, spec: Spec) -> String {
         Op::MvPlain => &[input, include_str!("shaders/mv_plain.wgsl"), MV_STORE, MATVEC],
         Op::MvNorm => &[input, nw, MV_NORM, MV_STORE, MATVEC],
         Op::MvNormConv => &[input, nw, conv_smalls, MV_NORM, include_str!("shaders/mv_conv.wgsl"), MATVEC],
-        Op::Conv => &[include_str!("shaders/conv.wgsl")],
-        Op::RmsNorm => &[include_str!("shaders/rmsnorm.wgsl")],
+        Op::Conv => &[include_str!("shaders/conv.wgsl"), include_str!("shaders/conv_f32.wgsl")],
+        Op::ConvHalf => &[include_str!("shaders/conv.wgsl"), include_str!("shaders/conv_f16.wgsl")],
+        Op::RmsNorm => &[include_str!("shaders/rmsnorm.wgsl"), include_str!("shaders/norm_f32.wgsl")],
+        Op::RmsNormHalf => &[include_str!("shaders/rmsnorm.wgsl"), include_str!("shaders/norm_f16.wgsl")],
         Op::Gemm => &[include_str!("shaders/gemm.wgsl")],
-        Op::GemmCoop => &[input, include_str!("shaders/gemm_coop.wgsl")],
+        Op::GemmCoop => &coop_parts(spec, input),
         Op::Scan => &[SCAN_COMMON, include_str!("shaders/scan.wgsl")],
         Op::ScanLead => &[SCAN_COMMON, include_str!("shaders/scan_lead.wgsl")],
         Op::ArgmaxPart => &[ARGMAX_COMMON, include_str!("shaders/argmax_part.wgsl")],
@@ -524,7 +563,8 @@ pub(crate) struct NormParams {
     pub w_off: u32,
     pub eps_bits: u32,
     pub head: u32,
-    pub _pad: [u32; 3],
+    pub h_words: u32,
+    pub _pad: [u32; 2],
 }
 
 /// `conv.wgsl` Params.
@@ -537,7 +577,8 @@ pub(crate) struct ConvParams {
     pub layer: u32,
     pub off_w: u32,
     pub off_b: u32,
-    pub _pad: [u32; 2],
+    pub h_words: u32,
+    pub _pad: u32,
 }
 
 /// `scan.wgsl` Params.
@@ -578,4 +619,57 @@ pub(crate) struct Run {
     pub n_seq: u32,
     pub out_row0: u32,
     pub n_out: u32,
+}
+
+/// Every shader variant through naga's WGSL front end, validator and SPIR-V back end, on any
+/// machine: the tensor-core GEMM and the f16 writers run only on devices that have tensor
+/// cores, which CI's lavapipe has not.
+#[cfg(test)]
+mod shader_check {
+    use super::*;
+
+    fn validate(what: &str, src: &str) {
+        let module =
+            naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(src)));
+        let info = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::all(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(src)));
+        naga::back::spv::write_vec(&module, &info, &Default::default(), None)
+            .unwrap_or_else(|e| panic!("{what}: SPIR-V: {e}"));
+    }
+
+    #[test]
+    fn coop_gemm_variants_validate() {
+        for tile in CoopTile::ALL {
+            for f in [Format::F32, Format::F16, Format::Q8_0, Format::Q4_0] {
+                for (cols, xs) in [(768, 768), (70, 72), (37, 37)] {
+                    for x_half in [false, true] {
+                        let shape = GemmShape::with_kernel(
+                            200,
+                            cols,
+                            cols.div_ceil(4),
+                            xs,
+                            (true, false),
+                            GemmKernel::Coop(tile),
+                        )
+                        .half_x(x_half);
+                        validate(
+                            &format!("{tile:?} {f:?} {cols} {x_half}"),
+                            &source(Op::GemmCoop, f, Spec::Gemm(shape)),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f16_writers_validate() {
+        for op in [Op::RmsNorm, Op::RmsNormHalf, Op::Conv, Op::ConvHalf] {
+            validate(&format!("{op:?}"), &source(op, Format::F32, Spec::None));
+        }
+    }
 }

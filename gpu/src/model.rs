@@ -6,9 +6,9 @@
 //! `matvec.wgsl`, conv fused into in_proj) and the GEMM one otherwise (in_proj and lm_head as
 //! `gemm.wgsl` on inputs normed / convolved by their own kernels; out_proj turns GEMM only past
 //! OUT_PROJ_GEMM_MIN tokens, and the narrow x_proj stays matrix × vectors). On a device with
-//! tensor cores ([`Gpu::tensor_cores`]) every GEMM over F16 or F32 weights is `gemm_coop.wgsl`
-//! (f16 inputs, f32 sums), out_proj turns GEMM past GEMM_MIN_TOKENS and x_proj past
-//! OUT_PROJ_GEMM_MIN. The scan is a thread
+//! tensor cores ([`Gpu::tensor_cores`]) every GEMM is `gemm_coop.wgsl` (f16 inputs, f32 sums;
+//! the norms and the conv write its input in f16, out_proj's y is converted as it loads),
+//! out_proj turns GEMM past GEMM_MIN_TOKENS and x_proj past OUT_PROJ_GEMM_MIN. The scan is a thread
 //! per (sequence, channel), its states in registers. Matrix shapes and state sizes are compiled
 //! into the pipelines (`kernels::Spec`):
 //! ```text
@@ -31,9 +31,9 @@
 
 use crate::device::{ErrorSlot, Gpu};
 use crate::kernels::{
-    ARGMAX_PARTS, ArgmaxParams, ConvParams, EmbedParams, GEMM_MIN_TOKENS, GemmParams, GemmShape,
-    LEAD_SCAN_CHANNELS, MM_TOKENS, MvParams, MvShape, NormParams, Op, Pipelines, Run, SCAN_CHANNELS,
-    ScanParams, Spec, WG,
+    ARGMAX_PARTS, ArgmaxParams, COOP_SMALL_TOKENS, ConvParams, EmbedParams, GEMM_MIN_TOKENS, GemmKernel,
+    GemmParams, GemmShape, LEAD_SCAN_CHANNELS, MM_TOKENS, MvParams, MvShape, NormParams, Op, Pipelines, Run,
+    SCAN_CHANNELS, ScanParams, Spec, WG, half_row,
 };
 use crate::weights::{Format, Packed, pack, same_tensor};
 use crate::{GpuError, TokenId};
@@ -125,6 +125,8 @@ enum When {
     AtMost(u32),
     /// n_tok > the value.
     Above(u32),
+    /// n_tok > the first value and ≤ the second.
+    Between(u32, u32),
     /// n_out ≤ GEMM_MIN_TOKENS (LM head, matrix × vectors).
     HeadSmall,
     /// n_out > GEMM_MIN_TOKENS (LM head, GEMM).
@@ -142,10 +144,22 @@ impl When {
             When::Big => run.n_tok > GEMM_MIN_TOKENS,
             When::AtMost(n) => run.n_tok <= n,
             When::Above(n) => run.n_tok > n,
+            When::Between(lo, hi) => lo < run.n_tok && run.n_tok <= hi,
             When::HeadSmall => run.n_out <= GEMM_MIN_TOKENS,
             When::HeadBig => run.n_out > GEMM_MIN_TOKENS,
             When::Lead => run.n_tok > run.n_seq,
         }
+    }
+}
+
+/// The call sizes of a GEMM that runs on calls of more than `above` tokens, each with whether
+/// it takes the small-call tile ([`crate::kernels::CoopTile::for_rows`]): on tensor cores, calls up to
+/// COOP_SMALL_TOKENS apart from larger ones; else all in one.
+fn gemm_calls(above: u32, coop: bool) -> Vec<(When, bool)> {
+    if coop && above < COOP_SMALL_TOKENS {
+        vec![(When::Between(above, COOP_SMALL_TOKENS), true), (When::Above(COOP_SMALL_TOKENS), false)]
+    } else {
+        vec![(When::Above(above), false)]
     }
 }
 
@@ -224,8 +238,11 @@ struct Acts {
     u: wgpu::Buffer,
     /// Gated scan output (max_tok, d_inner).
     y: wgpu::Buffer,
-    /// RMSNorm output, the GEMM path's input (max_tok, d_model).
+    /// RMSNorm output, the f32 GEMM's input (max_tok, d_model).
     xn: wgpu::Buffer,
+    /// The tensor-core GEMM's f16 input, written by rmsnorm (in_proj, LM head) or the conv
+    /// (x_proj) just before its GEMM: (max_tok, half_row(max(d_model, d_inner))) halves.
+    xh: wgpu::Buffer,
     /// Logits (max_batch, vocab).
     logits: wgpu::Buffer,
     /// Index of each logits row's highest value (max_batch,) u32.
@@ -414,8 +431,11 @@ impl Builder<'_> {
     }
 
     /// A GEMM dispatch of X (cols) · `w`ᵀ (`gemm_coop.wgsl` on tensor cores, else
-    /// `gemm.wgsl`), its shape and tile compiled into the pipeline; the grid covers `w`'s rows
-    /// and the call's tokens (`head`: its logits rows).
+    /// `gemm.wgsl`), its shape and tile (for calls of at most COOP_SMALL_TOKENS tokens when
+    /// `small`) compiled into the pipeline; the grid covers `w`'s rows and the call's tokens
+    /// (`head`: its logits rows). `bufs` names X at 4 (f32) and, when `x_half`, its f16 copy at
+    /// 12 (which the coop kernel then reads instead).
+    #[allow(clippy::too_many_arguments)]
     fn gemm(
         &mut self,
         w: &GpuMatrix,
@@ -423,16 +443,51 @@ impl Builder<'_> {
         (add, head): (bool, bool),
         params: &GemmParams,
         bufs: &[(u32, &wgpu::Buffer)],
+        x_half: bool,
+        small: bool,
     ) -> Result<Dispatch, GpuError> {
-        let shape = GemmShape::new(w.rows, cols, w.groups, params.x_stride, (add, head), self.coop_for(w));
+        let kernel = GemmKernel::for_rows(w.rows, self.coop_for(w), small);
+        let shape = GemmShape::with_kernel(w.rows, cols, w.groups, params.x_stride, (add, head), kernel)
+            .half_x(x_half);
         self.gemm_shaped(shape, w, params, bufs)
     }
 
-    /// Whether GEMMs over `w` run on tensor cores: with [`Gpu::tensor_cores`], for F16 and F32
-    /// weights. Q8_0 / Q4_0 keep `gemm.wgsl` for now: their dequantising loads make the coop
-    /// kernel's staging the bottleneck (H200, Q8_0, B=256: 7.09 vs 6.72 ms per step).
-    fn coop_for(&self, w: &GpuMatrix) -> bool {
-        self.coop && matches!(w.format, Format::F16 | Format::F32)
+    /// The GEMM dispatches of [`Builder::gemm`] for calls of more than `above` tokens, one per
+    /// tile ([`gemm_calls`]), each named `kind`.
+    #[allow(clippy::too_many_arguments)]
+    fn gemms(
+        &mut self,
+        kind: &'static str,
+        above: u32,
+        w: &GpuMatrix,
+        cols: u32,
+        flags: (bool, bool),
+        params: &GemmParams,
+        bufs: &[(u32, &wgpu::Buffer)],
+        x_half: bool,
+    ) -> Result<Vec<Dispatch>, GpuError> {
+        gemm_calls(above, self.coop_for(w))
+            .into_iter()
+            .map(|(when, small)| Ok(self.gemm(w, cols, flags, params, bufs, x_half, small)?.on(when, kind)))
+            .collect()
+    }
+
+    /// Whether GEMMs over `w` run on tensor cores: with [`Gpu::tensor_cores`], every format.
+    fn coop_for(&self, _w: &GpuMatrix) -> bool {
+        self.coop
+    }
+
+    /// An RMSNorm dispatch of `bufs` = (run, x, xn, xh, smalls): into xh in f16 when `half`
+    /// (`rmsnorm.wgsl` + `norm_f16.wgsl`), else into xn.
+    fn norm(
+        &mut self,
+        half: bool,
+        params: &NormParams,
+        (run, x, xn, xh, small): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
+        rows: Rows,
+    ) -> Result<Dispatch, GpuError> {
+        let (op, out) = if half { (Op::RmsNormHalf, (12, xh)) } else { (Op::RmsNorm, (5, xn)) };
+        self.dispatch(op, None, params, &[(1, run), (4, x), out, (6, small)], 1, rows)
     }
 
     /// A GEMM dispatch of `shape` (which names the kernel and tile).
@@ -446,8 +501,12 @@ impl Builder<'_> {
         let bn = shape.tile.bn();
         let rows = if shape.head { Rows::GemmOutTiles(bn) } else { Rows::GemmTiles(bn) };
         let (op, x) = (shape.tile.op(), shape.row_tiles());
-        // The vec4 view of X binds the same buffer at slot 10 (see GemmShape::x4).
-        let bufs: Vec<_> = bufs.iter().map(|&(i, b)| (if shape.x4 && i == 4 { 10 } else { i }, b)).collect();
+        // X binds at 4, its vec4 view at 10 (see GemmShape::x4), or its f16 copy at 12 (xh).
+        let bufs: Vec<_> = bufs
+            .iter()
+            .filter(|&&(i, _)| !matches!((i, shape.xh), (4, true) | (12, false)))
+            .map(|&(i, b)| (if shape.x4 && i == 4 { 10 } else { i }, b))
+            .collect();
         self.dispatch_shaped(op, Spec::Gemm(shape), Some(w), params, &bufs, x, rows)
     }
 
@@ -653,6 +712,7 @@ impl GpuModel {
             u: b.storage("u", f(c.d_inner), none)?,
             y: b.storage("y", f(c.d_inner), none)?,
             xn: b.storage("xn", f(c.d_model), none)?,
+            xh: b.storage("xh", 2 * t * u64::from(Self::xh_row(c)?), none)?,
             logits: b.storage("logits", logits_bytes, wgpu::BufferUsages::COPY_SRC)?,
             argmax: b.storage("argmax", 4 * u64::from(max_batch), wgpu::BufferUsages::COPY_SRC)?,
             argmax_parts: b.storage("argmax parts", 8 * u64::from(max_batch * ARGMAX_PARTS), none)?,
@@ -663,6 +723,11 @@ impl GpuModel {
                 mapped_at_creation: false,
             }),
         })
+    }
+
+    /// Halves per row of `acts.xh`.
+    fn xh_row(c: &Config) -> Result<u32, GpuError> {
+        Ok(half_row(u32_of("d_inner", c.d_inner.max(c.d_model))?))
     }
 
     /// Timestamp queries for `n` points, when the device has them inside passes.
@@ -769,18 +834,29 @@ impl GpuModel {
             ];
             let d = b.matvec(Op::MvNormConv, &w_in, dm, (false, false), &p, &bufs, Rows::TokenTiles)?;
             plan.push(d.on(small_path, "in_proj"));
+            // On tensor cores the norm writes X in f16, which the GEMM stages as is.
+            let half = b.coop_for(&w_in);
             let np = NormParams {
                 cols: dm,
                 x_stride: dm,
                 w_off: o.attn_norm,
                 eps_bits: eps,
+                h_words: half_row(dm) / 2,
                 ..Default::default()
             };
-            let bufs = [(1, &a.run), (4, &a.x), (5, &a.xn), (6, &small)];
-            plan.push(b.dispatch(Op::RmsNorm, None, &np, &bufs, 1, Rows::Tokens)?.on(big_path, "norm"));
-            let bufs = [(1, &a.run), (4, &a.xn), (5, &a.xz)];
-            let d = b.gemm(&w_in, dm, (false, false), &gp(dm, 2 * di), &bufs)?;
-            plan.push(d.on(big_path, "in_proj"));
+            let d = b.norm(half, &np, (&a.run, &a.x, &a.xn, &a.xh, &small), Rows::Tokens)?;
+            plan.push(d.on(big_path, "norm"));
+            let bufs = [(1, &a.run), (4, &a.xn), (12, &a.xh), (5, &a.xz)];
+            plan.extend(b.gemms(
+                "in_proj",
+                GEMM_MIN_TOKENS,
+                &w_in,
+                dm,
+                (false, false),
+                &gp(dm, 2 * di),
+                &bufs,
+                half,
+            )?);
 
             // conv: u = SiLU(conv1d(xz[:, :d_inner]))
             let cp = ConvParams {
@@ -790,13 +866,23 @@ impl GpuModel {
                 layer: l,
                 off_w: o.conv_w,
                 off_b: o.conv_b,
-                _pad: [0; 2],
+                h_words: half_row(di) / 2,
+                _pad: 0,
             };
-            let bufs =
-                [(1, &a.run), (4, &a.xz), (6, &small), (7, &self.states.conv), (8, &a.meta), (9, &a.u)];
-            plan.push(
-                b.dispatch(Op::Conv, None, &cp, &bufs, di.div_ceil(WG), Rows::Tokens)?.on(big_path, "conv"),
-            );
+            // With an x_proj GEMM on tensor cores the conv also writes u in f16 for it.
+            let half = b.coop_for(&w_x);
+            let bufs = [
+                (1, &a.run),
+                (4, &a.xz),
+                (6, &small),
+                (7, &self.states.conv),
+                (8, &a.meta),
+                (9, &a.u),
+                (12, &a.xh),
+            ];
+            let (op, bufs) = if half { (Op::ConvHalf, &bufs[..]) } else { (Op::Conv, &bufs[..6]) };
+            let x = cp.h_words.div_ceil(WG);
+            plan.push(b.dispatch(op, None, &cp, bufs, x, Rows::Tokens)?.on(big_path, "conv"));
 
             // x_proj: xdb = u · W_xᵀ
             let p = mp(di, xl, [0; 9]);
@@ -805,11 +891,12 @@ impl GpuModel {
             // Without tensor cores, matrix × vectors on both paths: as an f32 GEMM this narrow
             // matrix (r + 2N rows) leaves most of the GPU idle (H200, the former 32×32-tile
             // GEMM: 360 µs per layer at B=64). The coop GEMM (16×16 tile, K split four ways)
-            // wins only on large calls (H200, F16: 11.0 vs 12.5 µs at B=256, 11.3 vs 6.7 at 64).
+            // wins only on large calls (H200, F16: 7.6 vs 12.5 µs at B=256, 10.3 vs 6.8 at 64).
             if b.coop_for(&w_x) {
                 plan.push(d.on(When::AtMost(OUT_PROJ_GEMM_MIN), "x_proj"));
-                let d = b.gemm(&w_x, di, (false, false), &gp(di, xl), &bufs)?;
-                plan.push(d.on(When::Above(OUT_PROJ_GEMM_MIN), "x_proj"));
+                let bufs = [(1, &a.run), (4, &a.u), (12, &a.xh), (5, &a.xdb)];
+                let (above, p) = (OUT_PROJ_GEMM_MIN, gp(di, xl));
+                plan.extend(b.gemms("x_proj", above, &w_x, di, (false, false), &p, &bufs, half)?);
             } else {
                 plan.push(d.on(When::Always, "x_proj"));
             }
@@ -862,14 +949,9 @@ impl GpuModel {
             // call at B=64, 3.2 vs 5.6 ms at B=256; the threshold wants re-measuring with the
             // 32×64 tile GemmTile::for_rows now gives it). The coop GEMM takes every GEMM call
             // (H200, F16: 17 vs 28 µs at B=64).
-            let (out_mv, out_gemm) = if b.coop_for(&w_out) {
-                (small_path, big_path)
-            } else {
-                (When::AtMost(OUT_PROJ_GEMM_MIN), When::Above(OUT_PROJ_GEMM_MIN))
-            };
-            plan.push(d.on(out_mv, "out_proj"));
-            let d = b.gemm(&w_out, di, (true, false), &gp(di, dm), &bufs)?;
-            plan.push(d.on(out_gemm, "out_proj"));
+            let above = if b.coop_for(&w_out) { GEMM_MIN_TOKENS } else { OUT_PROJ_GEMM_MIN };
+            plan.push(d.on(When::AtMost(above), "out_proj"));
+            plan.extend(b.gemms("out_proj", above, &w_out, di, (true, false), &gp(di, dm), &bufs, false)?);
         }
         let head = output.as_ref().unwrap_or(&embed);
         bytes += matrix_bytes(head);
@@ -887,6 +969,9 @@ impl GpuModel {
         let bufs = [(1, &a.run), (4, &a.x), (5, &a.logits), (6, &small)];
         let d = b.matvec(Op::MvNorm, head, dm, (false, true), &p, &bufs, Rows::OutTiles)?;
         plan.push(d.on(When::HeadSmall, "lm_head"));
+        // The LM head's GEMM reads f32 X even on tensor cores: its 128 × 64 tile ran slower on
+        // the f16 copy (H200, F16: 260 vs 226 µs at B=256, 75 vs 62 at B=64; in_proj the other
+        // way, 19.7 vs 21.5 at 256).
         let np = NormParams {
             cols: dm,
             x_stride: dm,
@@ -895,11 +980,11 @@ impl GpuModel {
             head: 1,
             ..Default::default()
         };
-        let bufs = [(1, &a.run), (4, &a.x), (5, &a.xn), (6, &small)];
-        plan.push(b.dispatch(Op::RmsNorm, None, &np, &bufs, 1, Rows::Outs)?.on(When::HeadBig, "norm"));
+        let d = b.norm(false, &np, (&a.run, &a.x, &a.xn, &a.xh, &small), Rows::Outs)?;
+        plan.push(d.on(When::HeadBig, "norm"));
         let p = GemmParams { x_stride: dm, o_stride: head.rows, _pad: [0; 2] };
         let bufs = [(1, &a.run), (4, &a.xn), (5, &a.logits)];
-        let d = b.gemm(head, dm, (false, true), &p, &bufs)?;
+        let d = b.gemm(head, dm, (false, true), &p, &bufs, false, false)?;
         plan.push(d.on(When::HeadBig, "lm_head"));
         self.push_argmax(b, &mut plan)?;
         self.plan = plan;
@@ -1487,7 +1572,21 @@ fn check_ids(ids: &[TokenId], rows: usize) -> Result<(), GpuError> {
 
 #[cfg(test)]
 mod tests {
-    use super::logits_runs;
+    use super::{GEMM_MIN_TOKENS, OUT_PROJ_GEMM_MIN, Run, gemm_calls, logits_runs};
+
+    #[test]
+    fn a_gemm_runs_once_on_every_call_past_its_threshold() {
+        for coop in [false, true] {
+            for above in [GEMM_MIN_TOKENS, OUT_PROJ_GEMM_MIN] {
+                let calls = gemm_calls(above, coop);
+                for n in 1..=300 {
+                    let run = Run { n_tok: n, n_seq: n, out_row0: 0, n_out: n };
+                    let k = calls.iter().filter(|(w, _)| w.runs(&run)).count();
+                    assert_eq!(k, usize::from(n > above), "coop {coop}, above {above}, {n} tokens");
+                }
+            }
+        }
+    }
 
     fn runs(wants: &[bool]) -> Vec<(u32, u32)> {
         let mut r = vec![(9, 9)]; // cleared first
@@ -1636,7 +1735,7 @@ mod argmax_kernel {
 #[cfg(test)]
 mod gemm_kernel {
     use super::*;
-    use crate::kernels::{CoopTile, GemmKernel, GemmTile};
+    use crate::kernels::{CoopTile, GemmKernel, GemmTile, half_row};
     use half::f16;
     use tinystate_engine::kernels::{dequantize, quantize_q4_0, quantize_q8_0};
     use tinystate_engine::tensor::{BlockQ4_0, BlockQ8_0, Elems, QK};
@@ -1668,13 +1767,14 @@ mod gemm_kernel {
     }
 
     /// Runs out (+)= X · Wᵀ with `kernel` and checks every element of `out`, in range or not.
+    /// `x_half`: the coop kernel reads X from an f16 copy, as rmsnorm / conv write it.
     fn check(
         gpu: &Gpu,
         kernel: GemmKernel,
         fmt: Fmt,
         (rows, cols): (usize, usize),
         n: u32,
-        (add, head): (bool, bool),
+        (add, head, x_half): (bool, bool, bool),
     ) {
         let wf: Vec<f32> = (0..rows * cols).map(|i| val(i, 1)).collect();
         let (q8, q4, h16): (Vec<BlockQ8_0>, Vec<BlockQ4_0>, Vec<f16>);
@@ -1718,10 +1818,20 @@ mod gemm_kernel {
         let xb = b.init("x", bytemuck::cast_slice(&x), storage).unwrap();
         let ob = b.init("out", bytemuck::cast_slice(&out0), storage | wgpu::BufferUsages::COPY_SRC).unwrap();
         let rb = b.init("run", bytemuck::bytes_of(&run), wgpu::BufferUsages::UNIFORM).unwrap();
+        // The f16 copy: rows of half_row(cols) halves, zero-padded, as rmsnorm / conv write it.
+        let hs = half_row(cols as u32) as usize;
+        let xh: Vec<f16> = (0..max_tok * hs)
+            .map(|i| {
+                let (t, c) = (i / hs, i % hs);
+                if t < max_tok && c < cols { f16::from_f32(x[t * xs + c]) } else { f16::ZERO }
+            })
+            .collect();
+        let xhb = b.init("xh", bytemuck::cast_slice(&xh), storage).unwrap();
         let shape =
-            GemmShape::with_kernel(rows as u32, cols as u32, w.groups, xs as u32, (add, head), kernel);
+            GemmShape::with_kernel(rows as u32, cols as u32, w.groups, xs as u32, (add, head), kernel)
+                .half_x(x_half);
         let p = GemmParams { x_stride: xs as u32, o_stride: os as u32, _pad: [0; 2] };
-        let bufs = [(1, &rb), (4, &xb), (5, &ob)];
+        let bufs = [(1, &rb), (4, &xb), (12, &xhb), (5, &ob)];
         let d = b.gemm_shaped(shape, &w, &p, &bufs).unwrap();
         let got: Vec<f32> = kernel_harness::run_and_read(gpu, &[&d], &run, &ob, 4 * out0.len() as u64);
 
@@ -1740,7 +1850,8 @@ mod gemm_kernel {
                     let g = f64::from(got[o]);
                     assert!(
                         (g - (base + s)).abs() <= tol,
-                        "{kernel:?} {fmt:?} rows {rows} cols {cols} n {n} add {add} head {head}: \
+                        "{kernel:?} {fmt:?} rows {rows} cols {cols} n {n} add {add} head {head} \
+                         x_half {x_half}: \
                          token {t} row {r}: got {g}, want {}",
                         base + s
                     );
@@ -1753,25 +1864,40 @@ mod gemm_kernel {
         }
     }
 
-    /// Every format with tails in rows, columns and tokens, through `kernel`.
-    fn tails(gpu: &Gpu, kernel: GemmKernel) {
+    /// Every format with tails in rows, columns and tokens, through `kernel`, X in f32 or (coop
+    /// kernel) in f16.
+    fn tails(gpu: &Gpu, kernel: GemmKernel, x_half: bool) {
         // Two row tiles and a tail; quantised formats need whole 32-column blocks.
         let rows = 2 * kernel.bm() as usize + 5;
-        check(gpu, kernel, Fmt::F32, (rows, 70), 70, (false, false)); // 17.5 groups: a partial slice
-        check(gpu, kernel, Fmt::F16, (rows, 37), 9, (true, false));
-        check(gpu, kernel, Fmt::Q8, (rows, 96), 130, (true, false));
-        check(gpu, kernel, Fmt::Q4, (rows, 64), 64, (false, true));
+        check(gpu, kernel, Fmt::F32, (rows, 70), 70, (false, false, x_half)); // 17.5 groups: a partial slice
+        check(gpu, kernel, Fmt::F16, (rows, 37), 9, (true, false, x_half));
+        check(gpu, kernel, Fmt::F16, (rows, 128), 33, (false, true, x_half));
+        check(gpu, kernel, Fmt::Q8, (rows, 96), 130, (true, false, x_half));
+        check(gpu, kernel, Fmt::Q4, (rows, 64), 64, (false, true, x_half));
     }
 
     #[test]
     fn every_tile_and_format_with_tails() {
         let Some(gpu) = kernel_harness::device() else { return };
         for tile in GemmTile::ALL {
-            tails(&gpu, GemmKernel::Fma(tile));
+            tails(&gpu, GemmKernel::Fma(tile), false);
         }
         // One row, one token.
-        check(&gpu, GemmKernel::Fma(GemmTile::ALL[0]), Fmt::F32, (1, 5), 1, (false, false));
+        check(&gpu, GemmKernel::Fma(GemmTile::ALL[0]), Fmt::F32, (1, 5), 1, (false, false, false));
     }
+
+    /// Tiles besides [`CoopTile::ALL`] that were timed on the H200 (BENCHMARKS.md), kept
+    /// correct so that a retune can pick them.
+    const SWEPT: [CoopTile; 8] = [
+        CoopTile { wm: 4, wn: 2, wk: 1, fm: 2, fn_: 2, ks: 2 },
+        CoopTile { wm: 2, wn: 4, wk: 1, fm: 2, fn_: 2, ks: 4 },
+        CoopTile { wm: 2, wn: 2, wk: 1, fm: 2, fn_: 2, ks: 2 },
+        CoopTile { wm: 2, wn: 1, wk: 2, fm: 2, fn_: 2, ks: 4 },
+        CoopTile { wm: 1, wn: 2, wk: 2, fm: 2, fn_: 2, ks: 4 },
+        CoopTile { wm: 1, wn: 1, wk: 4, fm: 2, fn_: 2, ks: 8 },
+        CoopTile { wm: 1, wn: 1, wk: 2, fm: 2, fn_: 2, ks: 4 },
+        CoopTile { wm: 1, wn: 1, wk: 8, fm: 1, fn_: 1, ks: 8 },
+    ];
 
     /// The tensor-core kernel, checked the same way, on adapters that have it. Others (lavapipe,
     /// so CI) skip this test: without the capability the models never run that kernel.
@@ -1782,13 +1908,22 @@ mod gemm_kernel {
             eprintln!("skipping the coop GEMM test: {} has no tensor-core GEMM", gpu.describe());
             return;
         }
-        for tile in CoopTile::ALL {
-            tails(&gpu, GemmKernel::Coop(tile));
+        for tile in CoopTile::ALL.into_iter().chain(SWEPT) {
+            tails(&gpu, GemmKernel::Coop(tile), false);
+            tails(&gpu, GemmKernel::Coop(tile), true);
         }
-        check(&gpu, GemmKernel::Coop(CoopTile::ALL[0]), Fmt::F32, (1, 5), 1, (false, false));
-        // Model-sized: out_proj (the residual, 24 slices) and x_proj at 200 and 256 tokens.
-        check(&gpu, GemmKernel::Coop(CoopTile::for_rows(768)), Fmt::F16, (768, 1536), 200, (true, false));
-        check(&gpu, GemmKernel::Coop(CoopTile::for_rows(80)), Fmt::Q8, (80, 1536), 256, (false, false));
+        check(&gpu, GemmKernel::Coop(CoopTile::ALL[0]), Fmt::F32, (1, 5), 1, (false, false, false));
+        check(&gpu, GemmKernel::Coop(CoopTile::ALL[0]), Fmt::F16, (1, 64), 1, (false, false, true));
+        // Model-sized: out_proj (the residual, 24 slices), x_proj, in_proj and an LM head.
+        let coop = |rows, small| GemmKernel::Coop(CoopTile::for_rows(rows, small));
+        check(&gpu, coop(768, false), Fmt::F16, (768, 1536), 200, (true, false, false));
+        check(&gpu, coop(768, true), Fmt::F16, (768, 1536), 64, (true, false, false));
+        check(&gpu, coop(80, false), Fmt::Q8, (80, 1536), 256, (false, false, true));
+        check(&gpu, coop(80, false), Fmt::F16, (80, 1536), 256, (false, false, true));
+        check(&gpu, coop(3072, false), Fmt::F16, (3072, 768), 256, (false, false, true));
+        check(&gpu, coop(3072, true), Fmt::F16, (3072, 768), 64, (false, false, true));
+        check(&gpu, coop(3072, false), Fmt::Q8, (3072, 768), 100, (false, false, true));
+        check(&gpu, coop(8200, false), Fmt::F16, (8200, 768), 100, (false, true, false));
     }
 }
 
@@ -1903,5 +2038,110 @@ mod matvec_kernel {
         ] {
             check(&gpu, shape, n, flags);
         }
+    }
+}
+
+/// The f16 copies rmsnorm and the conv write for the tensor-core GEMM (`norm_f16.wgsl`,
+/// `conv_f16.wgsl`), against the f32 outputs of the same kernels: pack2x16float is core WGSL,
+/// so this runs on every adapter, lavapipe too, though only tensor-core devices use the copies.
+#[cfg(test)]
+mod half_writers {
+    use super::*;
+    use half::f16;
+
+    /// A deterministic value in about [−1, 1).
+    fn val(i: usize, salt: usize) -> f32 {
+        let h = (i.wrapping_mul(2654435761) ^ salt.wrapping_mul(40503)) % 2003;
+        h as f32 / 1001.5 - 1.0
+    }
+
+    /// `words` (rows of `cols.div_ceil(16) · 8` words) hold `want` (rows of `cols`) rounded to
+    /// f16, within an ulp, and zeros past `cols`.
+    fn check_copy(words: &[u32], want: &[f32], cols: usize, n: usize) {
+        let hs = half_row(cols as u32) as usize;
+        let halves: Vec<f16> =
+            words.iter().flat_map(|w| [*w as u16, (*w >> 16) as u16]).map(f16::from_bits).collect();
+        for t in 0..n {
+            for c in 0..hs {
+                let got = halves[t * hs + c];
+                if c >= cols {
+                    assert_eq!(got.to_bits(), 0, "token {t} column {c}: padding");
+                    continue;
+                }
+                let w = f16::from_f32(want[t * cols + c]);
+                let ulps = (i32::from(got.to_bits() as i16) - i32::from(w.to_bits() as i16)).abs();
+                assert!(ulps <= 1, "token {t} column {c}: got {got}, want {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn rmsnorm_and_conv_write_f16_copies() {
+        let Some(gpu) = kernel_harness::device() else { return };
+        let dev = &gpu.device;
+        let mut b = Builder { dev, limit: u64::MAX, pipes: Pipelines::default(), coop: gpu.coop };
+        let (n, cols, k) = (5u32, 70u32, 4u32);
+        let (nu, cu) = (n as usize, cols as usize);
+        let storage = wgpu::BufferUsages::STORAGE;
+        let read = wgpu::BufferUsages::COPY_SRC;
+        let run = Run { n_tok: n, n_seq: n, out_row0: 0, n_out: n };
+        let rb = b.init("run", bytemuck::bytes_of(&run), wgpu::BufferUsages::UNIFORM).unwrap();
+        // Norm weights at 4, conv taps (cols, k) and bias after them.
+        let small: Vec<f32> = (0..4 + cu * (2 + k as usize)).map(|i| val(i, 4)).collect();
+        let sb = b.init("smalls", bytemuck::cast_slice(&small), storage).unwrap();
+        // X (n, 2·cols), read by the norm as rows of cols with stride 2·cols and by the conv as
+        // xz; the f16 copies start as garbage, so the padding must be written.
+        let x: Vec<f32> = (0..nu * 2 * cu).map(|i| val(i, 1) * 3.0).collect();
+        let xb = b.init("x", bytemuck::cast_slice(&x), storage).unwrap();
+        let h_words = half_row(cols) / 2;
+        let garbage = vec![0x7bff_7bffu32; nu * h_words as usize];
+        let out = |b: &Builder<'_>, what| b.storage(what, 4 * u64::from(n * 2 * cols), read).unwrap();
+        let xh = b.init("xh", bytemuck::cast_slice(&garbage), storage | read).unwrap();
+        let xn = out(&b, "xn");
+
+        let np = NormParams {
+            cols,
+            x_stride: 2 * cols,
+            w_off: 4,
+            eps_bits: 1e-5f32.to_bits(),
+            h_words,
+            ..Default::default()
+        };
+        for half in [false, true] {
+            let d = b.norm(half, &np, (&rb, &xb, &xn, &xh, &sb), Rows::Tokens).unwrap();
+            kernel_harness::run_and_read::<u32>(&gpu, &[&d], &run, &xn, 4);
+        }
+        let want: Vec<f32> = kernel_harness::run_and_read(&gpu, &[], &run, &xn, 4 * u64::from(n * cols));
+        let words: Vec<u32> = kernel_harness::run_and_read(&gpu, &[], &run, &xh, 4 * u64::from(n * h_words));
+        check_copy(&words, &want, cu, nu);
+
+        // The conv: token t is slot t's first, its window from the state (n slots, 1 layer).
+        let meta: Vec<u32> =
+            (0..n).flat_map(|t| [0, t, t, 0]).chain((0..n).flat_map(|t| [t, t, 1, 0])).collect();
+        let mb = b.init("meta", bytemuck::cast_slice(&meta), storage).unwrap();
+        let state: Vec<f32> = (0..nu * (k as usize - 1) * cu).map(|i| val(i, 5)).collect();
+        let stb = b.init("conv state", bytemuck::cast_slice(&state), storage).unwrap();
+        let xh = b.init("uh", bytemuck::cast_slice(&garbage), storage | read).unwrap();
+        let cp = ConvParams {
+            d_inner: cols,
+            d_conv: k,
+            n_layer: 1,
+            layer: 0,
+            off_w: 4 + cols,
+            off_b: 4 + cols * (1 + k),
+            h_words,
+            _pad: 0,
+        };
+        let mut us = Vec::new();
+        for (op, half) in [(Op::Conv, false), (Op::ConvHalf, true)] {
+            let u = out(&b, "u");
+            let bufs = [(1, &rb), (4, &xb), (6, &sb), (7, &stb), (8, &mb), (9, &u), (12, &xh)];
+            let bufs = if half { &bufs[..] } else { &bufs[..6] };
+            let d = b.dispatch(op, None, &cp, bufs, h_words.div_ceil(WG), Rows::Tokens).unwrap();
+            us.push(kernel_harness::run_and_read::<f32>(&gpu, &[&d], &run, &u, 4 * u64::from(n * cols)));
+        }
+        assert_eq!(us[0], us[1], "u with and without the f16 copy");
+        let words: Vec<u32> = kernel_harness::run_and_read(&gpu, &[], &run, &xh, 4 * u64::from(n * h_words));
+        check_copy(&words, &us[0], cu, nu);
     }
 }

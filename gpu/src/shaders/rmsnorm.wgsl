@@ -1,21 +1,31 @@
 // xn (n, cols) = RMSNorm(x[row0 + t]) · w = x / sqrt(mean(x²) + eps) · w (Zhang & Sennrich 2019),
 // the GEMM path's input for in_proj and the LM head. One workgroup per token; tree reduction.
+// `write_row` (norm_f32.wgsl or norm_f16.wgsl, kernels.rs picks) writes xn in f32, or the
+// tensor-core GEMM's f16 copy xh: rows of h_words words, two halves each (pack2x16float, so no
+// shader f16 needed), zero past cols.
 struct Params {
     cols: u32,
     x_stride: u32,
     w_off: u32,  // offset of w in smalls
     eps_bits: u32,
     head: u32,   // 1: rows run.out_row0 .. + n_out, else 0 .. n_tok
-    _pad0: u32,
+    h_words: u32, // words per xh row (norm_f16.wgsl)
     _pad1: u32,
     _pad2: u32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(4) var<storage, read> xin: array<f32>;        // (n_tok, x_stride)
-@group(0) @binding(5) var<storage, read_write> xn: array<f32>;   // (n, cols)
 @group(0) @binding(6) var<storage, read> smalls: array<f32>;     // per-layer vectors
 
 var<workgroup> red: array<f32, 64>;
+
+// Column c of the normed row (0 past cols).
+fn normed(row: u32, c: u32, inv: f32) -> f32 {
+    if c >= p.cols {
+        return 0.0;
+    }
+    return xin[row * p.x_stride + c] * inv * smalls[p.w_off + c];
+}
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -43,7 +53,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         workgroupBarrier();
     }
     let inv = 1.0 / sqrt(red[0] / f32(p.cols) + bitcast<f32>(p.eps_bits));
-    for (var c = lid; c < p.cols; c += 64u) {
-        xn[t * p.cols + c] = xin[row * p.x_stride + c] * inv * smalls[p.w_off + c];
-    }
+    write_row(t, row, inv, lid);
 }

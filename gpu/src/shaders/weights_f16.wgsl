@@ -7,3 +7,13 @@ fn load_w(row: u32, g: u32, groups: u32) -> vec4<f32> {
     let v = w[row * groups + g];
     return vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y));
 }
+
+// The coop GEMM's staging (gemm_coop.wgsl) splits load_w in two, so that a slice's loads stay in
+// flight across the previous slice's multiplies: `raw_w` only loads, `cook_w` decodes at staging.
+fn raw_w(row: u32, g: u32, groups: u32) -> vec4<u32> {
+    return vec4<u32>(w[row * groups + g], 0u, 0u);
+}
+
+fn cook_w(r: vec4<u32>) -> vec4<f32> {
+    return vec4<f32>(unpack2x16float(r.x), unpack2x16float(r.y));
+}

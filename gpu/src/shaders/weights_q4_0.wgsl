@@ -20,3 +20,24 @@ fn load_w(row: u32, g: u32, groups: u32) -> vec4<f32> {
     );
     return (vec4<f32>(v) - 8.0) * d;
 }
+
+// The coop GEMM's staging (gemm_coop.wgsl) splits load_w in two, so that a slice's loads stay in
+// flight across the previous slice's multiplies: `raw_w` only loads (the word, the scale word,
+// which half of it is the block's, the nibble shift), `cook_w` decodes at staging.
+fn raw_w(row: u32, g: u32, groups: u32) -> vec4<u32> {
+    let i = row * groups + g;
+    let b = i / 8u;
+    let gb = i % 8u;
+    return vec4<u32>(w[b * 4u + gb % 4u], ws[b / 2u], b % 2u, (gb / 4u) * 4u);
+}
+
+fn cook_w(r: vec4<u32>) -> vec4<f32> {
+    let d = unpack2x16float(r.y)[r.z];
+    let v = vec4<u32>(
+        extractBits(r.x, r.w, 4u),
+        extractBits(r.x, r.w + 8u, 4u),
+        extractBits(r.x, r.w + 16u, 4u),
+        extractBits(r.x, r.w + 24u, 4u),
+    );
+    return (vec4<f32>(v) - 8.0) * d;
+}

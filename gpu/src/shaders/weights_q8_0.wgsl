@@ -13,3 +13,19 @@ fn load_w(row: u32, g: u32, groups: u32) -> vec4<f32> {
     let v = vec4<i32>(extractBits(q, 0u, 8u), extractBits(q, 8u, 8u), extractBits(q, 16u, 8u), extractBits(q, 24u, 8u));
     return vec4<f32>(v) * d;
 }
+
+// The coop GEMM's staging (gemm_coop.wgsl) splits load_w in two, so that a slice's loads stay in
+// flight across the previous slice's multiplies: `raw_w` only loads (the quant word, the scale
+// word and which half of it is the block's), `cook_w` decodes at staging.
+fn raw_w(row: u32, g: u32, groups: u32) -> vec4<u32> {
+    let i = row * groups + g;
+    let b = i / 8u;
+    return vec4<u32>(w[i], ws[b / 2u], b % 2u, 0u);
+}
+
+fn cook_w(r: vec4<u32>) -> vec4<f32> {
+    let q = i32(r.x);
+    let d = unpack2x16float(r.y)[r.z];
+    let v = vec4<i32>(extractBits(q, 0u, 8u), extractBits(q, 8u, 8u), extractBits(q, 16u, 8u), extractBits(q, 24u, 8u));
+    return vec4<f32>(v) * d;
+}
