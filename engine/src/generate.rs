@@ -24,6 +24,13 @@ pub trait Decoder {
     fn feed_greedy(&mut self, tokens: &[TokenId]) -> Result<TokenId, Self::Error> {
         Ok(argmax(self.feed(tokens)?))
     }
+    /// Says that the caller may take up to `most` greedy tokens from here on, the next
+    /// [`Decoder::feed_greedy`]'s included, each fed back in turn. A decoder that computes greedy
+    /// tokens ahead (the host's wasi-nn) uses it so as not to compute past the end; others
+    /// ignore it.
+    fn plan_greedy(&mut self, most: usize) {
+        let _ = most;
+    }
     /// Vocabulary size.
     fn vocab(&self) -> usize;
 }

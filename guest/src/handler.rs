@@ -58,6 +58,12 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
     }
 }
 
+/// Greedy tokens per wasi-nn round trip for a response sent whole: the host feeds them back
+/// itself, so a batched GPU step does not wait for this guest between them.
+const GREEDY_AHEAD_WHOLE: usize = 16;
+/// The same for a streamed response, whose text arrives in bursts of this many tokens.
+const GREEDY_AHEAD_STREAMED: usize = 4;
+
 /// Unix time in seconds and a nonce from the clock's nanoseconds.
 fn now() -> (u64, u64) {
     let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -138,7 +144,7 @@ fn run(
     let meta = Meta::new(endpoint, &e.served_id(), created, nonce ^ request.params.sampler.seed);
     if !request.stream {
         let mut text = String::new();
-        let generated = seq.generate(&request.params, |piece, _| {
+        let generated = seq.generate(&request.params, GREEDY_AHEAD_WHOLE, |piece, _| {
             text.push_str(piece);
             Ok(())
         });
@@ -170,7 +176,7 @@ fn run(
             return;
         }
     }
-    let generated = seq.generate(&request.params, |piece, finish| {
+    let generated = seq.generate(&request.params, GREEDY_AHEAD_STREAMED, |piece, finish| {
         buf.clear();
         if !piece.is_empty() || first {
             sse::event(&mut buf, &meta.chunk(piece, first, None));

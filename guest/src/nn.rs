@@ -9,8 +9,11 @@
 //!   several computes) → `[("logits", FP32 [vocab])]`, copied into a buffer reused for every
 //!   step, so memory per request stays constant;
 //! - each `feed_greedy` (greedy sampling with nothing else reading the logits, see
-//!   [`Decoder::feed_greedy`]) adds `("greedy", U8 [1] = 1)` → `[("token", I32 [1])]`: the
-//!   host's argmax, 4 bytes instead of the logits (on the GPU backend, computed there).
+//!   [`Decoder::feed_greedy`]) adds `("greedy", U8 [1] = n)` → `[("token", I32 [n])]`: the
+//!   host's argmax, 4 bytes instead of the logits (on the GPU backend, computed there), and for
+//!   n > 1 the n − 1 greedy tokens after it, which the host feeds back itself. n is what
+//!   [`Decoder::plan_greedy`] allowed (1 for a prompt: its first token comes at once); the
+//!   later feeds of those tokens take them from [`NnDecoder`]'s queue without a compute.
 //!
 //! The state lives in the host, owned by the execution context; dropping the decoder (or the
 //! instance) frees it.
@@ -38,6 +41,8 @@ use bindings::wasi::nn::tensor::{Tensor, TensorType};
 
 /// Most tokens per `compute` the host accepts (its `MAX_CHUNK`).
 pub const MAX_CHUNK: usize = 512;
+/// Most greedy tokens one `compute` may ask for (the host's `MAX_GREEDY`).
+pub const MAX_GREEDY: usize = 64;
 
 /// The host's environment variable listing its models, comma-separated, default first.
 const MODELS_ENV: &str = "TINYSTATE_MODELS";
@@ -90,17 +95,34 @@ pub struct NnDecoder {
     logits: Vec<f32>,
     /// The tokens of one compute as bytes, reused.
     bytes: Vec<u8>,
+    /// Greedy tokens the host computed beyond `last`, each after the one before; the host's
+    /// state has consumed `last` and all of them but the final one.
+    ahead: std::collections::VecDeque<TokenId>,
+    /// The greedy token returned last, while `ahead` is not empty.
+    last: Option<TokenId>,
+    /// How many greedy tokens the next compute may ask for ([`Decoder::plan_greedy`]).
+    plan: usize,
 }
 
 impl NnDecoder {
     /// A decoder that connects on first use.
     pub fn new() -> Self {
-        Self { ctx: None, logits: Vec::new(), bytes: Vec::with_capacity(4 * MAX_CHUNK) }
+        Self {
+            ctx: None,
+            logits: Vec::new(),
+            bytes: Vec::with_capacity(4 * MAX_CHUNK),
+            ahead: std::collections::VecDeque::with_capacity(MAX_GREEDY),
+            last: None,
+            plan: 1,
+        }
     }
 
     /// Back to an empty sequence: the next feed starts a new context.
     pub fn reset(&mut self) {
         self.ctx = None;
+        self.ahead.clear();
+        self.last = None;
+        self.plan = 1;
     }
 
     /// Loads the model and makes this sequence's context, if not done yet.
@@ -115,15 +137,15 @@ impl NnDecoder {
         self.ctx.as_ref().ok_or_else(|| NnError::protocol("no execution context".into()))
     }
 
-    /// One compute of at most [`MAX_CHUNK`] tokens, with the `"greedy"` input if `greedy`;
-    /// returns the outputs.
-    fn compute(&mut self, tokens: &[TokenId], greedy: bool) -> Result<Vec<NamedTensor>, NnError> {
+    /// One compute of at most [`MAX_CHUNK`] tokens, with the `"greedy"` input `greedy` if not
+    /// 0; returns the outputs.
+    fn compute(&mut self, tokens: &[TokenId], greedy: u8) -> Result<Vec<NamedTensor>, NnError> {
         self.bytes.clear();
         self.bytes.extend(tokens.iter().flat_map(|t| t.0.to_le_bytes()));
         let mut inputs =
             vec![("tokens".to_owned(), Tensor::new(&[tokens.len() as u32], TensorType::I32, &self.bytes))];
-        if greedy {
-            inputs.push(("greedy".to_owned(), Tensor::new(&[1], TensorType::U8, &[1])));
+        if greedy > 0 {
+            inputs.push(("greedy".to_owned(), Tensor::new(&[1], TensorType::U8, &[greedy])));
         }
         let ctx = self.connect()?;
         ctx.compute(inputs).map_err(|e| NnError::from_wasi("compute", e))
@@ -131,7 +153,7 @@ impl NnDecoder {
 
     /// One compute for the logits; they land in `self.logits`.
     fn compute_logits(&mut self, tokens: &[TokenId]) -> Result<(), NnError> {
-        let t = output(self.compute(tokens, false)?, "logits")?;
+        let t = output(self.compute(tokens, 0)?, "logits")?;
         if t.ty() != TensorType::Fp32 {
             return Err(NnError::protocol("the host's 'logits' are not FP32".into()));
         }
@@ -144,18 +166,24 @@ impl NnDecoder {
         Ok(())
     }
 
-    /// One compute for the greedy token.
-    fn compute_token(&mut self, tokens: &[TokenId]) -> Result<TokenId, NnError> {
-        let t = output(self.compute(tokens, true)?, "token")?;
+    /// One compute for `n` (1..=[`MAX_GREEDY`]) greedy tokens: returns the first, queues the
+    /// others in `ahead`.
+    fn compute_tokens(&mut self, tokens: &[TokenId], n: usize) -> Result<TokenId, NnError> {
+        let t = output(self.compute(tokens, n as u8)?, "token")?;
         let data = t.data();
-        match (t.ty(), data.as_slice()) {
-            // Non-negative as an I32: the host's ids are below the vocabulary size.
-            (TensorType::I32, &[a, b, c, d]) if d < 0x80 => Ok(TokenId(u32::from_le_bytes([a, b, c, d]))),
-            (ty, _) => Err(NnError::protocol(format!(
-                "the host's 'token' is {ty:?} of {} bytes, not one non-negative I32",
+        // Non-negative as I32s: the host's ids are below the vocabulary size.
+        if t.ty() != TensorType::I32 || data.len() != 4 * n || data.chunks_exact(4).any(|b| b[3] >= 0x80) {
+            return Err(NnError::protocol(format!(
+                "the host's 'token' is {:?} of {} bytes, not {n} non-negative I32s",
+                t.ty(),
                 data.len()
-            ))),
+            )));
         }
+        let mut ids = data.chunks_exact(4).map(|b| TokenId(u32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+        let first = ids.next().ok_or_else(|| NnError::protocol("no greedy token".into()))?;
+        self.ahead.extend(ids);
+        self.last = (!self.ahead.is_empty()).then_some(first);
+        Ok(first)
     }
 }
 
@@ -181,6 +209,9 @@ impl Decoder for NnDecoder {
         if tokens.is_empty() {
             return Err(NnError::protocol("no tokens to feed".into()));
         }
+        if self.last.is_some() {
+            return Err(NnError::protocol("logits asked for while the host had run ahead greedily".into()));
+        }
         for chunk in tokens.chunks(MAX_CHUNK) {
             self.compute_logits(chunk)?;
         }
@@ -188,11 +219,28 @@ impl Decoder for NnDecoder {
     }
 
     fn feed_greedy(&mut self, tokens: &[TokenId]) -> Result<TokenId, NnError> {
+        if let Some(last) = self.last {
+            // The host ran ahead: its state has taken `last` already.
+            if tokens != [last] {
+                return Err(NnError::protocol(format!(
+                    "fed {tokens:?} after greedy token {last} while the host had run ahead"
+                )));
+            }
+            let next = self.ahead.pop_front().ok_or_else(|| NnError::protocol("no token ahead".into()))?;
+            self.last = (!self.ahead.is_empty()).then_some(next);
+            return Ok(next);
+        }
+        let n = std::mem::replace(&mut self.plan, 1).clamp(1, MAX_GREEDY);
         let mut token = Err(NnError::protocol("no tokens to feed".into()));
-        for chunk in tokens.chunks(MAX_CHUNK) {
-            token = Ok(self.compute_token(chunk)?);
+        let chunks = tokens.chunks(MAX_CHUNK).count();
+        for (i, chunk) in tokens.chunks(MAX_CHUNK).enumerate() {
+            token = Ok(self.compute_tokens(chunk, if i + 1 == chunks { n } else { 1 })?);
         }
         token
+    }
+
+    fn plan_greedy(&mut self, most: usize) {
+        self.plan = most;
     }
 
     fn vocab(&self) -> usize {

@@ -200,10 +200,13 @@ impl Sequence {
 
     /// Generates after [`Sequence::finish`] (given the same `params`): `each(text, finish)`
     /// gets every piece of text; it returns `Err` to stop early (client gone). Returns the
-    /// finish reason and the number of tokens generated, or why decoding failed.
+    /// finish reason and the number of tokens generated, or why decoding failed. `ahead`: when
+    /// greedy, how many tokens the decoder may compute per round trip (the `nn` build's host
+    /// feeds them back itself; text then arrives in bursts of that many tokens).
     pub fn generate(
         &mut self,
         params: &GenerateParams,
+        ahead: usize,
         mut each: impl FnMut(&str, Option<FinishReason>) -> Result<(), ()>,
     ) -> Result<(FinishReason, usize), ApiError> {
         let e = self.e;
@@ -233,7 +236,10 @@ impl Sequence {
                 return Ok((f, generator.produced()));
             }
             next = match greedy {
-                true => Next::Token(self.dec.feed_greedy(&[token])?),
+                true => {
+                    self.dec.plan_greedy(ahead.min(params.max_tokens.saturating_sub(generator.produced())));
+                    Next::Token(self.dec.feed_greedy(&[token])?)
+                }
                 false => Next::Logits(self.dec.feed(&[token])?),
             };
         }
@@ -282,7 +288,7 @@ mod tests {
         let usage = seq.finish(&params).unwrap();
         let mut out = String::new();
         let (_, produced) = seq
-            .generate(&params, |t, _| {
+            .generate(&params, 4, |t, _| {
                 out.push_str(t);
                 Ok(())
             })
@@ -325,7 +331,7 @@ mod tests {
         seq.finish(params).unwrap();
         let mut out = String::new();
         let (_, n) = seq
-            .generate(params, |t, _| {
+            .generate(params, 4, |t, _| {
                 out.push_str(t);
                 Ok(())
             })
@@ -358,7 +364,7 @@ mod tests {
         let mut sampled = greedy(4);
         sampled.sampler.temperature = 0.7;
         seq.finish(&greedy(4)).unwrap();
-        assert!(seq.generate(&sampled, |_, _| Ok(())).is_err());
+        assert!(seq.generate(&sampled, 1, |_, _| Ok(())).is_err());
     }
 
     /// Linear memory does not grow with the prompt: a 256 KiB prompt after a 1 KiB one.

@@ -16,8 +16,10 @@ pub const MAX_CONTEXTS_PER_INSTANCE: usize = 4;
 pub const MAX_TENSOR_BYTES: usize = 16 << 20;
 /// The input's name.
 pub const INPUT_TOKENS: &str = "tokens";
-/// The optional input asking for the greedy token instead of the logits.
+/// The optional input asking for greedy tokens instead of the logits.
 pub const INPUT_GREEDY: &str = "greedy";
+/// Most greedy tokens one `compute` may ask for (the value of [`INPUT_GREEDY`]).
+pub const MAX_GREEDY: u32 = 64;
 /// The output's name without [`INPUT_GREEDY`].
 pub const OUTPUT_LOGITS: &str = "logits";
 /// The output's name with [`INPUT_GREEDY`].
@@ -28,8 +30,10 @@ pub const OUTPUT_TOKEN: &str = "token";
 pub struct Inputs {
     /// The tokens to feed (range unchecked: see [`check_tokens`]).
     pub tokens: Vec<TokenId>,
-    /// Whether the guest wants only the greedy token ([`OUTPUT_TOKEN`]) instead of the logits.
-    pub greedy: bool,
+    /// Greedy tokens the guest wants ([`OUTPUT_TOKEN`]) instead of the logits: 0 for the
+    /// logits; n ≥ 1 for the greedy token after the input and the n − 1 that follow when each is
+    /// fed back in turn (the state then holds the input and the first n − 1 of them).
+    pub greedy: u32,
 }
 
 /// What one `compute` returns.
@@ -37,19 +41,20 @@ pub struct Inputs {
 pub enum Output {
     /// The logits after the last token, as little-endian f32 bytes ([`logits_bytes`]).
     Logits(Vec<u8>),
-    /// The greedy token after the last token: the highest logit's id, the lowest among equals.
-    Token(TokenId),
+    /// The greedy tokens: the highest logit's id after the last input token (the lowest among
+    /// equals), then after each of those fed back, as many as asked for.
+    Tokens(Vec<TokenId>),
 }
 
 impl Output {
     /// The output tensor and its name: [`OUTPUT_LOGITS`] FP32 `[vocab]`, or [`OUTPUT_TOKEN`]
-    /// I32 `[1]`.
+    /// I32 `[n]`.
     pub fn into_tensor(self) -> (&'static str, TensorParts) {
         match self {
             Self::Logits(bytes) => (OUTPUT_LOGITS, logits_output(bytes)),
-            Self::Token(t) => {
-                let data = t.0.to_le_bytes().to_vec();
-                (OUTPUT_TOKEN, TensorParts { dims: vec![1], ty: TensorType::I32, data })
+            Self::Tokens(t) => {
+                let data = t.iter().flat_map(|t| t.0.to_le_bytes()).collect();
+                (OUTPUT_TOKEN, TensorParts { dims: vec![t.len() as u32], ty: TensorType::I32, data })
             }
         }
     }
@@ -67,8 +72,8 @@ pub struct TensorParts {
 }
 
 /// Checks that `inputs` holds exactly one tensor named [`INPUT_TOKENS`], `I32`, `[n]` or
-/// `[1, n]` with 4·n bytes, and at most one [`INPUT_GREEDY`] (`U8`, `[1]`, 0 or 1), and nothing
-/// else; returns the ids (range is checked by [`check_tokens`]) and the flag.
+/// `[1, n]` with 4·n bytes, and at most one [`INPUT_GREEDY`] (`U8`, `[1]`, 0..=[`MAX_GREEDY`]),
+/// and nothing else; returns the ids (range is checked by [`check_tokens`]) and the count.
 pub fn parse_inputs<'t>(inputs: impl Iterator<Item = (&'t str, &'t TensorParts)>) -> Result<Inputs, NnError> {
     let (mut tokens, mut greedy) = (None, None);
     for (name, t) in inputs {
@@ -87,11 +92,11 @@ pub fn parse_inputs<'t>(inputs: impl Iterator<Item = (&'t str, &'t TensorParts)>
         }
     }
     let tokens = tokens.ok_or_else(|| NnError::Input(format!("no input '{INPUT_TOKENS}'")))?;
-    Ok(Inputs { tokens, greedy: greedy.unwrap_or(false) })
+    Ok(Inputs { tokens, greedy: greedy.unwrap_or(0) })
 }
 
-/// The [`INPUT_GREEDY`] flag: `U8`, dimensions `[1]`, one byte, 0 (logits) or 1 (the token).
-fn decode_greedy(t: &TensorParts) -> Result<bool, NnError> {
+/// The [`INPUT_GREEDY`] count: `U8`, dimensions `[1]`, one byte, 0 (logits) to [`MAX_GREEDY`].
+fn decode_greedy(t: &TensorParts) -> Result<u32, NnError> {
     if t.ty != TensorType::U8 {
         return Err(NnError::Input(format!("input '{INPUT_GREEDY}' must be U8, not {:?}", t.ty)));
     }
@@ -102,10 +107,9 @@ fn decode_greedy(t: &TensorParts) -> Result<bool, NnError> {
             t.data.len()
         )));
     }
-    match t.data[0] {
-        0 => Ok(false),
-        1 => Ok(true),
-        v => Err(NnError::Input(format!("input '{INPUT_GREEDY}' must be 0 or 1, not {v}"))),
+    match u32::from(t.data[0]) {
+        v if v <= MAX_GREEDY => Ok(v),
+        v => Err(NnError::Input(format!("input '{INPUT_GREEDY}' must be 0 to {MAX_GREEDY}, not {v}"))),
     }
 }
 
@@ -197,10 +201,11 @@ mod tests {
         let t = tokens(&[4, 5], vec![2]);
         let ids = vec![TokenId(4), TokenId(5)];
         let cases = [
-            (vec![("tokens", t.clone())], false),
-            (vec![("tokens", t.clone()), ("greedy", flag(1))], true),
-            (vec![("greedy", flag(1)), ("tokens", t.clone())], true),
-            (vec![("tokens", t.clone()), ("greedy", flag(0))], false),
+            (vec![("tokens", t.clone())], 0),
+            (vec![("tokens", t.clone()), ("greedy", flag(1))], 1),
+            (vec![("greedy", flag(1)), ("tokens", t.clone())], 1),
+            (vec![("tokens", t.clone()), ("greedy", flag(0))], 0),
+            (vec![("tokens", t.clone()), ("greedy", flag(64))], 64),
         ];
         for (inputs, want) in cases {
             assert_eq!(
@@ -220,8 +225,8 @@ mod tests {
             (greedy(vec![2], TensorType::U8, &[1, 1]), "dimensions [1]"),
             (greedy(vec![1], TensorType::U8, &[]), "1 byte"),
             (greedy(vec![1], TensorType::U8, &[1, 0]), "1 byte"),
-            (flag(2), "must be 0 or 1, not 2"),
-            (flag(255), "must be 0 or 1, not 255"),
+            (flag(65), "must be 0 to 64, not 65"),
+            (flag(255), "must be 0 to 64, not 255"),
         ];
         for (g, want) in cases {
             let e = parse_all(&[("tokens", t.clone()), ("greedy", g.clone())]).unwrap_err();
@@ -237,10 +242,15 @@ mod tests {
 
     #[test]
     fn outputs_are_named_tensors() {
-        let (name, t) = Output::Token(TokenId(258)).into_tensor();
+        let (name, t) = Output::Tokens(vec![TokenId(258)]).into_tensor();
         assert_eq!(
             (name, &t.dims[..], t.ty, &t.data[..]),
             ("token", &[1][..], TensorType::I32, &[2, 1, 0, 0][..])
+        );
+        let (name, t) = Output::Tokens(vec![TokenId(258), TokenId(3)]).into_tensor();
+        assert_eq!(
+            (name, &t.dims[..], t.ty, &t.data[..]),
+            ("token", &[2][..], TensorType::I32, &[2, 1, 0, 0, 3, 0, 0, 0][..])
         );
         let (name, t) = Output::Logits(logits_bytes(&[1.0, -2.5])).into_tensor();
         assert_eq!((name, &t.dims[..], t.ty), ("logits", &[2][..], TensorType::Fp32));

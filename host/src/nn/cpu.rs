@@ -48,8 +48,8 @@ impl CpuContext {
     }
 
     /// Runs `tokens` (already checked against the vocabulary) and returns the last logits, or
-    /// with `greedy` their argmax.
-    pub async fn compute(&mut self, tokens: Vec<TokenId>, greedy: bool) -> Result<Output, NnError> {
+    /// with `greedy` n ≥ 1 their argmax and the n − 1 greedy tokens after it, each fed back.
+    pub async fn compute(&mut self, tokens: Vec<TokenId>, greedy: u32) -> Result<Output, NnError> {
         let mut seq = self
             .seq
             .take()
@@ -57,10 +57,13 @@ impl CpuContext {
         let model = self.model.clone();
         let (seq, output) = tokio::task::spawn_blocking(move || {
             let Sequence { state, scratch } = &mut *seq;
-            let output = model.model.forward(state, scratch, &tokens, true).map(|l| match greedy {
-                true => Output::Token(argmax(l)),
-                false => Output::Logits(logits_bytes(l)),
-            });
+            let output = match greedy {
+                0 => model
+                    .model
+                    .forward(state, scratch, &tokens, true)
+                    .map(|l| Output::Logits(logits_bytes(l))),
+                n => greedy_run(&model.model, (state, scratch), &tokens, n).map(Output::Tokens),
+            };
             (seq, output)
         })
         .await
@@ -68,4 +71,20 @@ impl CpuContext {
         self.seq = Some(seq);
         output.ok_or(NnError::Empty)
     }
+}
+
+/// The greedy token after `tokens`, then `n` − 1 more, each fed back before the next; None if
+/// `tokens` is empty.
+fn greedy_run(
+    model: &Mamba<'_>,
+    (state, scratch): (&mut State, &mut Scratch),
+    tokens: &[TokenId],
+    n: u32,
+) -> Option<Vec<TokenId>> {
+    let mut out = vec![argmax(model.forward(state, scratch, tokens, true)?)];
+    while out.len() < n as usize {
+        let last = out[out.len() - 1];
+        out.push(argmax(model.forward(state, scratch, &[last], true)?));
+    }
+    Some(out)
 }

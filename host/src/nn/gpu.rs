@@ -142,8 +142,11 @@ enum Msg {
 struct Job {
     slot: SlotId,
     tokens: Vec<TokenId>,
-    /// Only the greedy token, not the logits.
-    greedy: bool,
+    /// Greedy tokens still to produce instead of the logits (0: the logits; see the contract):
+    /// after each but the last the job feeds its token back as a decode row by itself.
+    greedy: u32,
+    /// The greedy tokens produced so far (when `greedy` asked for several).
+    got: Vec<TokenId>,
     reply: Reply,
     /// When the context sent it (for the batcher's timings).
     sent: Instant,
@@ -217,14 +220,16 @@ pub struct GpuContext {
 
 impl GpuContext {
     /// Runs `tokens` (already checked against the vocabulary) in this context's slot and
-    /// returns the last logits, or with `greedy` their argmax.
-    pub async fn compute(&mut self, tokens: Vec<TokenId>, greedy: bool) -> Answer {
+    /// returns the last logits, or with `greedy` n ≥ 1 the n greedy tokens (each fed back before
+    /// the next, by the batcher, without a round trip to the guest).
+    pub async fn compute(&mut self, tokens: Vec<TokenId>, greedy: u32) -> Answer {
         if self.waiting.is_some() {
             // The state may or may not hold the cancelled chunk: it is no longer a sequence.
             return Err(NnError::Backend("an earlier compute on this context was cancelled".into()));
         }
         let (reply, rx) = oneshot::channel();
-        let job = Job { slot: self.slot, tokens, greedy, reply, sent: Instant::now() };
+        let got = Vec::with_capacity(greedy as usize);
+        let job = Job { slot: self.slot, tokens, greedy, got, reply, sent: Instant::now() };
         self.backend
             .tx
             .send(Msg::Compute(job))
@@ -244,17 +249,22 @@ impl Drop for GpuContext {
     }
 }
 
-/// The answer for one row of a step: its greedy token, or the next of the wanted logits rows
-/// packed in `logits` (rows of `vocab`; `k` counts those already taken), or the step's error.
+/// The answer for one sequence of a call: its greedy tokens (those `got` before and `id`), or
+/// the next of the wanted logits rows packed in `logits` (rows of `vocab`; `k` counts those
+/// already taken), or the call's error.
 fn row_answer(
     result: &Result<(), GpuError>,
-    greedy: bool,
+    greedy: u32,
+    got: &mut Vec<TokenId>,
     id: TokenId,
     (logits, vocab): (&[f32], usize),
     k: &mut usize,
 ) -> Answer {
     match result {
-        Ok(()) if greedy => Ok(Output::Token(id)),
+        Ok(()) if greedy > 0 => {
+            got.push(id);
+            Ok(Output::Tokens(std::mem::take(got)))
+        }
         Ok(()) => {
             let row = &logits[*k * vocab..(*k + 1) * vocab];
             *k += 1;
@@ -312,6 +322,8 @@ struct Batcher<M> {
     logits: Vec<f32>,
     /// When each slot's last compute was answered (slots,), for `tinystate_nn_turnaround_seconds`.
     answered: Vec<Option<Instant>>,
+    /// Greedy jobs with tokens still to produce, back to the decode queue after the call.
+    running: Vec<Job>,
 }
 
 impl<M: Stepper> Batcher<M> {
@@ -340,6 +352,7 @@ impl<M: Stepper> Batcher<M> {
             ids: vec![TokenId(0); max_batch],
             logits: vec![0.0; max_batch * vocab],
             answered: vec![None; slots],
+            running: Vec::with_capacity(max_batch),
             model,
         }
     }
@@ -518,7 +531,7 @@ impl<M: Stepper> Batcher<M> {
             if let Some(mark) = self.in_batch.get_mut(slot) {
                 *mark = true;
             }
-            self.rows.push(StepRow { slot: job.slot, token: job.tokens[0], logits: !job.greedy });
+            self.rows.push(StepRow { slot: job.slot, token: job.tokens[0], logits: job.greedy == 0 });
             self.batch.push(job);
         }
     }
@@ -565,7 +578,7 @@ impl<M: Stepper> Batcher<M> {
             self.rows.push(StepRow {
                 slot: p.job.slot,
                 token: p.job.tokens[p.done],
-                logits: left == 1 && !p.job.greedy,
+                logits: left == 1 && p.job.greedy == 0,
             });
             self.riders.push(i);
         }
@@ -589,7 +602,7 @@ impl<M: Stepper> Batcher<M> {
             let p = &self.prefills[i];
             let end = p.done + k;
             let last = end == p.job.tokens.len();
-            Lead { slot: p.job.slot, tokens: &p.job.tokens[p.done..end], logits: last && !p.job.greedy }
+            Lead { slot: p.job.slot, tokens: &p.job.tokens[p.done..end], logits: last && p.job.greedy == 0 }
         });
         let wanted = lead.iter().map(|l| l.logits).chain(self.rows.iter().map(|r| r.logits));
         let wanted = wanted.filter(|&w| w).count();
@@ -598,50 +611,85 @@ impl<M: Stepper> Batcher<M> {
     }
 
     /// After a call: answers the decodes, advances the lead and the riders (answering those
-    /// that ran their last token, or all on an error) and clears the call's rows.
+    /// that ran their last token, or all on an error) and clears the call's rows. A greedy job
+    /// with tokens still to produce goes back on the decode queue with its new token instead.
     fn answer(&mut self, result: &Result<(), GpuError>) {
         let v = self.vocab;
         // Outputs are in sequence order (lead, decodes, riders); the wanted logits rows are
         // packed in that order: the k-th such row is row k of `logits`.
         let mut k = 0;
         let mut at = 0;
+        // Prompts that ran their last token: index, token to decode on from, answer.
         let mut finished = Vec::new();
         if let Some((i, piece)) = self.lead.take() {
             let p = &mut self.prefills[i];
             p.done += piece;
             if result.is_err() || p.done == p.job.tokens.len() {
-                let answer = row_answer(result, p.job.greedy, self.ids[0], (&self.logits, v), &mut k);
-                finished.push((i, answer));
+                finished.push(self.finish_prompt(i, self.ids[0], result, &mut k));
             }
             at = 1;
         }
-        for (j, job) in self.batch.drain(..).enumerate() {
-            let answer = row_answer(result, job.greedy, self.ids[at + j], (&self.logits, v), &mut k);
+        for (j, mut job) in self.batch.drain(..).enumerate() {
+            let id = self.ids[at + j];
+            if result.is_ok() && job.greedy > 1 {
+                job.greedy -= 1;
+                job.got.push(id);
+                job.tokens[0] = id;
+                self.running.push(job);
+                continue;
+            }
+            let answer = row_answer(result, job.greedy, &mut job.got, id, (&self.logits, v), &mut k);
             // A closed receiver only means the caller went away meanwhile.
             let _ = job.reply.send(answer);
             self.answered[job.slot.0 as usize] = Some(Instant::now());
         }
         let at = at + self.rows.len() - self.riders.len();
-        for (r, &i) in self.riders.iter().enumerate() {
+        let riders = std::mem::take(&mut self.riders);
+        for (r, &i) in riders.iter().enumerate() {
             let p = &mut self.prefills[i];
             p.done += 1;
-            if result.is_ok() && p.done < p.job.tokens.len() {
-                continue;
+            if result.is_err() || p.done == p.job.tokens.len() {
+                finished.push(self.finish_prompt(i, self.ids[at + r], result, &mut k));
             }
-            let answer = row_answer(result, p.job.greedy, self.ids[at + r], (&self.logits, v), &mut k);
-            finished.push((i, answer));
         }
+        self.riders = riders;
         self.riders.clear();
-        // Highest index first, so the lower indices stay valid.
-        finished.sort_unstable_by_key(|&(i, _)| std::cmp::Reverse(i));
-        for (i, answer) in finished {
-            if let Some(p) = self.prefills.remove(i) {
+        // Off the queue highest index first, so the lower indices stay valid.
+        finished.sort_unstable_by_key(|&(i, _, _)| std::cmp::Reverse(i));
+        for (i, next, answer) in finished {
+            let Some(mut p) = self.prefills.remove(i) else { continue };
+            if let Some(id) = next {
+                // A greedy prompt asking for more tokens decodes on from its first.
+                p.job.greedy -= 1;
+                p.job.got.push(id);
+                p.job.tokens = vec![id];
+                self.running.push(p.job);
+            } else if let Some(answer) = answer {
                 let _ = p.job.reply.send(answer);
                 self.answered[p.job.slot.0 as usize] = Some(Instant::now());
             }
         }
+        self.decodes.extend(self.running.drain(..));
         self.in_batch.iter_mut().for_each(|m| *m = false);
         self.rows.clear();
+    }
+
+    /// The outcome for prompt `i`, which ran its last token and got greedy token `id`: the token
+    /// to decode on from (a greedy job asking for more), or its answer (taking the next wanted
+    /// logits row, `k`). Called in output order.
+    fn finish_prompt(
+        &mut self,
+        i: usize,
+        id: TokenId,
+        result: &Result<(), GpuError>,
+        k: &mut usize,
+    ) -> (usize, Option<TokenId>, Option<Answer>) {
+        let p = &mut self.prefills[i];
+        if result.is_ok() && p.job.greedy > 1 {
+            return (i, Some(id), None);
+        }
+        let answer = row_answer(result, p.job.greedy, &mut p.job.got, id, (&self.logits, self.vocab), k);
+        (i, None, Some(answer))
     }
 
     /// Resets and frees the slots of dropped contexts, dropping work still queued for them.
@@ -815,10 +863,15 @@ mod tests {
     }
 
     fn send_job(tx: &mpsc::Sender<Msg>, slot: u32, tokens: &[u32], greedy: bool) -> Answer {
+        send_greedy(tx, slot, tokens, u32::from(greedy))
+    }
+
+    /// Sends a compute for `greedy` greedy tokens (0: the logits).
+    fn send_greedy(tx: &mpsc::Sender<Msg>, slot: u32, tokens: &[u32], greedy: u32) -> Answer {
         let (reply, rx) = oneshot::channel();
         let tokens = tokens.iter().map(|&t| TokenId(t)).collect();
-        tx.send(Msg::Compute(Job { slot: SlotId(slot), tokens, greedy, reply, sent: Instant::now() }))
-            .unwrap();
+        let job = Job { slot: SlotId(slot), tokens, greedy, got: Vec::new(), reply, sent: Instant::now() };
+        tx.send(Msg::Compute(job)).unwrap();
         rx
     }
 
@@ -832,9 +885,17 @@ mod tests {
 
     /// The token of an answer for it.
     fn token_of(a: super::Answer) -> TokenId {
+        match tokens_of(a)[..] {
+            [t] => t,
+            ref other => panic!("expected one token, got {other:?}"),
+        }
+    }
+
+    /// The tokens of an answer for greedy tokens.
+    fn tokens_of(a: super::Answer) -> Vec<TokenId> {
         match a {
-            Ok(Output::Token(t)) => t,
-            other => panic!("expected a token, got {other:?}"),
+            Ok(Output::Tokens(t)) => t,
+            other => panic!("expected tokens, got {other:?}"),
         }
     }
 
@@ -1007,6 +1068,41 @@ mod tests {
         assert!(b.decodes.is_empty() && b.prefills.is_empty());
     }
 
+    /// A compute for n greedy tokens feeds each back as a decode row by itself, without a round
+    /// trip: the same tokens as n one-token computes, while other rows share the steps.
+    #[test]
+    fn a_greedy_run_feeds_its_tokens_back_without_round_trips() {
+        let twin = Twin::new(4, 4, 8);
+        let calls = twin.calls.clone();
+        let (mut b, tx) = batcher(twin);
+        let prompt = [5, 9, 2];
+        let mut run = send_greedy(&tx, 0, &prompt, 4);
+        let mut one = send_greedy(&tx, 1, &prompt, 1);
+        turn(&mut b); // both prompts: slot 0 leads with all 3 tokens, slot 1 rides
+        turn(&mut b);
+        turn(&mut b);
+        let mut singles = vec![token_of(one.try_recv().expect("the prompt's token"))];
+        assert!(run.try_recv().is_err(), "still running ahead");
+        for _ in 0..3 {
+            let last = singles[singles.len() - 1].0;
+            let mut r = send_greedy(&tx, 1, &[last], 1);
+            turn(&mut b);
+            singles.push(token_of(r.try_recv().expect("one step")));
+        }
+        assert_eq!(tokens_of(run.try_recv().expect("4 tokens")), singles);
+        // Slot 0 was sent one compute; it decoded on in three steps by itself.
+        let both = Call::Step(vec![(0, false), (1, false)]);
+        let want = [
+            Call::Mixed((0, 3, false), vec![(1, false)]),
+            both.clone(),
+            both.clone(),
+            both,
+            Call::Step(vec![(1, false)]),
+            Call::Step(vec![(1, false)]),
+        ];
+        assert_eq!(*calls.lock().unwrap(), want);
+    }
+
     /// Greedy and logits computes share steps: each gets its own kind of answer, and a greedy
     /// token is the argmax of the logits the same sequence gives.
     #[test]
@@ -1059,7 +1155,7 @@ mod tests {
                 let mut ctx = b.new_context(SLOT_WAIT).await.unwrap();
                 let mut out = Vec::new();
                 for chunk in script(i) {
-                    out.push(ctx.compute(chunk, greedy(i)).await);
+                    out.push(ctx.compute(chunk, u32::from(greedy(i))).await);
                 }
                 out
             })
@@ -1069,7 +1165,7 @@ mod tests {
             let got = t.await.unwrap();
             let mut alone = CpuContext::new(cpu.clone());
             for (chunk, g) in script(i as u32).into_iter().zip(got) {
-                let want = logits_of(alone.compute(chunk, false).await);
+                let want = logits_of(alone.compute(chunk, 0).await);
                 if greedy(i as u32) {
                     assert_eq!(token_of(g), argmax(&want), "context {i}");
                     continue;
@@ -1113,7 +1209,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(a);
         let mut c = waiter.await.unwrap().expect("the released slot");
-        assert_eq!(logits_of(c.compute(vec![TokenId(1)], false).await).len(), backend_vocab());
+        assert_eq!(logits_of(c.compute(vec![TokenId(1)], 0).await).len(), backend_vocab());
         assert_eq!(stats.slots_in_use.load(Ordering::Relaxed), 2);
         settle(&stats, 2).await;
     }

@@ -25,16 +25,16 @@
 //! | graph names | the `NAME`s of `--model NAME=FILE` (`load-by-name`); `load` (weight bytes) is `unsupported-operation` |
 //! | guest environment | `TINYSTATE_MODELS`: the names, comma-separated, in `--model` order (the first is the default) |
 //! | input | exactly one named tensor `"tokens"`: type `I32`, dimensions `[n]` or `[1, n]`, `n` in 1..=[`MAX_CHUNK`], little-endian ids, each in `0..vocab` |
-//! | input (optional) | at most one named tensor `"greedy"`: type `U8`, dimensions `[1]`, value 1 (0 is the same as leaving it out): ask for the greedy token instead of the logits |
+//! | input (optional) | at most one named tensor `"greedy"`: type `U8`, dimensions `[1]`, value n in 1..=[`contract::MAX_GREEDY`] (0 is the same as leaving it out): ask for n greedy tokens instead of the logits |
 //! | output | without `"greedy"`: one named tensor `"logits"`: type `FP32`, dimensions `[vocab]`, the logits after the last input token |
-//! | output with `"greedy"` | one named tensor `"token"`: type `I32`, dimensions `[1]`, the id of the highest logit after the last input token (the lowest id among equals; NaN counts as −∞; all −∞/NaN gives 0), and no `"logits"`: what greedy sampling without a repetition penalty picks, for 4 bytes instead of vocab × 4 (the GPU backend computes it on the device and copies back only that) |
+//! | output with `"greedy"` n | one named tensor `"token"`: type `I32`, dimensions `[n]`: the id of the highest logit after the last input token (the lowest id among equals; NaN counts as −∞; all −∞/NaN gives 0), then, for n > 1, the n − 1 ids that follow when each is fed back in turn; no `"logits"`. What greedy sampling without a repetition penalty picks, for 4 bytes a token instead of vocab × 4 (the GPU backend computes it on the device and copies back only that). With n > 1 the context's state afterwards holds the input and the first n − 1 output tokens: the next compute feeds the last one. A guest that stops early (end of text, a stop sequence) just drops the context. On the GPU the n − 1 later tokens run as decode rows without a round trip to the guest |
 //! | state | carried by the execution context from one `compute` to the next: n > 1 is a prefill chunk, n = 1 a decode step |
 //! | limits | at most [`MAX_CONTEXTS_PER_INSTANCE`] live contexts and [`MAX_TENSOR_BYTES`] of live tensor data per instance |
 //! | state slots (GPU) | `--nn-slots` per model (default 256), one per live context, server-wide; `init-execution-context` waits up to `gpu::SLOT_WAIT` (0.5 s) for one when all are taken; the CPU backend allocates a state per context instead |
 //! | numerics | CPU: the engine (activations quantised to Q8 against Q8_0 weights); GPU: activations in f32. Logits differ slightly, so a greedy near-tie may pick another token |
 //!
 //! Errors (`errors.error-code`): unknown name → `not-found`; wrong tensor name, count, type or
-//! shape, bad data length, a `"greedy"` value other than 0 or 1, token out of range, no tokens
+//! shape, bad data length, a `"greedy"` value over [`contract::MAX_GREEDY`], token out of range, no tokens
 //! → `invalid-argument`; a chunk over [`MAX_CHUNK`], too many contexts, and (GPU) no free state
 //! slot within `gpu::SLOT_WAIT` → `too-large`; a backend failure (GPU device lost, validation error) → `runtime-error`
 //! for the requests of that GPU call, logged; the server keeps running. The message
@@ -359,8 +359,9 @@ enum Inner {
 
 impl Context {
     /// Feeds `tokens` (1..=[`MAX_CHUNK`], each below the vocabulary size) and returns what
-    /// follows the last one: the logits (vocab,), or with `greedy` only the highest logit's id.
-    pub async fn compute(&mut self, tokens: Vec<TokenId>, greedy: bool) -> Result<Output, NnError> {
+    /// follows the last one: the logits (vocab,), or with `greedy` n ≥ 1 the n greedy tokens
+    /// (each fed back before the next; see the contract).
+    pub async fn compute(&mut self, tokens: Vec<TokenId>, greedy: u32) -> Result<Output, NnError> {
         contract::check_tokens(&tokens, self.vocab)?;
         match &mut self.inner {
             Inner::Cpu(c) => c.compute(tokens, greedy).await,
@@ -571,18 +572,44 @@ mod tests {
 
     /// The logits of a compute without `greedy`.
     async fn logits(ctx: &mut Context, tokens: Vec<TokenId>) -> Result<Vec<u8>, NnError> {
-        match ctx.compute(tokens, false).await? {
+        match ctx.compute(tokens, 0).await? {
             Output::Logits(b) => Ok(b),
             o => panic!("asked for logits, got {o:?}"),
         }
     }
 
-    /// The token of a compute with `greedy`.
+    /// The token of a compute with `greedy` 1.
     async fn token(ctx: &mut Context, tokens: Vec<TokenId>) -> Result<TokenId, NnError> {
-        match ctx.compute(tokens, true).await? {
-            Output::Token(t) => Ok(t),
-            o => panic!("asked for the greedy token, got {o:?}"),
+        Ok(greedy_tokens(ctx, tokens, 1).await?[0])
+    }
+
+    /// The tokens of a compute with `greedy` n.
+    async fn greedy_tokens(ctx: &mut Context, tokens: Vec<TokenId>, n: u32) -> Result<Vec<TokenId>, NnError> {
+        match ctx.compute(tokens, n).await? {
+            Output::Tokens(t) if t.len() == n as usize => Ok(t),
+            o => panic!("asked for {n} greedy tokens, got {o:?}"),
         }
+    }
+
+    /// A compute for several greedy tokens gives what one-token computes feeding each back give,
+    /// and leaves the state after the last but one of them.
+    async fn greedy_run_matches_single_steps(m: &Model) {
+        let prompt: Vec<_> = (0..20).map(|i| TokenId((i * 5 + 1) % m.vocab as u32)).collect();
+        let (mut run, mut one) = (m.new_context().await.unwrap(), m.new_context().await.unwrap());
+        let got = greedy_tokens(&mut run, prompt.clone(), 5).await.unwrap();
+        let mut want = vec![token(&mut one, prompt).await.unwrap()];
+        while want.len() < 5 {
+            let last = want[want.len() - 1];
+            want.push(token(&mut one, vec![last]).await.unwrap());
+        }
+        assert_eq!(got, want, "{}", m.backend_name());
+        let next = token(&mut run, vec![got[4]]).await.unwrap();
+        assert_eq!(
+            next,
+            token(&mut one, vec![want[4]]).await.unwrap(),
+            "{}: after the run",
+            m.backend_name()
+        );
     }
 
     /// Runs `chunks` on two fresh contexts of `m`, one with `greedy` and one without, and
@@ -613,11 +640,11 @@ mod tests {
         // Decode steps continue the same sequence.
         let step = logits(&mut ctx, vec![TokenId(3)]).await.unwrap();
         assert_ne!(step, first);
-        let e = ctx.compute(vec![TokenId(m.vocab as u32)], false).await.unwrap_err();
+        let e = ctx.compute(vec![TokenId(m.vocab as u32)], 0).await.unwrap_err();
         assert_eq!(e.code(), wit::ErrorCode::InvalidArgument, "{e}");
-        let e = ctx.compute(vec![], true).await.unwrap_err();
+        let e = ctx.compute(vec![], 1).await.unwrap_err();
         assert_eq!(e, NnError::Empty);
-        let e = ctx.compute(vec![TokenId(0); contract::MAX_CHUNK + 1], false).await.unwrap_err();
+        let e = ctx.compute(vec![TokenId(0); contract::MAX_CHUNK + 1], 0).await.unwrap_err();
         assert_eq!(e.code(), wit::ErrorCode::TooLarge, "{e}");
         // A failed compute leaves the context usable.
         assert_eq!(logits(&mut ctx, vec![TokenId(3)]).await.unwrap().len(), 4 * m.vocab);
@@ -641,6 +668,7 @@ mod tests {
         let models = tiny();
         let m = models.get("tiny").unwrap();
         greedy_matches_logits(&m, &prompt_and_steps(m.vocab)).await;
+        greedy_run_matches_single_steps(&m).await;
     }
 
     #[test]
@@ -700,7 +728,7 @@ mod tests {
         let e = g.new_context().await.map(|_| ()).unwrap_err();
         assert_eq!(e.code(), wit::ErrorCode::TooLarge, "{e}");
         assert_eq!(stats.slots_in_use.load(std::sync::atomic::Ordering::Relaxed), 2);
-        let e = gc.compute(vec![TokenId(g.vocab as u32)], true).await.unwrap_err();
+        let e = gc.compute(vec![TokenId(g.vocab as u32)], 1).await.unwrap_err();
         assert_eq!(e.code(), wit::ErrorCode::InvalidArgument, "{e}");
     }
 
@@ -712,5 +740,6 @@ mod tests {
         let Some((gpu, _)) = tiny_on_gpu(2) else { return };
         let m = gpu.get("tiny").unwrap();
         greedy_matches_logits(&m, &prompt_and_steps(m.vocab)).await;
+        greedy_run_matches_single_steps(&m).await;
     }
 }
