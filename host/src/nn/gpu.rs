@@ -635,6 +635,7 @@ impl<M: Stepper> Batcher<M> {
                 job.greedy -= 1;
                 job.got.push(id);
                 job.tokens[0] = id;
+                job.sent = Instant::now(); // ready again now (tinystate_nn_queue_seconds)
                 self.running.push(job);
                 continue;
             }
@@ -663,6 +664,7 @@ impl<M: Stepper> Batcher<M> {
                 p.job.greedy -= 1;
                 p.job.got.push(id);
                 p.job.tokens = vec![id];
+                p.job.sent = Instant::now();
                 self.running.push(p.job);
             } else if let Some(answer) = answer {
                 let _ = p.job.reply.send(answer);
