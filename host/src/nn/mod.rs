@@ -188,8 +188,8 @@ pub struct NnStats {
     /// Seconds from the answer to a sequence's compute to its next one-token compute: the
     /// guest's turnaround, wake-up included (`tinystate_nn_turnaround_seconds`).
     pub turnaround_seconds: Histogram,
-    /// Seconds a one-token compute waited from being sent to the start of its step
-    /// (`tinystate_nn_queue_seconds`).
+    /// Seconds a decode row waited from being ready (its compute sent, or, running ahead, its
+    /// last step done) to the start of its GPU step (`tinystate_nn_queue_seconds`).
     pub queue_seconds: Histogram,
 }
 

@@ -252,7 +252,7 @@ impl Metrics {
         self.nn.queue_seconds.render(
             &mut o,
             "tinystate_nn_queue_seconds",
-            "Seconds a one-token compute waited from being sent to the start of its GPU step.",
+            "Seconds a decode row waited from being ready to the start of its GPU step.",
         );
         o
     }
