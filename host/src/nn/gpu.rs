@@ -6,7 +6,8 @@
 //!    is made (none free: `too-large`, naming `--nn-slots`). Memory per request is that slot,
 //!    whatever the prompt or output length.
 //! 2. `compute` sends `(slot, tokens, greedy, reply)` to the batcher over a channel and awaits
-//!    the reply; the async task holds no thread while the GPU works.
+//!    the reply; the async task holds no thread while the GPU works. The batcher polls its
+//!    inbox for [`SPIN_BEFORE_SLEEP`] before it sleeps on it.
 //! 3. The batcher loops: it takes everything that is waiting and runs it as **one call**
 //!    ([`GpuModel::mixed`]) of up to `max_batch` sequences:
 //!    - every waiting **decode** (one-token compute), one row each;
@@ -31,7 +32,10 @@
 //!
 //!    Every call computes each sequence's greedy token on the GPU and reads it back (4 bytes);
 //!    its logits (vocab × 4 bytes) are read back only for a compute without `greedy` that ends
-//!    in this call, so one call mixes both kinds.
+//!    in this call, so one call mixes both kinds. A compute asking for n > 1 greedy tokens
+//!    (**run-ahead**) goes back on the decode queue with each new token until it has n: a
+//!    call waits only for the guests whose run just ended (H200, 256 streams: the linger went
+//!    from 0.73 to 0.28 ms a call).
 //! 4. A dropped context sends its slot back through the same channel; the batcher drops any
 //!    work still queued for it, resets the slot ([`GpuModel::reset`]) and only then puts it on
 //!    the free list, so a slot is always zero when it is handed out again.
