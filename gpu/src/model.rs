@@ -330,6 +330,8 @@ pub struct GpuModel {
     grid_args: Vec<u32>,
     /// Logits rows the next call copies back, as runs (first row, rows), in row order.
     copies: Vec<(u32, u32)>,
+    /// Scratch for [`GpuModel::mixed`]'s check that no slot appears twice (slots,).
+    in_call: Vec<bool>,
     /// Wait for a call's results by polling, not by sleeping on a fence (hardware adapters).
     spin: bool,
 }
@@ -446,7 +448,7 @@ impl Builder<'_> {
         x_half: bool,
         small: bool,
     ) -> Result<Dispatch, GpuError> {
-        let kernel = GemmKernel::for_rows(w.rows, self.coop_for(w), small);
+        let kernel = GemmKernel::for_rows(w.rows, self.coop, small);
         let shape = GemmShape::with_kernel(w.rows, cols, w.groups, params.x_stride, (add, head), kernel)
             .half_x(x_half);
         self.gemm_shaped(shape, w, params, bufs)
@@ -466,15 +468,10 @@ impl Builder<'_> {
         bufs: &[(u32, &wgpu::Buffer)],
         x_half: bool,
     ) -> Result<Vec<Dispatch>, GpuError> {
-        gemm_calls(above, self.coop_for(w))
+        gemm_calls(above, self.coop)
             .into_iter()
             .map(|(when, small)| Ok(self.gemm(w, cols, flags, params, bufs, x_half, small)?.on(when, kind)))
             .collect()
-    }
-
-    /// Whether GEMMs over `w` run on tensor cores: with [`Gpu::tensor_cores`], every format.
-    fn coop_for(&self, _w: &GpuMatrix) -> bool {
-        self.coop
     }
 
     /// An RMSNorm dispatch of `bufs` = (run, x, xn, xh, smalls): into xh in f16 when `half`
@@ -679,6 +676,7 @@ impl GpuModel {
             }),
             grid_args: Vec::new(),
             copies: Vec::new(),
+            in_call: vec![false; slots as usize],
             // On a CPU adapter (lavapipe) spinning would take a core from the device itself.
             spin: gpu.info.device_type != wgpu::DeviceType::Cpu,
         };
@@ -835,7 +833,7 @@ impl GpuModel {
             let d = b.matvec(Op::MvNormConv, &w_in, dm, (false, false), &p, &bufs, Rows::TokenTiles)?;
             plan.push(d.on(small_path, "in_proj"));
             // On tensor cores the norm writes X in f16, which the GEMM stages as is.
-            let half = b.coop_for(&w_in);
+            let half = b.coop;
             let np = NormParams {
                 cols: dm,
                 x_stride: dm,
@@ -870,7 +868,7 @@ impl GpuModel {
                 _pad: 0,
             };
             // With an x_proj GEMM on tensor cores the conv also writes u in f16 for it.
-            let half = b.coop_for(&w_x);
+            let half = b.coop;
             let bufs = [
                 (1, &a.run),
                 (4, &a.xz),
@@ -892,7 +890,7 @@ impl GpuModel {
             // matrix (r + 2N rows) leaves most of the GPU idle (H200, the former 32×32-tile
             // GEMM: 360 µs per layer at B=64). The coop GEMM (16×16 tile, K split four ways)
             // wins only on large calls (H200, F16: 7.6 vs 12.5 µs at B=256, 10.3 vs 6.8 at 64).
-            if b.coop_for(&w_x) {
+            if b.coop {
                 plan.push(d.on(When::AtMost(OUT_PROJ_GEMM_MIN), "x_proj"));
                 let bufs = [(1, &a.run), (4, &a.u), (12, &a.xh), (5, &a.xdb)];
                 let (above, p) = (OUT_PROJ_GEMM_MIN, gp(di, xl));
@@ -949,7 +947,7 @@ impl GpuModel {
             // call at B=64, 3.2 vs 5.6 ms at B=256; the threshold wants re-measuring with the
             // 32×64 tile GemmTile::for_rows now gives it). The coop GEMM takes every GEMM call
             // (H200, F16: 17 vs 28 µs at B=64).
-            let above = if b.coop_for(&w_out) { GEMM_MIN_TOKENS } else { OUT_PROJ_GEMM_MIN };
+            let above = if b.coop { GEMM_MIN_TOKENS } else { OUT_PROJ_GEMM_MIN };
             plan.push(d.on(When::AtMost(above), "out_proj"));
             plan.extend(b.gemms("out_proj", above, &w_out, di, (true, false), &gp(di, dm), &bufs, false)?);
         }
@@ -1193,12 +1191,8 @@ impl GpuModel {
         let wants = lead.iter().map(|l| l.logits).chain(rows.iter().map(|r| r.logits));
         self.check_logits(logits, wants.clone().filter(|&w| w).count())?;
         let slots = lead.iter().map(|l| l.slot).chain(rows.iter().map(|r| r.slot));
-        for (i, slot) in slots.clone().enumerate() {
-            self.check_slot(slot)?;
-            if slots.clone().take(i).any(|o| o == slot) {
-                return Err(GpuError::BadInput(format!("slot {} appears twice in one batch", slot.0)));
-            }
-        }
+        slots.clone().try_for_each(|s| self.check_slot(s))?;
+        self.check_distinct(slots)?;
         let toks = lead.iter().flat_map(|l| l.tokens.iter()).chain(rows.iter().map(|r| &r.token));
         toks.clone().try_for_each(|&t| self.check_token(t))?;
         let t0 = Instant::now();
@@ -1229,6 +1223,17 @@ impl GpuModel {
             n_out: seqs as u32,
         };
         self.call(t0, run, argmax, logits)
+    }
+
+    /// Err if a slot appears twice in `slots` (all in range): a mark per slot, not a pairwise
+    /// comparison, which at 256 rows was 32,640 of them on every step.
+    fn check_distinct(&mut self, slots: impl Iterator<Item = SlotId> + Clone) -> Result<(), GpuError> {
+        let twice = slots.clone().find(|s| std::mem::replace(&mut self.in_call[s.0 as usize], true));
+        slots.for_each(|s| self.in_call[s.0 as usize] = false);
+        match twice {
+            Some(s) => Err(GpuError::BadInput(format!("slot {} appears twice in one batch", s.0))),
+            None => Ok(()),
+        }
     }
 
     fn check_slot(&self, slot: SlotId) -> Result<(), GpuError> {
@@ -1312,9 +1317,9 @@ impl GpuModel {
             // steps, whose row count changes from step to step).
             let next = match self.last_run {
                 Some(last) if last == run => Recorded::Exact(run),
-                _ => Recorded::AnySize(self.plan.iter().map(|d| d.when.runs(&run)).collect()),
+                _ => Recorded::AnySize(run),
             };
-            self.ahead = Some((next.clone(), self.record_forward(next)));
+            self.ahead = Some((next, self.record_forward(next)));
         }
         self.last_run = Some(run);
         let (t4, t5) = self.read_back(ids, logits, timer.map(|t| (&t.readback, 8 * u64::from(queries))))?;
@@ -1336,7 +1341,7 @@ impl GpuModel {
             self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
         match how {
             Recorded::Exact(run) => record_pass(&self.plan, &mut Vec::new(), &mut enc, run, None),
-            Recorded::AnySize(runs) => record_any_size(&self.plan, &runs, &mut enc, &self.grid),
+            Recorded::AnySize(like) => record_any_size(&self.plan, like, &mut enc, &self.grid),
         }
         enc.finish()
     }
@@ -1502,13 +1507,13 @@ fn record_pass(
 }
 
 /// How a forward pass was recorded, so a later call knows whether it can submit it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Recorded {
     /// With the workgroup counts of these sizes in the commands.
     Exact(Run),
-    /// For any sizes under which exactly these plan dispatches run (`When`), the counts read
-    /// from the `grid` buffer at run time (`dispatch_workgroups_indirect`).
-    AnySize(Vec<bool>),
+    /// For any sizes that run the same plan dispatches (`When`) as these, the counts read from
+    /// the `grid` buffer at run time (`dispatch_workgroups_indirect`).
+    AnySize(Run),
 }
 
 impl Recorded {
@@ -1516,7 +1521,7 @@ impl Recorded {
     fn serves(&self, run: &Run, plan: &[Dispatch]) -> bool {
         match self {
             Recorded::Exact(r) => r == run,
-            Recorded::AnySize(runs) => plan.iter().zip(runs).all(|(d, &r)| d.when.runs(run) == r),
+            Recorded::AnySize(like) => plan.iter().all(|d| d.when.runs(run) == d.when.runs(like)),
         }
     }
 }
@@ -1536,12 +1541,12 @@ fn write_grid(
     queue.write_buffer(grid, 0, bytemuck::cast_slice(args));
 }
 
-/// Records the plan dispatches flagged in `runs` in one compute pass, their workgroup counts
+/// Records the plan dispatches that run for sizes `like` in one compute pass, their workgroup counts
 /// read from `grid` (12 bytes per plan dispatch, in plan order) when the pass runs.
-fn record_any_size(plan: &[Dispatch], runs: &[bool], enc: &mut wgpu::CommandEncoder, grid: &wgpu::Buffer) {
+fn record_any_size(plan: &[Dispatch], like: Run, enc: &mut wgpu::CommandEncoder, grid: &wgpu::Buffer) {
     let mut pass = enc
         .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
-    for (i, (d, _)) in plan.iter().zip(runs).enumerate().filter(|(_, (_, r))| **r) {
+    for (i, d) in plan.iter().enumerate().filter(|(_, d)| d.when.runs(&like)) {
         pass.set_pipeline(&d.pipeline);
         pass.set_bind_group(0, &d.bind, &[]);
         pass.dispatch_workgroups_indirect(grid, 12 * i as u64);
