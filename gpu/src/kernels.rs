@@ -424,13 +424,13 @@ impl GemmShape {
 
 /// `gemm_coop.wgsl` with the files that bring X: its f16 copy (see [`GemmShape::xh`]), or f32
 /// rows read by `input`.
-fn coop_parts(spec: Spec, input: &'static str) -> [&'static str; 3] {
+fn coop_parts(spec: Spec, input: &'static str) -> [&'static str; 4] {
     let x = if matches!(spec, Spec::Gemm(GemmShape { xh: true, .. })) {
         ["", include_str!("shaders/coop_x_half.wgsl")]
     } else {
         [input, include_str!("shaders/coop_x_staged.wgsl")]
     };
-    [x[0], x[1], include_str!("shaders/gemm_coop.wgsl")]
+    [x[0], x[1], include_str!("shaders/coop_x.wgsl"), include_str!("shaders/gemm_coop.wgsl")]
 }
 
 fn source(op: Op, f: Format, spec: Spec) -> String {
