@@ -156,6 +156,23 @@ struct Job {
     sent: Instant,
 }
 
+impl Job {
+    /// Whether, after a call gave it `id`, the job runs on (a greedy run with tokens still to
+    /// produce) rather than being answered.
+    fn runs_on(&self, result: &Result<(), GpuError>) -> bool {
+        result.is_ok() && self.greedy > 1
+    }
+
+    /// Feeds `id` back: the job becomes a decode row of its own for its next token.
+    fn feed_back(&mut self, id: TokenId) {
+        self.greedy -= 1;
+        self.got.push(id);
+        self.tokens.clear();
+        self.tokens.push(id);
+        self.sent = Instant::now(); // ready again now (tinystate_nn_queue_seconds)
+    }
+}
+
 /// How long a new context waits for a state slot when all are taken, before `too-large`. A
 /// response ends a little before its instance (and its slot) is gone, so a client that sends
 /// its next request at once would otherwise find no slot.
@@ -623,23 +640,26 @@ impl<M: Stepper> Batcher<M> {
         // packed in that order: the k-th such row is row k of `logits`.
         let mut k = 0;
         let mut at = 0;
-        // Prompts that ran their last token: index, token to decode on from, answer.
+        // Prompts that ran their last token: index, greedy token, and the answer unless the
+        // job runs on (computed here, in output order, for the packed logits rows).
         let mut finished = Vec::new();
+        let mut finish = |p: &mut Prefill, i: usize, id: TokenId, k: &mut usize| {
+            let answer = (!p.job.runs_on(result))
+                .then(|| row_answer(result, p.job.greedy, &mut p.job.got, id, (&self.logits, v), k));
+            finished.push((i, id, answer));
+        };
         if let Some((i, piece)) = self.lead.take() {
             let p = &mut self.prefills[i];
             p.done += piece;
             if result.is_err() || p.done == p.job.tokens.len() {
-                finished.push(self.finish_prompt(i, self.ids[0], result, &mut k));
+                finish(p, i, self.ids[0], &mut k);
             }
             at = 1;
         }
         for (j, mut job) in self.batch.drain(..).enumerate() {
             let id = self.ids[at + j];
-            if result.is_ok() && job.greedy > 1 {
-                job.greedy -= 1;
-                job.got.push(id);
-                job.tokens[0] = id;
-                job.sent = Instant::now(); // ready again now (tinystate_nn_queue_seconds)
+            if job.runs_on(result) {
+                job.feed_back(id);
                 self.running.push(job);
                 continue;
             }
@@ -649,53 +669,33 @@ impl<M: Stepper> Batcher<M> {
             self.answered[job.slot.0 as usize] = Some(Instant::now());
         }
         let at = at + self.rows.len() - self.riders.len();
-        let riders = std::mem::take(&mut self.riders);
-        for (r, &i) in riders.iter().enumerate() {
+        for (r, &i) in self.riders.iter().enumerate() {
             let p = &mut self.prefills[i];
             p.done += 1;
             if result.is_err() || p.done == p.job.tokens.len() {
-                finished.push(self.finish_prompt(i, self.ids[at + r], result, &mut k));
+                finish(p, i, self.ids[at + r], &mut k);
             }
         }
-        self.riders = riders;
         self.riders.clear();
         // Off the queue highest index first, so the lower indices stay valid.
         finished.sort_unstable_by_key(|&(i, _, _)| std::cmp::Reverse(i));
-        for (i, next, answer) in finished {
+        for (i, id, answer) in finished {
             let Some(mut p) = self.prefills.remove(i) else { continue };
-            if let Some(id) = next {
+            match answer {
+                Some(answer) => {
+                    let _ = p.job.reply.send(answer);
+                    self.answered[p.job.slot.0 as usize] = Some(Instant::now());
+                }
                 // A greedy prompt asking for more tokens decodes on from its first.
-                p.job.greedy -= 1;
-                p.job.got.push(id);
-                p.job.tokens = vec![id];
-                p.job.sent = Instant::now();
-                self.running.push(p.job);
-            } else if let Some(answer) = answer {
-                let _ = p.job.reply.send(answer);
-                self.answered[p.job.slot.0 as usize] = Some(Instant::now());
+                None => {
+                    p.job.feed_back(id);
+                    self.running.push(p.job);
+                }
             }
         }
         self.decodes.extend(self.running.drain(..));
         self.in_batch.iter_mut().for_each(|m| *m = false);
         self.rows.clear();
-    }
-
-    /// The outcome for prompt `i`, which ran its last token and got greedy token `id`: the token
-    /// to decode on from (a greedy job asking for more), or its answer (taking the next wanted
-    /// logits row, `k`). Called in output order.
-    fn finish_prompt(
-        &mut self,
-        i: usize,
-        id: TokenId,
-        result: &Result<(), GpuError>,
-        k: &mut usize,
-    ) -> (usize, Option<TokenId>, Option<Answer>) {
-        let p = &mut self.prefills[i];
-        if result.is_ok() && p.job.greedy > 1 {
-            return (i, Some(id), None);
-        }
-        let answer = row_answer(result, p.job.greedy, &mut p.job.got, id, (&self.logits, self.vocab), k);
-        (i, None, Some(answer))
     }
 
     /// Resets and frees the slots of dropped contexts, dropping work still queued for them.
