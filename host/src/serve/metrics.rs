@@ -204,56 +204,61 @@ impl Metrics {
             "gauge",
             ld(&self.last_peak_memory),
         );
-        self.instantiate.render(
-            &mut o,
-            "tinystate_instantiate_seconds",
-            "Time to create a store and instantiate the guest.",
-        );
-        self.first_byte.render(
-            &mut o,
-            "tinystate_time_to_first_byte_seconds",
-            "Request arrival to first response body byte (time to first token when streaming).",
-        );
-        self.duration.render(
-            &mut o,
-            "tinystate_request_duration_seconds",
-            "Request arrival to end of response body.",
-        );
-        self.peak_memory.render(
-            &mut o,
-            "tinystate_request_peak_memory_bytes",
-            "Peak guest linear memory per request.",
-        );
-        self.nn.batch_size.render(
-            &mut o,
-            "tinystate_nn_batch_size",
-            "Sequences (requests) per wasi-nn GPU call: decode rows and prompt pieces.",
-        );
-        self.nn.step_seconds.render(
-            &mut o,
-            "tinystate_nn_step_seconds",
-            "Seconds per wasi-nn GPU call on the batcher thread (inputs written to outputs read).",
-        );
-        self.nn.linger_seconds.render(
-            &mut o,
-            "tinystate_nn_linger_seconds",
-            "Seconds the GPU batcher waited before a step for the streams of the last steps.",
-        );
-        self.nn.idle_seconds.render(
-            &mut o,
-            "tinystate_nn_idle_seconds",
-            "Seconds the GPU batcher had nothing to run and waited for a compute.",
-        );
-        self.nn.turnaround_seconds.render(
-            &mut o,
-            "tinystate_nn_turnaround_seconds",
-            "Seconds from answering a sequence's compute to its next one-token compute (the guest's turn).",
-        );
-        self.nn.queue_seconds.render(
-            &mut o,
-            "tinystate_nn_queue_seconds",
-            "Seconds a decode row waited from being ready to the start of its GPU step.",
-        );
+        let histograms: [(&Histogram, &str, &str); 10] = [
+            (
+                &self.instantiate,
+                "tinystate_instantiate_seconds",
+                "Time to create a store and instantiate the guest.",
+            ),
+            (
+                &self.first_byte,
+                "tinystate_time_to_first_byte_seconds",
+                "Request arrival to first response body byte (time to first token when streaming).",
+            ),
+            (
+                &self.duration,
+                "tinystate_request_duration_seconds",
+                "Request arrival to end of response body.",
+            ),
+            (
+                &self.peak_memory,
+                "tinystate_request_peak_memory_bytes",
+                "Peak guest linear memory per request.",
+            ),
+            (
+                &self.nn.batch_size,
+                "tinystate_nn_batch_size",
+                "Sequences (requests) per wasi-nn GPU call: decode rows and prompt pieces.",
+            ),
+            (
+                &self.nn.step_seconds,
+                "tinystate_nn_step_seconds",
+                "Seconds per wasi-nn GPU call on the batcher thread (inputs written to outputs read).",
+            ),
+            (
+                &self.nn.linger_seconds,
+                "tinystate_nn_linger_seconds",
+                "Seconds the GPU batcher waited before a step for the streams of the last steps.",
+            ),
+            (
+                &self.nn.idle_seconds,
+                "tinystate_nn_idle_seconds",
+                "Seconds the GPU batcher had nothing to run and waited for a compute.",
+            ),
+            (
+                &self.nn.turnaround_seconds,
+                "tinystate_nn_turnaround_seconds",
+                "Seconds from answering a sequence's compute to its next one-token compute (the guest's turn).",
+            ),
+            (
+                &self.nn.queue_seconds,
+                "tinystate_nn_queue_seconds",
+                "Seconds a decode row waited from being ready to the start of its GPU step.",
+            ),
+        ];
+        for (h, name, help) in histograms {
+            h.render(&mut o, name, help);
+        }
         o
     }
 }
