@@ -98,8 +98,8 @@ pub struct NnDecoder {
     /// Greedy tokens the host computed beyond `last`, each after the one before; the host's
     /// state has consumed `last` and all of them but the final one.
     ahead: std::collections::VecDeque<TokenId>,
-    /// The greedy token returned last, while `ahead` is not empty.
-    last: Option<TokenId>,
+    /// The greedy token returned last (what the next feed must be while `ahead` is not empty).
+    last: TokenId,
     /// How many greedy tokens the next compute may ask for ([`Decoder::plan_greedy`]).
     plan: usize,
 }
@@ -112,7 +112,7 @@ impl NnDecoder {
             logits: Vec::new(),
             bytes: Vec::with_capacity(4 * MAX_CHUNK),
             ahead: std::collections::VecDeque::with_capacity(MAX_GREEDY),
-            last: None,
+            last: TokenId(0),
             plan: 1,
         }
     }
@@ -121,7 +121,6 @@ impl NnDecoder {
     pub fn reset(&mut self) {
         self.ctx = None;
         self.ahead.clear();
-        self.last = None;
         self.plan = 1;
     }
 
@@ -182,7 +181,7 @@ impl NnDecoder {
         let mut ids = data.chunks_exact(4).map(|b| TokenId(u32::from_le_bytes([b[0], b[1], b[2], b[3]])));
         let first = ids.next().ok_or_else(|| NnError::protocol("no greedy token".into()))?;
         self.ahead.extend(ids);
-        self.last = (!self.ahead.is_empty()).then_some(first);
+        self.last = first;
         Ok(first)
     }
 }
@@ -209,7 +208,7 @@ impl Decoder for NnDecoder {
         if tokens.is_empty() {
             return Err(NnError::protocol("no tokens to feed".into()));
         }
-        if self.last.is_some() {
+        if !self.ahead.is_empty() {
             return Err(NnError::protocol("logits asked for while the host had run ahead greedily".into()));
         }
         for chunk in tokens.chunks(MAX_CHUNK) {
@@ -219,15 +218,15 @@ impl Decoder for NnDecoder {
     }
 
     fn feed_greedy(&mut self, tokens: &[TokenId]) -> Result<TokenId, NnError> {
-        if let Some(last) = self.last {
+        if let Some(next) = self.ahead.pop_front() {
             // The host ran ahead: its state has taken `last` already.
-            if tokens != [last] {
+            if tokens != [self.last] {
                 return Err(NnError::protocol(format!(
-                    "fed {tokens:?} after greedy token {last} while the host had run ahead"
+                    "fed {tokens:?} after greedy token {} while the host had run ahead",
+                    self.last
                 )));
             }
-            let next = self.ahead.pop_front().ok_or_else(|| NnError::protocol("no token ahead".into()))?;
-            self.last = (!self.ahead.is_empty()).then_some(next);
+            self.last = next;
             return Ok(next);
         }
         let n = std::mem::replace(&mut self.plan, 1).clamp(1, MAX_GREEDY);
