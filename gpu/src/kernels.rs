@@ -239,8 +239,10 @@ impl CoopTile {
     ///  - in_proj (3072 rows): 64 × 64, 2 × 2 subgroups of 2 × 2 fragments past
     ///    COOP_SMALL_TOKENS (20 at 256; 32 × 32 split four ways: 25), that 32 × 32 tile up to it
     ///    (11 at 64, 64 × 64: 18);
-    ///  - out_proj (768 rows): 32 × 32, one 2 × 2 block, K split four ways, past it (21 at
-    ///    256; 16 × 16: 34), 16 × 16, K split four ways, up to it (14 at 64, 32 × 32: 19);
+    ///  - out_proj (768 rows): 32 × 32, one 2 × 2 block, K split four ways in slices of 128
+    ///    columns, past it (a whole B=256 step: 95.9k against 92.0k–92.9k tok/s with slices of
+    ///    64; K split eight ways: 86.4k, two ways: 86.8k), 16 × 16, K split four ways, up to it
+    ///    (14 at 64, 32 × 32: 19);
     ///  - x_proj (80 rows, GEMM only past OUT_PROJ_GEMM_MIN): 16 × 16, K split four ways in
     ///    slices of 128 columns (8 at 256; slices of 64: 11).
     ///
@@ -250,17 +252,19 @@ impl CoopTile {
         match (rows, small) {
             (8192.., _) => Self::ALL[0],
             (2048.., false) => Self::ALL[1],
-            (2048.., true) | (256.., false) => Self::ALL[2],
-            (256.., true) => Self::ALL[3],
-            _ => Self::ALL[4],
+            (2048.., true) => Self::ALL[2],
+            (256.., false) => Self::ALL[3],
+            (256.., true) => Self::ALL[4],
+            _ => Self::ALL[5],
         }
     }
 
     /// Every tile [`CoopTile::for_rows`] picks from, largest first.
-    pub(crate) const ALL: [CoopTile; 5] = [
+    pub(crate) const ALL: [CoopTile; 6] = [
         CoopTile { wm: 4, wn: 2, wk: 1, fm: 2, fn_: 2, ks: 4 },
         CoopTile { wm: 2, wn: 2, wk: 1, fm: 2, fn_: 2, ks: 4 },
         CoopTile { wm: 1, wn: 1, wk: 4, fm: 2, fn_: 2, ks: 4 },
+        CoopTile { wm: 1, wn: 1, wk: 4, fm: 2, fn_: 2, ks: 8 },
         CoopTile { wm: 1, wn: 1, wk: 4, fm: 1, fn_: 1, ks: 4 },
         CoopTile { wm: 1, wn: 1, wk: 4, fm: 1, fn_: 1, ks: 8 },
     ];
