@@ -3,12 +3,15 @@
 //! ```text
 //! cargo run --release -p tinystate-gpu --example bench -- MODEL.gguf [--batches 1,8,64,256]
 //!     [--steps 64] [--runs 5] [--chunk 64] [--breakdown] [--greedy] [--vary] [--no-tensor-cores]
+//!     [--pipelined]
 //! ```
 //! Each row times `runs` runs of `steps` calls (after warm-up) and reports the median.
 //! `--greedy`: rows and prefill chunks want no logits, so a call reads back only each row's
 //! greedy token (4 bytes) instead of its logits (vocab × 4 bytes), as greedy requests do.
 //! `--vary`: every other decode call has one row fewer (B−1), as a batcher's steps change size
-//! from step to step (the pass recorded ahead then serves any size, see `GpuModel::call`).
+//! from step to step (the pass recorded ahead then serves any size, see `GpuModel::launch`).
+//! `--pipelined` adds a row per batch size whose calls go in before the last is read back, each
+//! row fed its greedy token on the GPU (`Feed::Greedy`), as the batcher runs greedy runs.
 //! `--breakdown` then reruns each row's calls once more with profiling on and prints, per row,
 //! the mean CPU time of each phase of a call (token table write, recording, submit, wait + map,
 //! logits copy) and, where the device has timestamp queries inside passes, the mean GPU time per
@@ -22,7 +25,7 @@ use std::time::Instant;
 use tinystate_engine::TokenId;
 use tinystate_engine::arch::mamba::Mamba;
 use tinystate_engine::gguf::Gguf;
-use tinystate_gpu::{AdapterChoice, CallProfile, Gpu, GpuError, GpuModel, SlotId, StepRow};
+use tinystate_gpu::{AdapterChoice, CallProfile, Feed, Gpu, GpuError, GpuModel, SlotId, StepRow};
 
 /// Peak read bandwidth measured on an H200 through wgpu 30 (DESIGN.md).
 const PEAK_BYTES_PER_S: f64 = 4.2e12;
@@ -37,6 +40,7 @@ struct Opts {
     greedy: bool,
     vary: bool,
     tensor_cores: bool,
+    pipelined: bool,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -51,6 +55,7 @@ fn parse_args() -> Result<Opts, String> {
         greedy: false,
         vary: false,
         tensor_cores: true,
+        pipelined: false,
     };
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or(format!("{a} needs a value"));
@@ -68,6 +73,7 @@ fn parse_args() -> Result<Opts, String> {
             "--greedy" => o.greedy = true,
             "--vary" => o.vary = true,
             "--no-tensor-cores" => o.tensor_cores = false,
+            "--pipelined" => o.pipelined = true,
             _ if o.path.is_empty() => o.path = a,
             _ => return Err(format!("unexpected argument {a}")),
         }
@@ -75,7 +81,7 @@ fn parse_args() -> Result<Opts, String> {
     if o.path.is_empty() || o.batches.is_empty() || o.steps == 0 || o.runs == 0 || o.chunk == 0 {
         return Err(
             "usage: bench MODEL.gguf [--batches 1,8,64,256] [--steps N] [--runs N] [--chunk N] [--breakdown] \
-             [--greedy] [--vary] [--no-tensor-cores]"
+             [--greedy] [--vary] [--no-tensor-cores] [--pipelined]"
                 .into(),
         );
     }
@@ -200,8 +206,9 @@ fn main() -> Result<(), String> {
     let mut lines = Vec::new();
     let logits = !o.greedy;
     for &b in &o.batches {
-        let rows: Vec<_> =
-            (0..b).map(|i| StepRow { slot: SlotId(i), token: TokenId(i % v as u32), logits }).collect();
+        let rows: Vec<_> = (0..b)
+            .map(|i| StepRow { slot: SlotId(i), token: TokenId(i % v as u32).into(), logits })
+            .collect();
         let mut ids = vec![TokenId(0); b as usize];
         let mut out = vec![0.0; if logits { b as usize * v } else { 0 }];
         let steps = o.steps;
@@ -216,6 +223,22 @@ fn main() -> Result<(), String> {
         };
         let secs = median_secs(o.runs, || (0..steps).try_for_each(|_| step(&mut gm)))?;
         row("decode", b, secs / steps as f64, f64::from(b), wb);
+        if o.pipelined {
+            // Each call goes in before the last is read back, every row fed its own greedy
+            // token on the GPU (Feed::Greedy), as the batcher runs greedy runs.
+            let fed: Vec<_> =
+                (0..b).map(|i| StepRow { slot: SlotId(i), token: Feed::Greedy(i), logits: false }).collect();
+            let mut ids = vec![TokenId(0); b as usize];
+            let secs = median_secs(o.runs, || {
+                gm.submit(None, &rows.iter().map(|r| StepRow { logits: false, ..*r }).collect::<Vec<_>>())?;
+                for _ in 1..steps {
+                    gm.submit(None, &fed)?;
+                    gm.finish(&mut ids, &mut [])?;
+                }
+                gm.finish(&mut ids, &mut [])
+            })?;
+            row("decode, pipelined", b, secs / steps as f64, f64::from(b), wb);
+        }
         if o.breakdown {
             lines.push(breakdown(&mut gm, &format!("decode B={b}"), steps, &mut step)?);
             step(&mut gm).map_err(|e| e.to_string())?;

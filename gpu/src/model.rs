@@ -53,9 +53,46 @@ pub struct StepRow {
     /// The sequence's state slot.
     pub slot: SlotId,
     /// The token it feeds.
-    pub token: TokenId,
+    pub token: Feed,
     /// Whether the caller wants this row's logits back; its argmax comes back either way.
     pub logits: bool,
+}
+
+/// Where a decode row's token comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Feed {
+    /// This token.
+    Token(TokenId),
+    /// The greedy token that the call submitted just before this one computed for its
+    /// sequence k: read on the GPU, so this call can be submitted before that one's results are
+    /// back (see [`GpuModel::submit`]).
+    Greedy(u32),
+}
+
+impl From<TokenId> for Feed {
+    fn from(t: TokenId) -> Self {
+        Feed::Token(t)
+    }
+}
+
+/// Marks a token id in the token table as [`Feed::Greedy`] (embed.wgsl's FROM_PREV).
+const FROM_PREV: u32 = 1 << 31;
+
+/// Calls that may be in flight at once ([`GpuModel::submit`]): one running, one queued behind
+/// it, each with its own staging buffer.
+pub const MAX_IN_FLIGHT: usize = 2;
+
+/// A submitted call whose results are not read back yet.
+#[derive(Clone, Copy, Debug)]
+struct Flight {
+    /// Which of `acts.staging` it copies its results into.
+    staging: usize,
+    /// Its sequences (greedy ids read back).
+    ids: usize,
+    /// Its wanted logits rows.
+    logits: usize,
+    /// Its timestamp queries, when profiled.
+    queries: Option<u32>,
 }
 
 /// A chunk of one sequence that goes first in a [`GpuModel::mixed`] call: a prompt's next piece.
@@ -250,9 +287,10 @@ struct Acts {
     /// Each logits row's slice winners (max_batch, ARGMAX_PARTS, 2) u32, between the two argmax
     /// dispatches.
     argmax_parts: wgpu::Buffer,
-    /// Mappable copy of what a call reads back: `argmax` (max_batch,) u32 at 0, then the wanted
-    /// logits rows, contiguous, from [`staged_logits_at`] (up to max_batch × vocab f32).
-    staging: wgpu::Buffer,
+    /// Mappable copies of what a call reads back, one per call in flight: `argmax`
+    /// (max_batch,) u32 at 0, then the wanted logits rows, contiguous, from
+    /// [`staged_logits_at`] (up to max_batch × vocab f32).
+    staging: [wgpu::Buffer; MAX_IN_FLIGHT],
 }
 
 /// Byte offset of the logits rows in the staging buffer: after the ids, 8-aligned so a mapped
@@ -334,6 +372,12 @@ pub struct GpuModel {
     in_call: Vec<bool>,
     /// Wait for a call's results by polling, not by sleeping on a fence (hardware adapters).
     spin: bool,
+    /// Calls submitted and not yet read back, oldest first.
+    flights: std::collections::VecDeque<Flight>,
+    /// The staging buffer of the next call.
+    next_staging: usize,
+    /// Sequences of the last call submitted (what a [`Feed::Greedy`] row may refer to).
+    last_seqs: Option<u32>,
 }
 
 /// Builds buffers and bind groups, checking sizes against the device limits.
@@ -677,6 +721,9 @@ impl GpuModel {
             grid_args: Vec::new(),
             copies: Vec::new(),
             in_call: vec![false; slots as usize],
+            flights: std::collections::VecDeque::with_capacity(MAX_IN_FLIGHT),
+            next_staging: 0,
+            last_seqs: None,
             // On a CPU adapter (lavapipe) spinning would take a core from the device itself.
             spin: gpu.info.device_type != wgpu::DeviceType::Cpu,
         };
@@ -714,11 +761,13 @@ impl GpuModel {
             logits: b.storage("logits", logits_bytes, wgpu::BufferUsages::COPY_SRC)?,
             argmax: b.storage("argmax", 4 * u64::from(max_batch), wgpu::BufferUsages::COPY_SRC)?,
             argmax_parts: b.storage("argmax parts", 8 * u64::from(max_batch * ARGMAX_PARTS), none)?,
-            staging: b.dev.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("staging"),
-                size: staged_logits_at(max_batch) + logits_bytes,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
+            staging: std::array::from_fn(|_| {
+                b.dev.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("staging"),
+                    size: staged_logits_at(max_batch) + logits_bytes,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
             }),
         })
     }
@@ -800,7 +849,7 @@ impl GpuModel {
         let a = &self.acts;
         let mut plan = Vec::new();
         let ep = EmbedParams { groups: embed.groups, cols: dm, x_stride: dm, _pad: 0 };
-        let bufs = [(1, &a.run), (4, &a.meta), (5, &a.x)];
+        let bufs = [(1, &a.run), (4, &a.meta), (5, &a.x), (6, &a.argmax)];
         let x = embed.groups.div_ceil(WG);
         plan.push(
             b.dispatch(Op::Embed, Some(&embed), &ep, &bufs, x, Rows::Tokens)?.on(When::Always, "embed"),
@@ -1073,6 +1122,11 @@ impl GpuModel {
     /// [`GpuModel::step`] of `n_tok` rows first: it writes the token table these replays read.
     /// They overwrite activations and states: a profiling tool, not for serving.
     pub fn kernel_times(&mut self, n_tok: u32, reps: u32) -> Result<KernelTimes, GpuError> {
+        if !self.flights.is_empty() {
+            return Err(GpuError::BadInput("a call is in flight: finish it first".into()));
+        }
+        // The replays overwrite the greedy tokens a Feed::Greedy row would read.
+        self.last_seqs = None;
         let run = Run { n_tok, n_seq: n_tok, out_row0: 0, n_out: n_tok };
         let grid = |d: &Dispatch| d.rows.count(&run);
         let time = |ds: &[&Dispatch], reps: u32| -> Result<f64, GpuError> {
@@ -1167,6 +1221,65 @@ impl GpuModel {
         argmax: &mut [TokenId],
         logits: &mut [f32],
     ) -> Result<(), GpuError> {
+        if !self.flights.is_empty() {
+            return Err(GpuError::BadInput("a call is in flight: finish it first".into()));
+        }
+        // The caller's buffers are checked before anything runs.
+        check_ids(argmax, rows.len() + usize::from(lead.is_some()))?;
+        let wanted = lead.iter().map(|l| l.logits).chain(rows.iter().map(|r| r.logits));
+        self.check_logits(logits, wanted.filter(|&w| w).count())?;
+        self.submit(lead, rows)?;
+        self.finish(argmax, logits)
+    }
+
+    /// [`GpuModel::mixed`] without waiting: submits the call and returns; [`GpuModel::finish`]
+    /// reads its results back. Up to [`MAX_IN_FLIGHT`] calls may be in flight, so a caller
+    /// can queue the next call while the GPU runs this one, and rows of the next may take their
+    /// tokens from this one's greedy tokens on the GPU ([`Feed::Greedy`]): the GPU runs
+    /// them back to back. Calls run in submission order. Not while profiling (its timestamps
+    /// have one read-back buffer).
+    pub fn submit(&mut self, lead: Option<Lead<'_>>, rows: &[StepRow]) -> Result<(), GpuError> {
+        if self.flights.len() >= MAX_IN_FLIGHT || (self.profiling && !self.flights.is_empty()) {
+            return Err(GpuError::BadInput(format!(
+                "{} calls in flight: finish one first",
+                self.flights.len()
+            )));
+        }
+        let t0 = Instant::now();
+        let (run, wanted) = self.table(lead, rows)?;
+        self.launch(t0, run, wanted)
+    }
+
+    /// Reads back the oldest call in flight: each sequence's greedy token into `argmax` and the
+    /// wanted logits rows into `logits`, as [`GpuModel::mixed`] does.
+    pub fn finish(&mut self, argmax: &mut [TokenId], logits: &mut [f32]) -> Result<(), GpuError> {
+        let Some(&f) = self.flights.front() else {
+            return Err(GpuError::BadInput("no call in flight".into()));
+        };
+        check_ids(argmax, f.ids)?;
+        self.check_logits(logits, f.logits)?;
+        self.flights.pop_front();
+        let t3 = Instant::now();
+        let timer = self.timer.as_ref().zip(f.queries);
+        let (t4, t5) =
+            self.read_back(f.staging, argmax, logits, timer.map(|(t, q)| (&t.readback, 8 * u64::from(q))))?;
+        self.profile.wait = t4 - t3;
+        self.profile.copy = t5 - t4;
+        self.profile.gpu_ns.clear();
+        if let Some((t, _)) = timer {
+            read_timestamps(t, &self.timed, &mut self.profile.gpu_ns)?;
+        }
+        self.errors.check()
+    }
+
+    /// Calls submitted and not yet read back.
+    pub fn in_flight(&self) -> usize {
+        self.flights.len()
+    }
+
+    /// Checks a call's inputs and writes its token table into `self.meta`: the call's sizes and
+    /// how many sequences want logits.
+    fn table(&mut self, lead: Option<Lead<'_>>, rows: &[StepRow]) -> Result<(Run, usize), GpuError> {
         let k = lead.map_or(0, |l| l.tokens.len());
         let seqs = rows.len() + usize::from(lead.is_some());
         if let Some(l) = lead
@@ -1187,21 +1300,19 @@ impl GpuModel {
                 self.max_tok
             )));
         }
-        check_ids(argmax, seqs)?;
         let wants = lead.iter().map(|l| l.logits).chain(rows.iter().map(|r| r.logits));
-        self.check_logits(logits, wants.clone().filter(|&w| w).count())?;
+        let wanted = wants.clone().filter(|&w| w).count();
         let slots = lead.iter().map(|l| l.slot).chain(rows.iter().map(|r| r.slot));
         slots.clone().try_for_each(|s| self.check_slot(s))?;
         self.check_distinct(slots)?;
-        let toks = lead.iter().flat_map(|l| l.tokens.iter()).chain(rows.iter().map(|r| &r.token));
-        toks.clone().try_for_each(|&t| self.check_token(t))?;
-        let t0 = Instant::now();
+        lead.iter().flat_map(|l| l.tokens.iter()).try_for_each(|&t| self.check_token(t))?;
+        rows.iter().try_for_each(|r| self.check_feed(r.token))?;
         let mt = self.max_tok as usize;
         let meta = &mut self.meta;
         meta.clear();
         meta.resize(4 * (mt + seqs), 0);
         // Tokens: (id, slot, first token of its sequence, position in it); sequences: (slot,
-        // first token, length, 0). See common.wgsl.
+        // first token, length, 0). See common.wgsl; embed.wgsl reads FROM_PREV ids.
         if let Some(l) = lead {
             for (i, t) in l.tokens.iter().enumerate() {
                 meta[4 * i..4 * i + 4].copy_from_slice(&[t.0, l.slot.0, 0, i as u32]);
@@ -1211,18 +1322,23 @@ impl GpuModel {
         let s0 = usize::from(lead.is_some());
         for (i, r) in rows.iter().enumerate() {
             let t = k + i;
-            meta[4 * t..4 * t + 4].copy_from_slice(&[r.token.0, r.slot.0, t as u32, 0]);
+            let id = match r.token {
+                Feed::Token(id) => id.0,
+                Feed::Greedy(j) => FROM_PREV | j,
+            };
+            meta[4 * t..4 * t + 4].copy_from_slice(&[id, r.slot.0, t as u32, 0]);
             let s = 4 * (mt + s0 + i);
             meta[s..s + 4].copy_from_slice(&[r.slot.0, t as u32, 1, 0]);
         }
         logits_runs(wants, &mut self.copies);
+        self.last_seqs = Some(seqs as u32);
         let run = Run {
             n_tok: (k + rows.len()) as u32,
             n_seq: seqs as u32,
             out_row0: k.saturating_sub(1) as u32,
             n_out: seqs as u32,
         };
-        self.call(t0, run, argmax, logits)
+        Ok((run, wanted))
     }
 
     /// Err if a slot appears twice in `slots` (all in range): a mark per slot, not a pairwise
@@ -1241,6 +1357,18 @@ impl GpuModel {
             return Err(GpuError::BadInput(format!("slot {} out of range (slots: {})", slot.0, self.slots)));
         }
         Ok(())
+    }
+
+    /// A row's token in range, or a [`Feed::Greedy`] that names a sequence of the last call.
+    fn check_feed(&self, f: Feed) -> Result<(), GpuError> {
+        match (f, self.last_seqs) {
+            (Feed::Token(t), _) => self.check_token(t),
+            (Feed::Greedy(k), Some(n)) if k < n => Ok(()),
+            (Feed::Greedy(k), n) => Err(GpuError::BadInput(format!(
+                "a row feeds the last call's greedy token of sequence {k}; it had {} sequences",
+                n.unwrap_or(0)
+            ))),
+        }
     }
 
     fn check_token(&self, t: TokenId) -> Result<(), GpuError> {
@@ -1265,15 +1393,9 @@ impl GpuModel {
     }
 
     /// Writes the token table (`self.meta`, built since `t0`), records and submits the plan's
-    /// dispatches for `run`, reads back the ids of its `run.n_out` rows into `ids` and the
-    /// logits rows of `self.copies` into `logits`.
-    fn call(
-        &mut self,
-        t0: Instant,
-        run: Run,
-        ids: &mut [TokenId],
-        logits: &mut [f32],
-    ) -> Result<(), GpuError> {
+    /// dispatches for `run` with the copies of its ids and `wanted` logits rows into the next
+    /// staging buffer, and records the next call's pass ahead while the GPU runs this one.
+    fn launch(&mut self, t0: Instant, run: Run, wanted: usize) -> Result<(), GpuError> {
         self.errors.check()?;
         self.queue.write_buffer(&self.acts.meta, 0, bytemuck::cast_slice(&self.meta));
         self.queue.write_buffer(&self.acts.run, 0, bytemuck::bytes_of(&run));
@@ -1299,8 +1421,10 @@ impl GpuModel {
                 None
             }
         };
+        let staging = self.next_staging;
+        self.next_staging = (staging + 1) % MAX_IN_FLIGHT;
         let mut tail = self.device.create_command_encoder(&Default::default());
-        self.record_copies(&mut tail, run.n_out);
+        self.record_copies(&mut tail, run.n_out, staging);
         let queries = self.timed.len() as u32 + 1;
         if let Some(t) = timer {
             tail.resolve_query_set(&t.set, 0..queries, &t.resolve, 0);
@@ -1310,6 +1434,12 @@ impl GpuModel {
         let t2 = Instant::now();
         self.queue.submit(cmds);
         let t3 = Instant::now();
+        self.flights.push_back(Flight {
+            staging,
+            ids: run.n_out as usize,
+            logits: wanted,
+            queries: timer.map(|_| queries),
+        });
         if timer.is_none() {
             // Record the next call's pass while the GPU runs this one (~100–150 dispatches cost
             // 0.3–0.4 ms of CPU on the H200's host): for these exact sizes while they repeat
@@ -1322,17 +1452,10 @@ impl GpuModel {
             self.ahead = Some((next, self.record_forward(next)));
         }
         self.last_run = Some(run);
-        let (t4, t5) = self.read_back(ids, logits, timer.map(|t| (&t.readback, 8 * u64::from(queries))))?;
         self.profile.write = t1 - t0;
         self.profile.record = t2 - t1;
         self.profile.submit = t3 - t2;
-        self.profile.wait = t4 - t3;
-        self.profile.copy = t5 - t4;
-        self.profile.gpu_ns.clear();
-        if let Some(t) = timer {
-            read_timestamps(t, &self.timed, &mut self.profile.gpu_ns)?;
-        }
-        self.errors.check()
+        Ok(())
     }
 
     /// The forward pass as its own command buffer (no timestamps).
@@ -1357,16 +1480,17 @@ impl GpuModel {
         }
     }
 
-    /// Records the copies into the staging buffer: the ids of the `n_out` rows at 0, then the
-    /// logits rows of `self.copies`, contiguous, from [`staged_logits_at`].
-    fn record_copies(&self, enc: &mut wgpu::CommandEncoder, n_out: u32) {
+    /// Records the copies into staging buffer `staging`: the ids of the `n_out` rows at 0, then
+    /// the logits rows of `self.copies`, contiguous, from [`staged_logits_at`].
+    fn record_copies(&self, enc: &mut wgpu::CommandEncoder, n_out: u32, staging: usize) {
         let a = &self.acts;
-        enc.copy_buffer_to_buffer(&a.argmax, 0, &a.staging, 0, 4 * u64::from(n_out));
+        let to = &a.staging[staging];
+        enc.copy_buffer_to_buffer(&a.argmax, 0, to, 0, 4 * u64::from(n_out));
         let row = 4 * self.config.vocab as u64;
         let mut at = staged_logits_at(self.max_batch);
         for &(first, rows) in &self.copies {
             let bytes = u64::from(rows) * row;
-            enc.copy_buffer_to_buffer(&a.logits, u64::from(first) * row, &a.staging, at, bytes);
+            enc.copy_buffer_to_buffer(&a.logits, u64::from(first) * row, to, at, bytes);
             at += bytes;
         }
     }
@@ -1395,6 +1519,7 @@ impl GpuModel {
     /// the wait and the copy ended.
     fn read_back(
         &self,
+        staging: usize,
         ids: &mut [TokenId],
         logits: &mut [f32],
         also: Option<(&wgpu::Buffer, u64)>,
@@ -1406,7 +1531,7 @@ impl GpuModel {
             n => logits_at + 4 * n as u64,
         };
         let (tx, rx) = mpsc::channel();
-        let slice = self.acts.staging.slice(..bytes);
+        let slice = self.acts.staging[staging].slice(..bytes);
         let tx2 = tx.clone();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             // The receiver lives until after the poll below; a failed send only means it is gone.
@@ -1447,7 +1572,7 @@ impl GpuModel {
                 copy_f32(&src[logits_at as usize..], logits);
             }
         }
-        self.acts.staging.unmap();
+        self.acts.staging[staging].unmap();
         Ok((waited, Instant::now()))
     }
 }

@@ -20,7 +20,7 @@ use tinystate_engine::arch::mamba::Mamba;
 use tinystate_engine::generate::{CpuDecoder, Decoder};
 use tinystate_engine::gguf::Gguf;
 use tinystate_engine::sampler;
-use tinystate_gpu::{AdapterChoice, Gpu, GpuError, GpuModel, Lead, SlotId, StepRow};
+use tinystate_gpu::{AdapterChoice, Feed, Gpu, GpuError, GpuModel, Lead, MAX_IN_FLIGHT, SlotId, StepRow};
 
 const CONFIGS: [&str; 2] = ["tiny", "odd"];
 const TYPES: [&str; 4] = ["f32", "f16", "q8_0", "q4_0"];
@@ -113,7 +113,7 @@ fn check_argmax(what: &str, id: TokenId, logits: &[f32]) {
 
 /// Rows that all want logits, one per (slot, token).
 fn rows_of(pairs: &[(SlotId, TokenId)]) -> Vec<StepRow> {
-    pairs.iter().map(|&(slot, token)| StepRow { slot, token, logits: true }).collect()
+    pairs.iter().map(|&(slot, token)| StepRow { slot, token: token.into(), logits: true }).collect()
 }
 
 /// Asserts closeness and that the greedy choice agrees unless the CPU's top two are a near-tie.
@@ -315,7 +315,7 @@ fn bad_input_is_an_error_not_a_panic() {
     // One id per row, and logits for exactly the rows that want them.
     bad(gm.step(&one(0, 1), &mut ids[..2], &mut out[..v]));
     bad(gm.step(&one(0, 1), &mut ids[..0], &mut out[..v]));
-    let no_logits = [StepRow { slot: SlotId(0), token: TokenId(1), logits: false }];
+    let no_logits = [StepRow { slot: SlotId(0), token: TokenId(1).into(), logits: false }];
     bad(gm.step(&no_logits, &mut ids[..1], &mut out[..v]));
     let prefill = |gm: &mut GpuModel, slot, tokens: &[TokenId], out: Option<&mut [f32]>| {
         gm.prefill(SlotId(slot), tokens, out).map(|_| ())
@@ -355,8 +355,11 @@ fn only_the_rows_that_want_logits_come_back() {
             let logits = wants[k as usize].then_some(&mut last[..]);
             prefill_ids.push(gm.prefill(SlotId(k), prompt, logits).unwrap());
         }
-        let rows: Vec<_> =
-            pairs.iter().zip(wants).map(|(&(slot, token), logits)| StepRow { slot, token, logits }).collect();
+        let rows: Vec<_> = pairs
+            .iter()
+            .zip(wants)
+            .map(|(&(slot, token), logits)| StepRow { slot, token: token.into(), logits })
+            .collect();
         let mut ids = vec![TokenId(u32::MAX); 5];
         let mut out = vec![f32::NAN; wants.iter().filter(|&&w| w).count() * v];
         gm.step(&rows, &mut ids, &mut out).unwrap();
@@ -408,10 +411,12 @@ fn a_mixed_call_equals_each_sequence_alone() {
             (0, &base[4..9], vec![(1, base[13]), (2, base[20])]),
             (3, &base[15..23], vec![(0, base[9]), (1, base[14]), (2, base[21])]),
         ];
-        for (n, (lead_slot, piece, rows)) in calls.into_iter().enumerate() {
+        for (n, (lead_slot, piece, pairs)) in calls.into_iter().enumerate() {
             let lead = Lead { slot: SlotId(lead_slot), tokens: piece, logits: true };
-            let rows: Vec<_> =
-                rows.iter().map(|&(s, token)| StepRow { slot: SlotId(s), token, logits: true }).collect();
+            let rows: Vec<_> = pairs
+                .iter()
+                .map(|&(s, token)| StepRow { slot: SlotId(s), token: token.into(), logits: true })
+                .collect();
             let seqs = rows.len() + 1;
             let mut ids = vec![TokenId(u32::MAX); seqs];
             let mut out = vec![f32::NAN; seqs * v];
@@ -419,8 +424,8 @@ fn a_mixed_call_equals_each_sequence_alone() {
             fed[lead_slot as usize].extend_from_slice(piece);
             let order = std::iter::once(lead_slot).chain(rows.iter().map(|r| r.slot.0));
             for (k, slot) in order.enumerate() {
-                if let Some(r) = rows.iter().find(|r| r.slot.0 == slot) {
-                    fed[slot as usize].push(r.token);
+                if let Some(&(_, token)) = pairs.iter().find(|&&(s, _)| s == slot) {
+                    fed[slot as usize].push(token);
                 }
                 let what = format!("tiny/{ty} mixed call {n}, sequence {k} (slot {slot})");
                 let mut cpu = CpuDecoder::new(&m, 64);
@@ -478,4 +483,107 @@ fn a_long_chunk_scans_across_slices() {
         gm.prefill(SlotId(0), &[next], Some(&mut out)).unwrap();
         check(&format!("{what}, next"), &out, cpu.feed(&[next]).unwrap(), tol_on(&gpu, ty));
     }
+}
+
+/// Calls submitted back to back, each row fed the greedy token the call before computed for it
+/// on the GPU (`Feed::Greedy`, read back only later), give exactly what calls fed by the host
+/// after each read-back give: the same greedy tokens and the same final logits. The rows change
+/// order between calls (row j takes the token of the last call's sequence 2 − j), and a slot
+/// fed by the host rides along.
+#[test]
+fn calls_in_flight_feed_greedy_tokens_on_the_gpu() {
+    let Some(gpu) = gpu() else { return };
+    let file = load_fixture("tiny", "f32");
+    let g = Gguf::parse(file.bytes()).unwrap();
+    let m = Mamba::load(&g).unwrap();
+    let v = m.config.vocab;
+    let base = fixture_tokens("tiny");
+    let steps = 6;
+    let start = |gm: &mut GpuModel| -> Vec<TokenId> {
+        (0..3)
+            .map(|s| gm.prefill(SlotId(s), &base[4 * s as usize..4 * s as usize + 3], None).unwrap())
+            .collect()
+    };
+    // Slots of each call's rows, in row order: reversed every other call.
+    let order = |n: usize| -> [u32; 3] { if n.is_multiple_of(2) { [0, 1, 2] } else { [2, 1, 0] } };
+    let rider = |n: usize| base[12 + n];
+
+    // Fed by the host: each call waits for the last one's tokens.
+    let mut gm = GpuModel::load(&gpu, &m, 4, 4, 8).unwrap();
+    let mut last = start(&mut gm); // by slot
+    let mut want_ids = Vec::new();
+    let mut want_logits = vec![0.0; 4 * v];
+    for n in 0..steps {
+        let mut rows: Vec<StepRow> = order(n)
+            .iter()
+            .map(|&s| StepRow { slot: SlotId(s), token: last[s as usize].into(), logits: true })
+            .collect();
+        rows.push(StepRow { slot: SlotId(3), token: rider(n).into(), logits: true });
+        let mut ids = vec![TokenId(0); 4];
+        gm.step(&rows, &mut ids, &mut want_logits).unwrap();
+        for (r, id) in rows.iter().zip(&ids).take(3) {
+            last[r.slot.0 as usize] = *id;
+        }
+        want_ids.push(ids);
+    }
+
+    // Submitted ahead: call n + 1 goes in before call n is read back.
+    let mut gm = GpuModel::load(&gpu, &m, 4, 4, 8).unwrap();
+    let first = start(&mut gm);
+    let mut got_ids = Vec::new();
+    let mut got_logits = vec![0.0; 4 * v];
+    let mut prev_order = [0u32; 3];
+    for n in 0..=steps {
+        if n < steps {
+            let mut rows: Vec<StepRow> = order(n)
+                .iter()
+                .map(|&s| {
+                    let token = match n {
+                        0 => Feed::Token(first[s as usize]),
+                        // This slot's sequence in the last call.
+                        _ => Feed::Greedy(prev_order.iter().position(|&p| p == s).unwrap() as u32),
+                    };
+                    StepRow { slot: SlotId(s), token, logits: true }
+                })
+                .collect();
+            rows.push(StepRow { slot: SlotId(3), token: rider(n).into(), logits: true });
+            gm.submit(None, &rows).unwrap();
+            prev_order = order(n);
+        }
+        if n > 0 {
+            let mut ids = vec![TokenId(0); 4];
+            gm.finish(&mut ids, &mut got_logits).unwrap();
+            got_ids.push(ids);
+        }
+        assert!(gm.in_flight() <= MAX_IN_FLIGHT);
+    }
+    assert_eq!(gm.in_flight(), 0);
+    assert_eq!(got_ids, want_ids);
+    assert_eq!(got_logits, want_logits);
+}
+
+/// Misuse of calls in flight is an error, not a panic or a wrong answer.
+#[test]
+fn calls_in_flight_refuse_misuse() {
+    let Some(gpu) = gpu() else { return };
+    let file = load_fixture("tiny", "f32");
+    let g = Gguf::parse(file.bytes()).unwrap();
+    let m = Mamba::load(&g).unwrap();
+    let mut gm = GpuModel::load(&gpu, &m, 4, 4, 8).unwrap();
+    let row = |s: u32, token: Feed| StepRow { slot: SlotId(s), token, logits: false };
+    let mut ids = vec![TokenId(0); 2];
+    let bad = |r: Result<(), GpuError>| assert!(matches!(r, Err(GpuError::BadInput(_))), "{r:?}");
+    // Nothing to read back; no last call to take greedy tokens from.
+    bad(gm.finish(&mut ids[..1], &mut []));
+    bad(gm.submit(None, &[row(0, Feed::Greedy(0))]));
+    gm.submit(None, &[row(0, TokenId(1).into()), row(1, TokenId(2).into())]).unwrap();
+    // The last call had two sequences.
+    bad(gm.submit(None, &[row(0, Feed::Greedy(2))]));
+    gm.submit(None, &[row(0, Feed::Greedy(1))]).unwrap();
+    bad(gm.submit(None, &[row(1, Feed::Greedy(0))])); // MAX_IN_FLIGHT are in flight
+    bad(gm.step(&[row(1, TokenId(3).into())], &mut ids[..1], &mut [])); // mixed waits for none
+    bad(gm.finish(&mut ids[..1], &mut [])); // the oldest call has two sequences
+    gm.finish(&mut ids, &mut []).unwrap();
+    gm.finish(&mut ids[..1], &mut []).unwrap();
+    assert_eq!(gm.in_flight(), 0);
 }

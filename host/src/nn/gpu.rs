@@ -9,7 +9,7 @@
 //!    the reply; the async task holds no thread while the GPU works. The batcher polls its
 //!    inbox for [`SPIN_BEFORE_SLEEP`] before it sleeps on it.
 //! 3. The batcher loops: it takes everything that is waiting and runs it as **one call**
-//!    ([`GpuModel::mixed`]) of up to `max_batch` sequences:
+//!    ([`GpuModel::submit`]) of up to `max_batch` sequences:
 //!    - every waiting **decode** (one-token compute), one row each;
 //!    - a **lead piece**: the next tokens of the oldest prompt too long to ride (below), up to
 //!      [`LEAD_PIECE`] tokens while others decode, else up to the model's `max_chunk` (a prompt
@@ -33,14 +33,21 @@
 //!    Every call computes each sequence's greedy token on the GPU and reads it back (4 bytes);
 //!    its logits (vocab × 4 bytes) are read back only for a compute without `greedy` that ends
 //!    in this call, so one call mixes both kinds. A compute asking for n > 1 greedy tokens
-//!    (**run-ahead**) goes back on the decode queue with each new token until it has n: a
-//!    call waits only for the guests whose run just ended (H200, 256 streams: the linger went
-//!    from 0.73 to 0.28 ms a call).
+//!    (**run-ahead**) runs on with each new token until it has n: a call waits only for the
+//!    guests whose run just ended (H200, 256 streams: the linger went from 0.73 to 0.28 ms a
+//!    call).
+//!
+//!    **Calls in flight.** The batcher submits the next call before it reads back the last one,
+//!    so the GPU runs them back to back: the next call is built, and the streams it waits for
+//!    linger, while the last one runs. A greedy run that goes on after the call in flight takes
+//!    its next token from that call on the GPU ([`Feed::Greedy`]), and a prompt advances when its
+//!    piece is submitted. The turn then reads back the older call and answers it. At most two
+//!    calls are in flight; a call whose rows took tokens from a call that failed fails with it.
 //! 4. A dropped context sends its slot back through the same channel; the batcher drops any
 //!    work still queued for it, resets the slot ([`GpuModel::reset`]) and only then puts it on
 //!    the free list, so a slot is always zero when it is handed out again.
-//! 5. A [`GpuError`] (device lost, validation) fails the requests of that call with
-//!    `runtime-error`, is logged, and the batcher keeps serving.
+//! 5. A [`GpuError`] (device lost, validation) fails the requests of that call (and of the
+//!    call that took its tokens) with `runtime-error`, is logged, and the batcher keeps serving.
 //!
 //! The loop is written against [`Stepper`], so its scheduling is tested with a CPU twin.
 
@@ -50,7 +57,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use tinystate_engine::TokenId;
-use tinystate_gpu::{GpuError, GpuModel, Lead, SlotId, StepRow};
+use tinystate_gpu::{Feed, GpuError, GpuModel, Lead, SlotId, StepRow};
 use tokio::sync::oneshot;
 
 use super::contract::{Output, logits_bytes};
@@ -90,16 +97,13 @@ pub trait Stepper: Send + 'static {
     }
     /// Zeroes a slot before its next use.
     fn reset(&mut self, slot: SlotId) -> Result<(), GpuError>;
-    /// One call over a lead piece and one-token rows, each sequence in its own slot (see
-    /// [`GpuModel::mixed`]): each sequence's greedy token into `argmax`, the logits of those
-    /// that want them into `logits`, in sequence order, the lead's first.
-    fn mixed(
-        &mut self,
-        lead: Option<Lead<'_>>,
-        rows: &[StepRow],
-        argmax: &mut [TokenId],
-        logits: &mut [f32],
-    ) -> Result<(), GpuError>;
+    /// Submits one call over a lead piece and one-token rows, each sequence in its own slot
+    /// (see [`GpuModel::submit`]; at most two in flight, a row may take its token from the
+    /// last call's greedy tokens).
+    fn submit(&mut self, lead: Option<Lead<'_>>, rows: &[StepRow]) -> Result<(), GpuError>;
+    /// Reads back the oldest call in flight: each sequence's greedy token into `argmax`, the
+    /// logits of those that want them into `logits`, in sequence order, the lead's first.
+    fn finish(&mut self, argmax: &mut [TokenId], logits: &mut [f32]) -> Result<(), GpuError>;
 }
 
 impl Stepper for GpuModel {
@@ -118,14 +122,11 @@ impl Stepper for GpuModel {
     fn reset(&mut self, slot: SlotId) -> Result<(), GpuError> {
         GpuModel::reset(self, slot)
     }
-    fn mixed(
-        &mut self,
-        lead: Option<Lead<'_>>,
-        rows: &[StepRow],
-        argmax: &mut [TokenId],
-        logits: &mut [f32],
-    ) -> Result<(), GpuError> {
-        GpuModel::mixed(self, lead, rows, argmax, logits)
+    fn submit(&mut self, lead: Option<Lead<'_>>, rows: &[StepRow]) -> Result<(), GpuError> {
+        GpuModel::submit(self, lead, rows)
+    }
+    fn finish(&mut self, argmax: &mut [TokenId], logits: &mut [f32]) -> Result<(), GpuError> {
+        GpuModel::finish(self, argmax, logits)
     }
 }
 
@@ -295,10 +296,41 @@ fn row_answer(
     }
 }
 
-/// A prefill request and how many of its tokens have run.
+/// A prefill request, how many of its tokens have been submitted, and a number that names it.
 struct Prefill {
     job: Job,
     done: usize,
+    serial: u64,
+}
+
+/// What a sequence of a submitted call does with its result.
+enum Seq {
+    /// A job answered with this result, or fed back as a decode row if it runs on and no later
+    /// call took it. `fed`: its token is the greedy token of sequence k of the call before,
+    /// which becomes one of its tokens when that call is read back.
+    Job { job: Job, fed: Option<u32> },
+    /// A job that runs on in the next call, fed there on the GPU ([`Feed::Greedy`]).
+    Moved,
+    /// A piece of the prompt with this serial that has tokens left: nothing to answer unless
+    /// the call fails.
+    Piece(u64),
+}
+
+/// A submitted call, not yet read back.
+struct Flight {
+    /// In call order: the lead, then the rows.
+    seqs: Vec<Seq>,
+    /// Their slots (the streams `linger` need not wait for).
+    slots: Vec<SlotId>,
+    /// Sequences that want logits.
+    wanted: usize,
+    /// When it was submitted.
+    submitted: Instant,
+    /// Whether the model took it (then it is read back, whatever `failed` says).
+    on_gpu: bool,
+    /// Why it fails whatever the GPU says: its submission failed, or the call before it failed
+    /// and some of its rows took their tokens from that one.
+    failed: Option<GpuError>,
 }
 
 /// The batcher thread's state. Buffers are sized once; a turn allocates only the replies.
@@ -312,11 +344,14 @@ struct Batcher<M> {
     decodes: VecDeque<Job>,
     /// Longer computes, in arrival order.
     prefills: VecDeque<Prefill>,
+    /// The next prompt's serial.
+    serial: u64,
     /// Slots whose contexts are gone, freed at the end of the turn.
     releases: Vec<SlotId>,
-    /// This call's rows (max_batch,): the decode jobs' (`batch`), then the riders'.
+    /// The call being built: its rows (max_batch,), the decode jobs' (`batch`, with where each
+    /// one's token comes from), then the riders'.
     rows: Vec<StepRow>,
-    batch: Vec<Job>,
+    batch: Vec<(Job, Option<u32>)>,
     /// Index in `prefills` of the prompt whose piece leads this call, and the piece's length.
     lead: Option<(usize, usize)>,
     /// Indices in `prefills` of the prompts riding this call, in row order after `batch`.
@@ -331,8 +366,10 @@ struct Batcher<M> {
     before: Vec<SlotId>,
     /// Scratch for `linger` (slots,).
     expected: Vec<bool>,
-    /// How long the last call took.
+    /// How long the last call took on the GPU.
     last_step: Duration,
+    /// When the last call was read back.
+    last_done: Option<Instant>,
     /// Cap on `linger` ([`MAX_LINGER`]).
     max_linger: Duration,
     /// Whether a slot already has a sequence in this call (slots,).
@@ -343,8 +380,8 @@ struct Batcher<M> {
     logits: Vec<f32>,
     /// When each slot's last compute was answered (slots,), for `tinystate_nn_turnaround_seconds`.
     answered: Vec<Option<Instant>>,
-    /// Greedy jobs with tokens still to produce, back to the decode queue after the call.
-    running: Vec<Job>,
+    /// Submitted calls, oldest first (at most two: one on the GPU, one queued behind it).
+    flights: VecDeque<Flight>,
 }
 
 impl<M: Stepper> Batcher<M> {
@@ -357,6 +394,7 @@ impl<M: Stepper> Batcher<M> {
             vocab,
             decodes: VecDeque::new(),
             prefills: VecDeque::new(),
+            serial: 0,
             releases: Vec::new(),
             rows: Vec::with_capacity(max_batch),
             batch: Vec::with_capacity(max_batch),
@@ -368,28 +406,37 @@ impl<M: Stepper> Batcher<M> {
             before: Vec::with_capacity(max_batch),
             expected: vec![false; slots],
             last_step: Duration::ZERO,
+            last_done: None,
             max_linger: MAX_LINGER,
             in_batch: vec![false; slots],
             ids: vec![TokenId(0); max_batch],
             logits: vec![0.0; max_batch * vocab],
             answered: vec![None; slots],
-            running: Vec::with_capacity(max_batch),
+            flights: VecDeque::with_capacity(2),
             model,
         }
     }
 
-    /// Runs until every context and the backend are gone.
+    /// Runs until every context and the backend are gone. Each turn submits the next call and
+    /// then reads back the one before it, so the GPU runs them back to back: a call is built,
+    /// and the streams it waits for linger, while the one before runs.
     fn run(mut self) {
         while self.gather() {
-            self.turn();
+            let submitted = self.turn();
+            if self.flights.len() > 1 || (!submitted && !self.flights.is_empty()) {
+                self.complete();
+            }
             self.free_released();
+        }
+        while !self.flights.is_empty() {
+            self.complete();
         }
     }
 
     /// Takes every waiting message, blocking first if there is nothing to do. False when the
     /// channel is closed and no work is left.
     fn gather(&mut self) -> bool {
-        if self.decodes.is_empty() && self.prefills.is_empty() {
+        if self.decodes.is_empty() && self.prefills.is_empty() && self.flights.is_empty() {
             let idle = Instant::now();
             match self.recv(None) {
                 Ok(m) => self.accept(m),
@@ -431,7 +478,9 @@ impl<M: Stepper> Batcher<M> {
                     *mark = false;
                 }
             }
-            for s in &self.releases {
+            // Streams in a call still running run on in the next or are answered after it.
+            let flying = self.flights.iter().flat_map(|f| &f.slots);
+            for s in self.releases.iter().chain(flying) {
                 if let Some(mark) = self.expected.get_mut(s.0 as usize) {
                     *mark = false;
                 }
@@ -483,42 +532,44 @@ impl<M: Stepper> Batcher<M> {
                 }
                 self.decodes.push_back(job)
             }
-            Msg::Compute(job) => self.prefills.push_back(Prefill { job, done: 0 }),
+            Msg::Compute(job) => {
+                self.serial += 1;
+                self.prefills.push_back(Prefill { job, done: 0, serial: self.serial });
+            }
             Msg::Release(slot) => self.releases.push(slot),
         }
     }
 
-    /// One call: every waiting decode (up to max_batch, one row per slot, one sequence left for
-    /// a waiting prompt), a lead piece and riders. Does nothing when nothing is runnable.
-    fn turn(&mut self) {
+    /// Builds and submits one call: the greedy runs that go on from the call still in flight
+    /// (fed on the GPU), every waiting decode (up to max_batch, one row per slot, one sequence
+    /// left for a waiting prompt), a lead piece and riders. False when nothing was runnable.
+    fn turn(&mut self) -> bool {
         self.prefills.retain(|p| !p.job.reply.is_closed());
         let max = self.model.max_batch();
         // One sequence is kept for a waiting prompt, so decodes cannot starve it.
         let decode_max = if self.prefills.is_empty() { max } else { max - 1 };
+        self.take_running(decode_max);
         self.take_decodes(decode_max);
         let decoding = !self.batch.is_empty();
         self.pick_lead(max);
         self.add_riders(max);
         self.size_lead();
         if self.rows.is_empty() && self.lead.is_none() {
-            // No stream decoded this turn: none to wait for.
-            self.recent.clear();
-            self.before.clear();
+            if self.flights.is_empty() {
+                // No stream decoded this turn: none to wait for.
+                self.recent.clear();
+                self.before.clear();
+            }
             self.in_batch.iter_mut().for_each(|m| *m = false);
-            return;
+            return false;
         }
-        let lead_rows = usize::from(self.lead.is_some());
-        let n = lead_rows + self.rows.len();
+        let n = usize::from(self.lead.is_some()) + self.rows.len();
         self.stats.batch_size.observe(n as f64);
         let t = Instant::now();
-        for job in &self.batch {
-            self.stats.queue_seconds.observe(t.saturating_duration_since(job.sent).as_secs_f64());
-        }
-        let result = self.call(n);
-        self.last_step = t.elapsed();
-        self.stats.step_seconds.observe(self.last_step.as_secs_f64());
-        if let Err(e) = &result {
-            tracing::error!(rows = n, "wasi-nn GPU call failed: {e}");
+        for (job, fed) in &self.batch {
+            if fed.is_none() {
+                self.stats.queue_seconds.observe(t.saturating_duration_since(job.sent).as_secs_f64());
+            }
         }
         // The streams to wait for before the next step: this step's and the last one's (none
         // after a call without decodes).
@@ -526,14 +577,38 @@ impl<M: Stepper> Batcher<M> {
         if decoding {
             self.recent.extend_from_slice(&self.before);
             self.before.clear();
-            self.before.extend(self.batch.iter().map(|j| j.slot));
+            self.before.extend(self.batch.iter().map(|(j, _)| j.slot));
             self.recent.extend_from_slice(&self.before);
             self.recent.sort_unstable_by_key(|s| s.0);
             self.recent.dedup();
         } else {
             self.before.clear();
         }
-        self.answer(&result);
+        self.submit(t);
+        true
+    }
+
+    /// Rows for the greedy runs that go on after the last call submitted, if it is still in
+    /// flight: each takes its token from that call's greedy token on the GPU, so this call can
+    /// go in before that one is read back. Up to `max` rows.
+    fn take_running(&mut self, max: usize) {
+        let Some(last) = self.flights.back_mut() else { return };
+        if last.failed.is_some() {
+            return;
+        }
+        for (k, seq) in last.seqs.iter_mut().enumerate() {
+            if self.batch.len() == max {
+                break;
+            }
+            let Seq::Job { job, .. } = seq else { continue };
+            if job.greedy <= 1 || job.reply.is_closed() {
+                continue;
+            }
+            let Seq::Job { job, .. } = std::mem::replace(seq, Seq::Moved) else { continue };
+            self.in_batch[job.slot.0 as usize] = true;
+            self.rows.push(StepRow { slot: job.slot, token: Feed::Greedy(k as u32), logits: false });
+            self.batch.push((job, Some(k as u32)));
+        }
     }
 
     /// Queues every waiting decode as a row, up to `max`, one per slot; visits each queued job
@@ -552,8 +627,9 @@ impl<M: Stepper> Batcher<M> {
             if let Some(mark) = self.in_batch.get_mut(slot) {
                 *mark = true;
             }
-            self.rows.push(StepRow { slot: job.slot, token: job.tokens[0], logits: job.greedy == 0 });
-            self.batch.push(job);
+            let token = Feed::Token(job.tokens[0]);
+            self.rows.push(StepRow { slot: job.slot, token, logits: job.greedy == 0 });
+            self.batch.push((job, None));
         }
     }
 
@@ -598,7 +674,7 @@ impl<M: Stepper> Batcher<M> {
             self.in_batch[slot] = true;
             self.rows.push(StepRow {
                 slot: p.job.slot,
-                token: p.job.tokens[p.done],
+                token: Feed::Token(p.job.tokens[p.done]),
                 logits: left == 1 && p.job.greedy == 0,
             });
             self.riders.push(i);
@@ -617,85 +693,125 @@ impl<M: Stepper> Batcher<M> {
         self.lead = (piece > 0).then_some((at, piece));
     }
 
-    /// Runs the call of `n` sequences: the lead piece, then `rows`.
-    fn call(&mut self, n: usize) -> Result<(), GpuError> {
+    /// Submits the call built (the lead piece, then `rows`) and records what each sequence
+    /// does with its result; the prompts in it advance now, so the next call can take their
+    /// next pieces. A submission that fails is answered with its error when read back.
+    fn submit(&mut self, t: Instant) {
         let lead = self.lead.map(|(i, k)| {
             let p = &self.prefills[i];
             let end = p.done + k;
             let last = end == p.job.tokens.len();
             Lead { slot: p.job.slot, tokens: &p.job.tokens[p.done..end], logits: last && p.job.greedy == 0 }
         });
-        let wanted = lead.iter().map(|l| l.logits).chain(self.rows.iter().map(|r| r.logits));
-        let wanted = wanted.filter(|&w| w).count();
-        let (ids, out) = (&mut self.ids[..n], &mut self.logits[..wanted * self.vocab]);
-        self.model.mixed(lead, &self.rows, ids, out)
-    }
-
-    /// After a call: answers the decodes, advances the lead and the riders (answering those
-    /// that ran their last token, or all on an error) and clears the call's rows. A greedy job
-    /// with tokens still to produce goes back on the decode queue with its new token instead.
-    fn answer(&mut self, result: &Result<(), GpuError>) {
-        let v = self.vocab;
-        // Outputs are in sequence order (lead, decodes, riders); the wanted logits rows are
-        // packed in that order: the k-th such row is row k of `logits`.
-        let mut k = 0;
-        let mut at = 0;
-        // Prompts that ran their last token: index, greedy token, and the answer unless the
-        // job runs on (computed here, in output order, for the packed logits rows).
+        let wants = lead.iter().map(|l| l.logits).chain(self.rows.iter().map(|r| r.logits));
+        let wanted = wants.filter(|&w| w).count();
+        let failed = self.model.submit(lead, &self.rows).err();
+        if let Some(e) = &failed {
+            tracing::error!(rows = self.rows.len(), "wasi-nn GPU call failed: {e}");
+        }
+        let mut slots: Vec<SlotId> = Vec::with_capacity(self.rows.len() + 1);
+        let mut seqs = Vec::with_capacity(self.rows.len() + 1);
+        // Prompts that ran their last token leave the queue, highest index first afterwards.
         let mut finished = Vec::new();
-        let mut finish = |p: &mut Prefill, i: usize, id: TokenId, k: &mut usize| {
-            let answer = (!p.job.runs_on(result))
-                .then(|| row_answer(result, p.job.greedy, &mut p.job.got, id, (&self.logits, v), k));
-            finished.push((i, id, answer));
+        let mut advance = |p: &mut Prefill, i: usize, by: usize, seqs: &mut Vec<Seq>| {
+            p.done += by;
+            if p.done == p.job.tokens.len() {
+                finished.push((i, seqs.len()));
+                seqs.push(Seq::Moved); // the job, once out of the queue
+            } else {
+                seqs.push(Seq::Piece(p.serial));
+            }
         };
         if let Some((i, piece)) = self.lead.take() {
-            let p = &mut self.prefills[i];
-            p.done += piece;
-            if result.is_err() || p.done == p.job.tokens.len() {
-                finish(p, i, self.ids[0], &mut k);
-            }
-            at = 1;
+            slots.push(self.prefills[i].job.slot);
+            advance(&mut self.prefills[i], i, piece, &mut seqs);
         }
-        for (j, mut job) in self.batch.drain(..).enumerate() {
-            let id = self.ids[at + j];
-            if job.runs_on(result) {
-                job.feed_back(id);
-                self.running.push(job);
-                continue;
-            }
-            let answer = row_answer(result, job.greedy, &mut job.got, id, (&self.logits, v), &mut k);
-            // A closed receiver only means the caller went away meanwhile.
-            let _ = job.reply.send(answer);
-            self.answered[job.slot.0 as usize] = Some(Instant::now());
+        for (job, fed) in self.batch.drain(..) {
+            slots.push(job.slot);
+            seqs.push(Seq::Job { job, fed });
         }
-        let at = at + self.rows.len() - self.riders.len();
-        for (r, &i) in self.riders.iter().enumerate() {
-            let p = &mut self.prefills[i];
-            p.done += 1;
-            if result.is_err() || p.done == p.job.tokens.len() {
-                finish(p, i, self.ids[at + r], &mut k);
-            }
+        for &i in &self.riders {
+            slots.push(self.prefills[i].job.slot);
+            advance(&mut self.prefills[i], i, 1, &mut seqs);
         }
         self.riders.clear();
-        // Off the queue highest index first, so the lower indices stay valid.
-        finished.sort_unstable_by_key(|&(i, _, _)| std::cmp::Reverse(i));
-        for (i, id, answer) in finished {
-            let Some(mut p) = self.prefills.remove(i) else { continue };
-            match answer {
-                Some(answer) => {
-                    let _ = p.job.reply.send(answer);
-                    self.answered[p.job.slot.0 as usize] = Some(Instant::now());
-                }
-                // A greedy prompt asking for more tokens decodes on from its first.
-                None => {
-                    p.job.feed_back(id);
-                    self.running.push(p.job);
+        finished.sort_unstable_by_key(|&(i, _)| std::cmp::Reverse(i));
+        for (i, at) in finished {
+            if let Some(p) = self.prefills.remove(i) {
+                seqs[at] = Seq::Job { job: p.job, fed: None };
+            }
+        }
+        self.in_batch.iter_mut().for_each(|m| *m = false);
+        self.rows.clear();
+        let on_gpu = failed.is_none();
+        self.flights.push_back(Flight { seqs, slots, wanted, submitted: t, on_gpu, failed });
+    }
+
+    /// Reads back the oldest call in flight and answers its sequences (all with the error if it
+    /// failed). A greedy job with tokens still to produce that no later call took goes back on
+    /// the decode queue with its new token; those the next call took get their token now.
+    fn complete(&mut self) {
+        let Some(mut f) = self.flights.pop_front() else { return };
+        let (n, v) = (f.seqs.len(), self.vocab);
+        let read = match f.on_gpu {
+            true => self.model.finish(&mut self.ids[..n], &mut self.logits[..f.wanted * v]),
+            false => Ok(()), // never submitted: nothing to read back
+        };
+        let result = match f.failed.take() {
+            Some(e) => Err(e),
+            None => read,
+        };
+        let done = Instant::now();
+        // GPU time: since it was submitted, or since the call before it ended if it queued.
+        let from = self.last_done.map_or(f.submitted, |d| d.max(f.submitted));
+        self.last_step = done.saturating_duration_since(from);
+        self.last_done = Some(done);
+        self.stats.step_seconds.observe(self.last_step.as_secs_f64());
+        if let Err(e) = &result {
+            tracing::error!(rows = n, "wasi-nn GPU call failed: {e}");
+        }
+        if let Some(next) = self.flights.front_mut() {
+            for seq in &mut next.seqs {
+                let Seq::Job { job, fed: Some(k) } = seq else { continue };
+                match &result {
+                    Ok(()) => {
+                        job.greedy -= 1;
+                        job.got.push(self.ids[*k as usize]);
+                    }
+                    // Its token never came: the next call fails with this one.
+                    Err(e) => next.failed = Some(e.clone()),
                 }
             }
         }
-        self.decodes.extend(self.running.drain(..));
-        self.in_batch.iter_mut().for_each(|m| *m = false);
-        self.rows.clear();
+        // Outputs are in sequence order; the wanted logits rows are packed in that order: the
+        // k-th such row is row k of `logits`.
+        let mut k = 0;
+        for (i, seq) in f.seqs.into_iter().enumerate() {
+            match seq {
+                Seq::Moved => {}
+                Seq::Piece(serial) => {
+                    if let Err(e) = &result
+                        && let Some(at) = self.prefills.iter().position(|p| p.serial == serial)
+                        && let Some(p) = self.prefills.remove(at)
+                    {
+                        let _ = p.job.reply.send(Err(NnError::Backend(e.to_string())));
+                    }
+                }
+                Seq::Job { mut job, .. } => {
+                    let id = self.ids[i];
+                    if job.runs_on(&result) {
+                        job.feed_back(id);
+                        self.decodes.push_back(job);
+                        continue;
+                    }
+                    let answer = row_answer(&result, job.greedy, &mut job.got, id, (&self.logits, v), &mut k);
+                    // A closed receiver only means the caller went away meanwhile.
+                    if job.reply.send(answer).is_ok() {
+                        self.answered[job.slot.0 as usize] = Some(Instant::now());
+                    }
+                }
+            }
+        }
     }
 
     /// Resets and frees the slots of dropped contexts, dropping work still queued for them.
@@ -752,6 +868,14 @@ mod tests {
         calls: Arc<Mutex<Vec<Call>>>,
         /// Fail the next call with a device-lost error.
         fail_next: bool,
+        /// Results of the calls submitted and not read back: ids, packed logits, or the error.
+        flights: VecDeque<Result<(Vec<TokenId>, Vec<f32>), GpuError>>,
+        /// The last call's greedy tokens ([`Feed::Greedy`] reads them).
+        last_ids: Vec<TokenId>,
+        /// Rows fed on the GPU so far.
+        fed_greedy: usize,
+        /// The most calls in flight at once so far.
+        most_in_flight: usize,
     }
 
     fn tiny() -> Mamba<'static> {
@@ -773,6 +897,10 @@ mod tests {
                 max_chunk,
                 calls: Arc::default(),
                 fail_next: false,
+                flights: VecDeque::new(),
+                last_ids: Vec::new(),
+                fed_greedy: 0,
+                most_in_flight: 0,
             }
         }
 
@@ -803,13 +931,8 @@ mod tests {
             self.states[slot.0 as usize].reset();
             Ok(())
         }
-        fn mixed(
-            &mut self,
-            lead: Option<Lead<'_>>,
-            rows: &[StepRow],
-            ids: &mut [TokenId],
-            logits: &mut [f32],
-        ) -> Result<(), GpuError> {
+        fn submit(&mut self, lead: Option<Lead<'_>>, rows: &[StepRow]) -> Result<(), GpuError> {
+            assert!(self.flights.len() < tinystate_gpu::MAX_IN_FLIGHT, "too many calls in flight");
             let row_calls = rows.iter().map(|r| (r.slot.0, r.logits)).collect();
             let call = match lead {
                 Some(l) if rows.is_empty() => Call::Prefill(l.slot.0, l.tokens.len(), l.logits),
@@ -817,7 +940,6 @@ mod tests {
                 None => Call::Step(row_calls),
             };
             self.calls.lock().unwrap().push(call);
-            self.failing()?;
             let v = self.vocab();
             // The GPU's layout: an id per sequence (the lead's first), logits packed for those
             // that want them.
@@ -826,21 +948,42 @@ mod tests {
             assert!(k0 + rows.len() <= self.max_tokens(), "{} tokens in one call", k0 + rows.len());
             let seqs = rows.len() + usize::from(lead.is_some());
             assert!(seqs <= self.max_batch, "{seqs} sequences in one call");
-            assert_eq!(ids.len(), seqs, "one id per sequence");
-            let wants = lead.iter().map(|l| l.logits).chain(rows.iter().map(|r| r.logits));
-            assert_eq!(logits.len(), wants.filter(|&w| w).count() * v, "wanted rows × vocab");
-            let seqs = lead.iter().map(|l| (l.slot, l.tokens, l.logits));
-            let seqs = seqs.chain(rows.iter().map(|r| (r.slot, std::slice::from_ref(&r.token), r.logits)));
-            let mut k = 0;
-            for (i, (slot, tokens, want)) in seqs.enumerate() {
-                let state = &mut self.states[slot.0 as usize];
-                let out = self.model.forward(state, &mut self.scratch, tokens, true).expect("logits");
-                ids[i] = argmax(out);
-                if want {
-                    logits[k * v..(k + 1) * v].copy_from_slice(out);
-                    k += 1;
+            // Rows fed on the GPU take the last call's greedy tokens, as the GPU does.
+            let fed: Vec<TokenId> = rows
+                .iter()
+                .map(|r| match r.token {
+                    Feed::Token(t) => t,
+                    // After a failed call the GPU would read stale tokens.
+                    Feed::Greedy(k) => self.last_ids.get(k as usize).copied().unwrap_or(TokenId(0)),
+                })
+                .collect();
+            self.fed_greedy += rows.iter().filter(|r| matches!(r.token, Feed::Greedy(_))).count();
+            let result = self.failing().map(|()| {
+                let seqs = lead.iter().map(|l| (l.slot, l.tokens, l.logits));
+                let seqs = seqs
+                    .chain(rows.iter().zip(&fed).map(|(r, t)| (r.slot, std::slice::from_ref(t), r.logits)));
+                let (mut ids, mut logits) = (Vec::new(), Vec::new());
+                for (slot, tokens, want) in seqs {
+                    let state = &mut self.states[slot.0 as usize];
+                    let out = self.model.forward(state, &mut self.scratch, tokens, true).expect("logits");
+                    ids.push(argmax(out));
+                    if want {
+                        logits.extend_from_slice(&out[..v]);
+                    }
                 }
-            }
+                (ids, logits)
+            });
+            self.last_ids = result.as_ref().map(|(ids, _)| ids.clone()).unwrap_or_default();
+            self.flights.push_back(result);
+            self.most_in_flight = self.most_in_flight.max(self.flights.len());
+            Ok(())
+        }
+        fn finish(&mut self, ids: &mut [TokenId], logits: &mut [f32]) -> Result<(), GpuError> {
+            let (got_ids, got_logits) = self.flights.pop_front().expect("a call in flight")?;
+            assert_eq!(ids.len(), got_ids.len(), "one id per sequence");
+            assert_eq!(logits.len(), got_logits.len(), "wanted rows × vocab");
+            ids.copy_from_slice(&got_ids);
+            logits.copy_from_slice(&got_logits);
             Ok(())
         }
     }
@@ -850,7 +993,8 @@ mod tests {
         fn prefill(&mut self, slot: SlotId, tokens: &[TokenId], logits: Option<&mut [f32]>) -> TokenId {
             let lead = Lead { slot, tokens, logits: logits.is_some() };
             let mut id = [TokenId(0)];
-            self.mixed(Some(lead), &[], &mut id, logits.unwrap_or_default()).unwrap();
+            self.submit(Some(lead), &[]).unwrap();
+            self.finish(&mut id, logits.unwrap_or_default()).unwrap();
             id[0]
         }
     }
@@ -905,10 +1049,14 @@ mod tests {
         }
     }
 
-    /// One turn of the batcher's loop (blocks if nothing is queued).
+    /// One turn of the batcher's loop (blocks if nothing is queued), reading back every call
+    /// at once: the calls are what they would be without calls in flight.
     fn turn(b: &mut Batcher<Twin>) {
         assert!(b.gather());
         b.turn();
+        while !b.flights.is_empty() {
+            b.complete();
+        }
         b.free_released();
     }
 
@@ -1222,5 +1370,76 @@ mod tests {
 
     fn backend_vocab() -> usize {
         tiny().config.vocab
+    }
+
+    /// One pass of the batcher thread's loop (`Batcher::run`), calls in flight and all.
+    fn run_once(b: &mut Batcher<Twin>) {
+        assert!(b.gather());
+        let submitted = b.turn();
+        if b.flights.len() > 1 || (!submitted && !b.flights.is_empty()) {
+            b.complete();
+        }
+        b.free_released();
+    }
+
+    /// `n` greedy tokens from `token` on a fresh twin's slot 0, one call each, fed by the host.
+    fn greedy_alone(token: u32, n: usize) -> Vec<TokenId> {
+        let mut t = Twin::new(1, 1, 4);
+        let mut last = TokenId(token);
+        (0..n)
+            .map(|_| {
+                let mut id = [TokenId(0)];
+                t.submit(None, &[StepRow { slot: SlotId(0), token: last.into(), logits: false }]).unwrap();
+                t.finish(&mut id, &mut []).unwrap();
+                last = id[0];
+                last
+            })
+            .collect()
+    }
+
+    #[test]
+    fn greedy_runs_go_on_in_a_call_submitted_before_the_last_is_read_back() {
+        let twin = Twin::new(4, 4, 4);
+        let calls = twin.calls.clone();
+        let (mut b, tx) = batcher(twin);
+        let mut runs = [send_greedy(&tx, 0, &[3], 4), send_greedy(&tx, 1, &[5], 4)];
+        let mut logits = send(&tx, 2, &[7]);
+        // Until the runs are answered (run_once blocks once nothing is left).
+        for _ in 0..5 {
+            run_once(&mut b);
+        }
+        assert!(b.flights.is_empty() && b.decodes.is_empty());
+        assert_eq!(b.model.most_in_flight, 2, "the next call goes in before the last is read back");
+        assert_eq!(tokens_of(runs[0].try_recv().unwrap()), greedy_alone(3, 4));
+        assert_eq!(tokens_of(runs[1].try_recv().unwrap()), greedy_alone(5, 4));
+        assert_eq!(logits_of(logits.try_recv().unwrap()).len(), b.vocab);
+        // Four calls; the last three take both runs' tokens on the GPU.
+        assert_eq!(b.model.fed_greedy, 6);
+        let want =
+            [Call::Step(vec![(0, false), (1, false), (2, true)]), Call::Step(vec![(0, false), (1, false)])];
+        let got = calls.lock().unwrap().clone();
+        assert_eq!(got.len(), 4);
+        assert_eq!(got[0], want[0]);
+        assert!(got[1..].iter().all(|c| *c == want[1]), "{got:?}");
+    }
+
+    #[test]
+    fn a_failed_call_fails_the_call_that_took_its_tokens() {
+        let mut twin = Twin::new(4, 4, 4);
+        twin.fail_next = true;
+        let (mut b, tx) = batcher(twin);
+        let mut run = send_greedy(&tx, 0, &[3], 3);
+        run_once(&mut b); // the first call, which fails
+        let mut other = send(&tx, 1, &[4]); // joins the call that takes the run's next token
+        run_once(&mut b); // that call goes in; the first is read back: an error
+        run_once(&mut b); // the second is read back: failed with the first
+        for a in [run.try_recv().unwrap(), other.try_recv().unwrap()] {
+            assert!(matches!(a, Err(NnError::Backend(ref m)) if m.contains("test")), "{a:?}");
+        }
+        // The next work runs.
+        let mut next = send(&tx, 2, &[5]);
+        run_once(&mut b);
+        run_once(&mut b);
+        assert!(next.try_recv().is_ok_and(|a| a.is_ok()));
     }
 }

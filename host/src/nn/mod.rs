@@ -176,8 +176,9 @@ pub struct NnStats {
     pub batch_size: Histogram,
     /// GPU state slots held by live contexts, over all models (`tinystate_nn_slots_in_use`).
     pub slots_in_use: AtomicI64,
-    /// Seconds per GPU call (decode rows and prompt pieces) on the batcher thread, from writing
-    /// its inputs to having its outputs (`tinystate_nn_step_seconds`).
+    /// Seconds per GPU call (decode rows and prompt pieces): from its submission, or from when
+    /// the call before it was read back if it queued behind that one, to its read-back
+    /// (`tinystate_nn_step_seconds`).
     pub step_seconds: Histogram,
     /// Seconds the batcher waited before a step for the streams of the last steps
     /// (`tinystate_nn_linger_seconds`).
