@@ -858,6 +858,9 @@ mod tests {
         Call::Step(slots.iter().map(|&s| (s, true)).collect())
     }
 
+    /// A call's ids and packed logits.
+    type TwinOut = (Vec<TokenId>, Vec<f32>);
+
     /// The CPU twin of a [`GpuModel`]: the engine's Mamba with one [`State`] per slot.
     struct Twin {
         model: Mamba<'static>,
@@ -868,8 +871,8 @@ mod tests {
         calls: Arc<Mutex<Vec<Call>>>,
         /// Fail the next call with a device-lost error.
         fail_next: bool,
-        /// Results of the calls submitted and not read back: ids, packed logits, or the error.
-        flights: VecDeque<Result<(Vec<TokenId>, Vec<f32>), GpuError>>,
+        /// Results of the calls submitted and not read back.
+        flights: VecDeque<Result<TwinOut, GpuError>>,
         /// The last call's greedy tokens ([`Feed::Greedy`] reads them).
         last_ids: Vec<TokenId>,
         /// Rows fed on the GPU so far.
