@@ -165,6 +165,9 @@ pub struct NnConfig {
     /// `--nn-slots`: state slots per model on the GPU backend.
     #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
     pub slots: u32,
+    /// Whether the GPU backend may run its GEMMs on tensor cores (`--no-tensor-cores`: no).
+    #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
+    pub tensor_cores: bool,
     /// Where the backends count what they do.
     #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
     pub stats: Arc<NnStats>,
@@ -387,7 +390,15 @@ impl Models {
         if specs.is_empty() {
             return Ok(models);
         }
-        let kind = resolve_backend(config.backend)?;
+        #[cfg_attr(not(feature = "gpu"), allow(unused_mut))]
+        let mut kind = resolve_backend(config.backend)?;
+        #[cfg(feature = "gpu")]
+        if let BackendKind::Gpu(g) = &mut kind {
+            g.set_tensor_cores(config.tensor_cores);
+            let why = if config.tensor_cores { "" } else { " (--no-tensor-cores)" };
+            let on = if g.tensor_cores() { "on" } else { "off" };
+            tracing::info!("wasi-nn GPU backend: tensor-core GEMMs {on}{why}");
+        }
         for spec in specs {
             if models.by_name.contains_key(&spec.name) {
                 return Err(LoadError::Duplicate(spec.name.clone()));
@@ -557,7 +568,7 @@ mod tests {
     use super::*;
 
     fn config(backend: BackendChoice, slots: u32) -> NnConfig {
-        NnConfig { backend, slots, stats: Arc::new(NnStats::new()) }
+        NnConfig { backend, slots, tensor_cores: true, stats: Arc::new(NnStats::new()) }
     }
 
     fn load_tiny(file: &str, config: &NnConfig) -> Result<Models, LoadError> {

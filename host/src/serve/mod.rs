@@ -136,6 +136,11 @@ pub struct ServeArgs {
     /// gets 503 (wasi-nn `too-large`).
     #[arg(long, default_value_t = DEFAULT_NN_SLOTS, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub nn_slots: u32,
+    /// GPU backend: keep every GEMM on f32 multiply-adds instead of tensor cores. Tensor cores
+    /// (where the adapter has them) take their inputs in f16, which holds values up to 65,504:
+    /// a model whose activations grow past that needs this flag. Also for comparisons.
+    #[arg(long)]
+    pub no_tensor_cores: bool,
     /// Tests only: honour `x-tinystate-test-memory-limit: BYTES` and `x-tinystate-test-fault:
     /// trap` on a request, to make the guest fail on purpose. Never on a public server.
     #[arg(long, hide = true)]
@@ -193,7 +198,12 @@ pub fn run(args: &ServeArgs) -> Result<(), ServeError> {
     init_logging();
     let (what, wasm) = choose_guest(args)?;
     let metrics = Arc::new(metrics::Metrics::new());
-    let nn = crate::nn::NnConfig { backend: args.backend, slots: args.nn_slots, stats: metrics.nn.clone() };
+    let nn = crate::nn::NnConfig {
+        backend: args.backend,
+        slots: args.nn_slots,
+        tensor_cores: !args.no_tensor_cores,
+        stats: metrics.nn.clone(),
+    };
     let models = Arc::new(crate::nn::Models::load(&args.models, &nn)?);
     check_tokenizers(&wasm, &models)?;
     let limits = guest::InstanceLimits {
