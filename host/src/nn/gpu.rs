@@ -174,11 +174,6 @@ impl Job {
     }
 }
 
-/// How long a new context waits for a state slot when all are taken, before `too-large`. A
-/// response ends a little before its instance (and its slot) is gone, so a client that sends
-/// its next request at once would otherwise find no slot.
-pub const SLOT_WAIT: Duration = Duration::from_millis(500);
-
 /// The free slots, and a signal for contexts waiting for one.
 #[derive(Default)]
 struct FreeSlots {
@@ -192,11 +187,19 @@ pub struct GpuBackend {
     free: Arc<FreeSlots>,
     slots: u32,
     stats: Arc<NnStats>,
+    /// How long [`Self::new_context`] waits for a slot when the caller has no other limit.
+    slot_wait: Duration,
 }
 
 impl GpuBackend {
-    /// Starts the batcher thread for `model` (named after the model, for logs and debuggers).
-    pub fn start(name: &str, model: impl Stepper, stats: Arc<NnStats>) -> std::io::Result<Arc<Self>> {
+    /// Starts the batcher thread for `model` (named after the model, for logs and debuggers);
+    /// a new context waits up to `slot_wait` for a free slot ([`GpuBackend::slot_wait`]).
+    pub fn start(
+        name: &str,
+        model: impl Stepper,
+        stats: Arc<NnStats>,
+        slot_wait: Duration,
+    ) -> std::io::Result<Arc<Self>> {
         let slots = model.slots();
         // Popped from the end: slot 0 is handed out first.
         let list = Mutex::new((0..slots).rev().map(SlotId).collect::<Vec<_>>());
@@ -204,7 +207,12 @@ impl GpuBackend {
         let (tx, rx) = mpsc::channel();
         let batcher = Batcher::new(model, rx, free.clone(), stats.clone());
         std::thread::Builder::new().name(format!("nn-gpu-{name}")).spawn(move || batcher.run())?;
-        Ok(Arc::new(Self { tx, free, slots, stats }))
+        Ok(Arc::new(Self { tx, free, slots, stats, slot_wait }))
+    }
+
+    /// How long a new context waits for a free slot (`--nn-slot-wait`).
+    pub fn slot_wait(&self) -> Duration {
+        self.slot_wait
     }
 
     /// A fresh sequence in a free slot, waiting up to `wait` for one when all are taken.
@@ -1298,7 +1306,13 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_contexts_equal_their_single_runs() {
-        let backend = GpuBackend::start("twin", Twin::new(8, 8, 16), Arc::new(NnStats::new())).unwrap();
+        let backend = GpuBackend::start(
+            "twin",
+            Twin::new(8, 8, 16),
+            Arc::new(NnStats::new()),
+            Duration::from_millis(500),
+        )
+        .unwrap();
         let cpu = Arc::new(CpuModel::new(tiny()));
         let script = |i: u32| -> Vec<Vec<TokenId>> {
             let prompt = (0..40).map(|j| TokenId((i * 7 + j) % 50)).collect();
@@ -1309,7 +1323,7 @@ mod tests {
         let run_gpu = |i: u32| {
             let b = backend.clone();
             tokio::spawn(async move {
-                let mut ctx = b.new_context(SLOT_WAIT).await.unwrap();
+                let mut ctx = b.new_context(b.slot_wait()).await.unwrap();
                 let mut out = Vec::new();
                 for chunk in script(i) {
                     out.push(ctx.compute(chunk, u32::from(greedy(i))).await);
@@ -1348,7 +1362,8 @@ mod tests {
     #[tokio::test]
     async fn no_free_slot_waits_then_is_too_large_and_a_release_wakes_a_waiter() {
         let stats = Arc::new(NnStats::new());
-        let backend = GpuBackend::start("twin", Twin::new(2, 2, 4), stats.clone()).unwrap();
+        let backend =
+            GpuBackend::start("twin", Twin::new(2, 2, 4), stats.clone(), Duration::from_millis(500)).unwrap();
         let wait = Duration::from_millis(50);
         let a = backend.new_context(wait).await.unwrap();
         let _b = backend.new_context(wait).await.unwrap();

@@ -30,13 +30,13 @@
 //! | output with `"greedy"` n | one named tensor `"token"`: type `I32`, dimensions `[n]`: the id of the highest logit after the last input token (the lowest id among equals; NaN counts as −∞; all −∞/NaN gives 0), then, for n > 1, the n − 1 ids that follow when each is fed back in turn; no `"logits"`. What greedy sampling without a repetition penalty picks, for 4 bytes a token instead of vocab × 4 (the GPU backend computes it on the device and copies back only that). With n > 1 the context's state afterwards holds the input and the first n − 1 output tokens: the next compute feeds the last one. A guest that stops early (end of text, a stop sequence) just drops the context. On the GPU the n − 1 later tokens run as decode rows without a round trip to the guest |
 //! | state | carried by the execution context from one `compute` to the next: n > 1 is a prefill chunk, n = 1 a decode step |
 //! | limits | at most [`MAX_CONTEXTS_PER_INSTANCE`] live contexts and [`MAX_TENSOR_BYTES`] of live tensor data per instance |
-//! | state slots (GPU) | `--nn-slots` per model (default 256), one per live context, server-wide; `init-execution-context` waits up to `gpu::SLOT_WAIT` (0.5 s) for one when all are taken; the CPU backend allocates a state per context instead |
+//! | state slots (GPU) | `--nn-slots` per model (default 256), one per live context, server-wide; `init-execution-context` waits up to `--nn-slot-wait` (default 0.5 s) for one when all are taken; the CPU backend allocates a state per context instead |
 //! | numerics | CPU: the engine (activations quantised to Q8 against Q8_0 weights); GPU: activations in f32. Logits differ slightly, so a greedy near-tie may pick another token |
 //!
 //! Errors (`errors.error-code`): unknown name → `not-found`; wrong tensor name, count, type or
 //! shape, bad data length, a `"greedy"` value over [`contract::MAX_GREEDY`], token out of range, no tokens
 //! → `invalid-argument`; a chunk over [`MAX_CHUNK`], too many contexts, and (GPU) no free state
-//! slot within `gpu::SLOT_WAIT` → `too-large`; a backend failure (GPU device lost, validation error) → `runtime-error`
+//! slot within `--nn-slot-wait` → `too-large`; a backend failure (GPU device lost, validation error) → `runtime-error`
 //! for the requests of that GPU call, logged; the server keeps running. The message
 //! (`error.data`) says which value and which limit. A bad input is never a trap; a tensor
 //! constructor over [`MAX_TENSOR_BYTES`] is (it cannot return an error).
@@ -165,6 +165,9 @@ pub struct NnConfig {
     /// `--nn-slots`: state slots per model on the GPU backend.
     #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
     pub slots: u32,
+    /// `--nn-slot-wait`: how long a new GPU context waits for a free slot before `too-large`.
+    #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
+    pub slot_wait: std::time::Duration,
     /// Whether the GPU backend may run its GEMMs on tensor cores (`--no-tensor-cores`: no).
     #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
     pub tensor_cores: bool,
@@ -326,7 +329,7 @@ enum Backend {
 }
 
 impl Model {
-    /// A fresh sequence on this model (GPU: waiting up to [`gpu::SLOT_WAIT`] for a state slot).
+    /// A fresh sequence on this model (GPU: waiting up to `--nn-slot-wait` for a state slot).
     pub async fn new_context(&self) -> Result<Context, NnError> {
         match &self.backend {
             Backend::Cpu(m) => {
@@ -334,7 +337,7 @@ impl Model {
             }
             #[cfg(feature = "gpu")]
             Backend::Gpu(b) => {
-                Ok(Context { vocab: self.vocab, inner: Inner::Gpu(b.new_context(gpu::SLOT_WAIT).await?) })
+                Ok(Context { vocab: self.vocab, inner: Inner::Gpu(b.new_context(b.slot_wait()).await?) })
             }
         }
     }
@@ -559,7 +562,7 @@ fn load_gpu(
     let m =
         tinystate_gpu::GpuModel::load(gpu, mamba, slots, slots.min(gpu::MAX_BATCH), gpu::MAX_PREFILL_PIECE)
             .map_err(|e| format!("GPU ({slots} state slots): {e}"))?;
-    gpu::GpuBackend::start(&spec.name, m, config.stats.clone())
+    gpu::GpuBackend::start(&spec.name, m, config.stats.clone(), config.slot_wait)
         .map_err(|e| format!("cannot start the GPU batcher thread: {e}"))
 }
 
@@ -568,7 +571,8 @@ mod tests {
     use super::*;
 
     fn config(backend: BackendChoice, slots: u32) -> NnConfig {
-        NnConfig { backend, slots, tensor_cores: true, stats: Arc::new(NnStats::new()) }
+        let slot_wait = std::time::Duration::from_millis(500);
+        NnConfig { backend, slots, slot_wait, tensor_cores: true, stats: Arc::new(NnStats::new()) }
     }
 
     fn load_tiny(file: &str, config: &NnConfig) -> Result<Models, LoadError> {

@@ -136,6 +136,12 @@ pub struct ServeArgs {
     /// gets 503 (wasi-nn `too-large`).
     #[arg(long, default_value_t = DEFAULT_NN_SLOTS, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub nn_slots: u32,
+    /// GPU backend: how long a request waits for a free state slot when all are taken, in
+    /// seconds, before it gets 503 (`0` refuses at once). The default covers a client that sends
+    /// its next request as soon as the last response ends, before that instance gave its slot
+    /// back.
+    #[arg(long, default_value = "0.5", value_parser = parse_wait)]
+    pub nn_slot_wait: Duration,
     /// GPU backend: keep every GEMM on f32 multiply-adds instead of tensor cores. Tensor cores
     /// (where the adapter has them) take their inputs in f16, which holds values up to 65,504:
     /// a model whose activations grow past that needs this flag. Also for comparisons.
@@ -201,6 +207,7 @@ pub fn run(args: &ServeArgs) -> Result<(), ServeError> {
     let nn = crate::nn::NnConfig {
         backend: args.backend,
         slots: args.nn_slots,
+        slot_wait: args.nn_slot_wait,
         tensor_cores: !args.no_tensor_cores,
         stats: metrics.nn.clone(),
     };
@@ -342,11 +349,14 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// Parses seconds, possibly fractional and with an `s` suffix: `300`, `2.5`, `10s`.
-fn parse_seconds(s: &str) -> Result<Duration, String> {
+/// Seconds, zero allowed.
+fn parse_wait(s: &str) -> Result<Duration, String> {
     let v: f64 = s.trim().trim_end_matches('s').parse().map_err(|_| format!("'{s}' is not seconds"))?;
-    Duration::try_from_secs_f64(v)
-        .map_err(|e| format!("'{s}': {e}"))
-        .and_then(|d| if d.is_zero() { Err("must be more than 0".into()) } else { Ok(d) })
+    Duration::try_from_secs_f64(v).map_err(|e| format!("'{s}': {e}"))
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    parse_wait(s).and_then(|d| if d.is_zero() { Err("must be more than 0".into()) } else { Ok(d) })
 }
 
 #[cfg(test)]

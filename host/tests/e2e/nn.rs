@@ -206,6 +206,7 @@ fn gpu_server(extra: &[&str]) -> Option<Server> {
 fn nn_guest_on_gpu_matches_the_embedded_guest() {
     // f32 GEMMs, as lavapipe (CI) has no tensor cores anyway: the flag is accepted everywhere.
     let Some(nn) = gpu_server(&["--nn-slots", "4", "--no-tensor-cores"]) else { return };
+    assert!(nn.log().contains("tensor-core GEMMs off (--no-tensor-cores)"), "{}", nn.log());
     let embedded = real_server(&[]);
     let id =
         embedded.request("GET", "/v1/models", &[], b"").json()["data"][0]["id"].as_str().unwrap().to_owned();
@@ -244,15 +245,18 @@ fn nn_gpu_sixteen_concurrent_streams_each_equal_its_single_run() {
     s.wait_metric("tinystate_nn_slots_in_use", Duration::from_secs(5), |v| v == 0.0);
 }
 
-/// With one slot: a second request is refused at once (503 naming `--nn-slots`), and a client
-/// that goes away frees the slot for the next.
+/// With one slot: a second request waits `--nn-slot-wait` for it, then is refused (503 naming
+/// `--nn-slots`), and a client that goes away frees the slot for the next.
 #[test]
 fn nn_gpu_slot_exhaustion_is_clean_and_a_disconnect_frees_the_slot() {
-    let Some(s) = gpu_server(&["--nn-slots", "1"]) else { return };
+    let Some(s) = gpu_server(&["--nn-slots", "1", "--nn-slot-wait", "1.5"]) else { return };
     let body = json!({ "model": "default", "prompt": PROMPTS[0], "max_tokens": 4096, "stream": true, "ignore_eos": true });
     let st = s.stream_events(&body, 2);
     assert_eq!(s.metric("tinystate_nn_slots_in_use"), 1.0);
+    let t = std::time::Instant::now();
     let r = s.post_json("/v1/completions", &json!({ "model": "default", "prompt": "x", "max_tokens": 1 }));
+    let waited = t.elapsed();
+    assert!(waited >= Duration::from_millis(1500), "refused after {waited:?}, before --nn-slot-wait");
     let v = r.assert_openai_error(503);
     assert!(v["error"]["message"].as_str().unwrap_or("").contains("--nn-slots"), "{v}");
     drop(st);
