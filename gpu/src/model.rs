@@ -1331,7 +1331,6 @@ impl GpuModel {
             meta[s..s + 4].copy_from_slice(&[r.slot.0, t as u32, 1, 0]);
         }
         logits_runs(wants, &mut self.copies);
-        self.last_seqs = Some(seqs as u32);
         let run = Run {
             n_tok: (k + rows.len()) as u32,
             n_seq: seqs as u32,
@@ -1434,6 +1433,8 @@ impl GpuModel {
         let t2 = Instant::now();
         self.queue.submit(cmds);
         let t3 = Instant::now();
+        // Only a call that went in can feed the next one's Feed::Greedy rows.
+        self.last_seqs = Some(run.n_seq);
         self.flights.push_back(Flight {
             staging,
             ids: run.n_out as usize,
