@@ -42,12 +42,12 @@
 //!    linger, while the last one runs. A greedy run that goes on after the call in flight takes
 //!    its next token from that call on the GPU ([`Feed::Greedy`]), and a prompt advances when its
 //!    piece is submitted. The turn then reads back the older call and answers it. At most two
-//!    calls are in flight; a call whose rows took tokens from a call that failed fails with it.
+//!    calls are in flight; the call queued behind one that failed fails with it.
 //! 4. A dropped context sends its slot back through the same channel; the batcher drops any
 //!    work still queued for it, resets the slot ([`GpuModel::reset`]) and only then puts it on
 //!    the free list, so a slot is always zero when it is handed out again.
 //! 5. A [`GpuError`] (device lost, validation) fails the requests of that call (and of the
-//!    call that took its tokens) with `runtime-error`, is logged, and the batcher keeps serving.
+//!    call queued behind it) with `runtime-error`, is logged, and the batcher keeps serving.
 //!
 //! The loop is written against [`Stepper`], so its scheduling is tested with a CPU twin.
 
@@ -336,8 +336,7 @@ struct Flight {
     submitted: Instant,
     /// Whether the model took it (then it is read back, whatever `failed` says).
     on_gpu: bool,
-    /// Why it fails whatever the GPU says: its submission failed, or the call before it failed
-    /// and some of its rows took their tokens from that one.
+    /// Why it fails whatever the GPU says: its submission failed, or the call before it failed.
     failed: Option<GpuError>,
 }
 
@@ -779,15 +778,19 @@ impl<M: Stepper> Batcher<M> {
             tracing::error!(rows = n, "wasi-nn GPU call failed: {e}");
         }
         if let Some(next) = self.flights.front_mut() {
-            for seq in &mut next.seqs {
-                let Seq::Job { job, fed: Some(k) } = seq else { continue };
-                match &result {
-                    Ok(()) => {
-                        job.greedy -= 1;
-                        job.got.push(self.ids[*k as usize]);
+            match &result {
+                Ok(()) => {
+                    for seq in &mut next.seqs {
+                        if let Seq::Job { job, fed: Some(k) } = seq {
+                            job.greedy -= 1;
+                            job.got.push(self.ids[*k as usize]);
+                        }
                     }
-                    // Its token never came: the next call fails with this one.
-                    Err(e) => next.failed = Some(e.clone()),
+                }
+                // The call queued behind this one fails with it: its rows may have taken tokens
+                // from it, and its prompts' pieces ran on states this one left unfinished.
+                Err(e) => {
+                    next.failed.get_or_insert_with(|| e.clone());
                 }
             }
         }
@@ -1442,7 +1445,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_call_fails_the_call_that_took_its_tokens() {
+    fn a_failed_call_fails_the_call_queued_behind_it() {
         let mut twin = Twin::new(4, 4, 4);
         twin.fail_next = true;
         let (mut b, tx) = batcher(twin);
@@ -1459,5 +1462,19 @@ mod tests {
         run_once(&mut b);
         run_once(&mut b);
         assert!(next.try_recv().is_ok_and(|a| a.is_ok()));
+    }
+
+    #[test]
+    fn a_prompt_whose_last_piece_queued_behind_a_failed_call_gets_the_error() {
+        let mut twin = Twin::new(4, 4, 4);
+        twin.fail_next = true;
+        let (mut b, tx) = batcher(twin);
+        let mut prompt = send(&tx, 0, &[1, 2, 3, 4, 5, 6]);
+        run_once(&mut b); // 4 tokens go in (the call fails)
+        run_once(&mut b); // the last 2 go in behind it; the first is read back: an error
+        assert!(prompt.try_recv().is_err(), "its last piece is still in flight");
+        run_once(&mut b); // that piece ran on a state the failed call left unfinished
+        let a = prompt.try_recv().unwrap();
+        assert!(matches!(a, Err(NnError::Backend(ref m)) if m.contains("test")), "{a:?}");
     }
 }
