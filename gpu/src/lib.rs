@@ -25,7 +25,9 @@ mod model;
 mod weights;
 
 pub use device::{AdapterChoice, Gpu};
-pub use model::{CallProfile, Feed, GpuModel, KernelTimes, Lead, MAX_IN_FLIGHT, SlotId, StepRow};
+pub use model::{
+    CallProfile, Feed, GpuModel, KernelTimes, Lead, MAX_IN_FLIGHT, SlotId, StepRow, logits_wanted,
+};
 pub use tinystate_engine::TokenId;
 
 /// Why a GPU operation failed. Messages say what and which value.

@@ -75,6 +75,12 @@ impl From<TokenId> for Feed {
     }
 }
 
+/// How many sequences of a call over `lead` and `rows` want their logits back: the rows of the
+/// logits buffer [`GpuModel::finish`] fills.
+pub fn logits_wanted(lead: Option<Lead<'_>>, rows: &[StepRow]) -> usize {
+    usize::from(lead.is_some_and(|l| l.logits)) + rows.iter().filter(|r| r.logits).count()
+}
+
 /// Marks a token id in the token table as [`Feed::Greedy`] (embed.wgsl's FROM_PREV).
 const FROM_PREV: u32 = 1 << 31;
 
@@ -360,7 +366,8 @@ pub struct GpuModel {
     timed: Vec<&'static str>,
     /// The forward pass recorded ahead for the next call, and what it was recorded for.
     ahead: Option<(Recorded, wgpu::CommandBuffer)>,
-    /// The sizes of the last call (to choose how to record ahead).
+    /// The sizes of the last call submitted: how to record ahead, and how many sequences a
+    /// [`Feed::Greedy`] row may refer to (None after [`GpuModel::kernel_times`]).
     last_run: Option<Run>,
     /// Workgroup counts (x, y, 1) per plan dispatch for [`Recorded::AnySize`] passes.
     grid: wgpu::Buffer,
@@ -374,10 +381,6 @@ pub struct GpuModel {
     spin: bool,
     /// Calls submitted and not yet read back, oldest first.
     flights: std::collections::VecDeque<Flight>,
-    /// The staging buffer of the next call.
-    next_staging: usize,
-    /// Sequences of the last call submitted (what a [`Feed::Greedy`] row may refer to).
-    last_seqs: Option<u32>,
 }
 
 /// Builds buffers and bind groups, checking sizes against the device limits.
@@ -722,8 +725,6 @@ impl GpuModel {
             copies: Vec::new(),
             in_call: vec![false; slots as usize],
             flights: std::collections::VecDeque::with_capacity(MAX_IN_FLIGHT),
-            next_staging: 0,
-            last_seqs: None,
             // On a CPU adapter (lavapipe) spinning would take a core from the device itself.
             spin: gpu.info.device_type != wgpu::DeviceType::Cpu,
         };
@@ -908,8 +909,8 @@ impl GpuModel {
             // conv: u = SiLU(conv1d(xz[:, :d_inner]))
             let cp = ConvParams {
                 d_inner: di,
-                d_conv: c.d_conv as u32,
-                n_layer: c.n_layer as u32,
+                d_conv: dc,
+                n_layer: nl,
                 layer: l,
                 off_w: o.conv_w,
                 off_b: o.conv_b,
@@ -917,7 +918,6 @@ impl GpuModel {
                 _pad: 0,
             };
             // With an x_proj GEMM on tensor cores the conv also writes u in f16 for it.
-            let half = b.coop;
             let bufs = [
                 (1, &a.run),
                 (4, &a.xz),
@@ -1125,8 +1125,8 @@ impl GpuModel {
         if !self.flights.is_empty() {
             return Err(GpuError::BadInput("a call is in flight: finish it first".into()));
         }
-        // The replays overwrite the greedy tokens a Feed::Greedy row would read.
-        self.last_seqs = None;
+        // The replays overwrite the greedy tokens a Feed::Greedy row would read: no last call.
+        self.last_run = None;
         let run = Run { n_tok, n_seq: n_tok, out_row0: 0, n_out: n_tok };
         let grid = |d: &Dispatch| d.rows.count(&run);
         let time = |ds: &[&Dispatch], reps: u32| -> Result<f64, GpuError> {
@@ -1226,8 +1226,7 @@ impl GpuModel {
         }
         // The caller's buffers are checked before anything runs.
         check_ids(argmax, rows.len() + usize::from(lead.is_some()))?;
-        let wanted = lead.iter().map(|l| l.logits).chain(rows.iter().map(|r| r.logits));
-        self.check_logits(logits, wanted.filter(|&w| w).count())?;
+        self.check_logits(logits, logits_wanted(lead, rows))?;
         self.submit(lead, rows)?;
         self.finish(argmax, logits)
     }
@@ -1301,7 +1300,7 @@ impl GpuModel {
             )));
         }
         let wants = lead.iter().map(|l| l.logits).chain(rows.iter().map(|r| r.logits));
-        let wanted = wants.clone().filter(|&w| w).count();
+        let wanted = logits_wanted(lead, rows);
         let slots = lead.iter().map(|l| l.slot).chain(rows.iter().map(|r| r.slot));
         slots.clone().try_for_each(|s| self.check_slot(s))?;
         self.check_distinct(slots)?;
@@ -1360,7 +1359,7 @@ impl GpuModel {
 
     /// A row's token in range, or a [`Feed::Greedy`] that names a sequence of the last call.
     fn check_feed(&self, f: Feed) -> Result<(), GpuError> {
-        match (f, self.last_seqs) {
+        match (f, self.last_run.map(|r| r.n_seq)) {
             (Feed::Token(t), _) => self.check_token(t),
             (Feed::Greedy(k), Some(n)) if k < n => Ok(()),
             (Feed::Greedy(k), n) => Err(GpuError::BadInput(format!(
@@ -1420,8 +1419,8 @@ impl GpuModel {
                 None
             }
         };
-        let staging = self.next_staging;
-        self.next_staging = (staging + 1) % MAX_IN_FLIGHT;
+        // Calls in flight hold consecutive buffers: the one after the newest is free.
+        let staging = self.flights.back().map_or(0, |f| (f.staging + 1) % MAX_IN_FLIGHT);
         let mut tail = self.device.create_command_encoder(&Default::default());
         self.record_copies(&mut tail, run.n_out, staging);
         let queries = self.timed.len() as u32 + 1;
@@ -1433,8 +1432,6 @@ impl GpuModel {
         let t2 = Instant::now();
         self.queue.submit(cmds);
         let t3 = Instant::now();
-        // Only a call that went in can feed the next one's Feed::Greedy rows.
-        self.last_seqs = Some(run.n_seq);
         self.flights.push_back(Flight {
             staging,
             ids: run.n_out as usize,
@@ -1452,6 +1449,7 @@ impl GpuModel {
             };
             self.ahead = Some((next, self.record_forward(next)));
         }
+        // Set only once the call went in: it is what the next call's Feed::Greedy rows read.
         self.last_run = Some(run);
         self.profile.write = t1 - t0;
         self.profile.record = t2 - t1;

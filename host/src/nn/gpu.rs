@@ -57,7 +57,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use tinystate_engine::TokenId;
-use tinystate_gpu::{Feed, GpuError, GpuModel, Lead, SlotId, StepRow};
+use tinystate_gpu::{Feed, GpuError, GpuModel, Lead, SlotId, StepRow, logits_wanted};
 use tokio::sync::oneshot;
 
 use super::contract::{Output, logits_bytes};
@@ -355,10 +355,9 @@ struct Batcher<M> {
     serial: u64,
     /// Slots whose contexts are gone, freed at the end of the turn.
     releases: Vec<SlotId>,
-    /// The call being built: its rows (max_batch,), the decode jobs' (`batch`, with where each
-    /// one's token comes from), then the riders'.
+    /// The call being built: its rows (max_batch,), the decode jobs' (`batch`), then the riders'.
     rows: Vec<StepRow>,
-    batch: Vec<(Job, Option<u32>)>,
+    batch: Vec<Job>,
     /// Index in `prefills` of the prompt whose piece leads this call, and the piece's length.
     lead: Option<(usize, usize)>,
     /// Indices in `prefills` of the prompts riding this call, in row order after `batch`.
@@ -573,8 +572,9 @@ impl<M: Stepper> Batcher<M> {
         let n = usize::from(self.lead.is_some()) + self.rows.len();
         self.stats.batch_size.observe(n as f64);
         let t = Instant::now();
-        for (job, fed) in &self.batch {
-            if fed.is_none() {
+        // Rows fed on the GPU did not queue.
+        for (job, row) in self.batch.iter().zip(&self.rows) {
+            if let Feed::Token(_) = row.token {
                 self.stats.queue_seconds.observe(t.saturating_duration_since(job.sent).as_secs_f64());
             }
         }
@@ -584,7 +584,7 @@ impl<M: Stepper> Batcher<M> {
         if decoding {
             self.recent.extend_from_slice(&self.before);
             self.before.clear();
-            self.before.extend(self.batch.iter().map(|(j, _)| j.slot));
+            self.before.extend(self.batch.iter().map(|j| j.slot));
             self.recent.extend_from_slice(&self.before);
             self.recent.sort_unstable_by_key(|s| s.0);
             self.recent.dedup();
@@ -614,7 +614,7 @@ impl<M: Stepper> Batcher<M> {
             let Seq::Job { job, .. } = std::mem::replace(seq, Seq::Moved) else { continue };
             self.in_batch[job.slot.0 as usize] = true;
             self.rows.push(StepRow { slot: job.slot, token: Feed::Greedy(k as u32), logits: false });
-            self.batch.push((job, Some(k as u32)));
+            self.batch.push(job);
         }
     }
 
@@ -636,7 +636,7 @@ impl<M: Stepper> Batcher<M> {
             }
             let token = Feed::Token(job.tokens[0]);
             self.rows.push(StepRow { slot: job.slot, token, logits: job.greedy == 0 });
-            self.batch.push((job, None));
+            self.batch.push(job);
         }
     }
 
@@ -710,12 +710,9 @@ impl<M: Stepper> Batcher<M> {
             let last = end == p.job.tokens.len();
             Lead { slot: p.job.slot, tokens: &p.job.tokens[p.done..end], logits: last && p.job.greedy == 0 }
         });
-        let wants = lead.iter().map(|l| l.logits).chain(self.rows.iter().map(|r| r.logits));
-        let wanted = wants.filter(|&w| w).count();
+        let wanted = logits_wanted(lead, &self.rows);
+        // Logged when read back (`complete`), as every failed call is.
         let failed = self.model.submit(lead, &self.rows).err();
-        if let Some(e) = &failed {
-            tracing::error!(rows = self.rows.len(), "wasi-nn GPU call failed: {e}");
-        }
         let mut slots: Vec<SlotId> = Vec::with_capacity(self.rows.len() + 1);
         let mut seqs = Vec::with_capacity(self.rows.len() + 1);
         // Prompts that ran their last token leave the queue, highest index first afterwards.
@@ -733,7 +730,12 @@ impl<M: Stepper> Batcher<M> {
             slots.push(self.prefills[i].job.slot);
             advance(&mut self.prefills[i], i, piece, &mut seqs);
         }
-        for (job, fed) in self.batch.drain(..) {
+        // The decode rows lead `rows`, in `batch` order.
+        for (job, row) in self.batch.drain(..).zip(&self.rows) {
+            let fed = match row.token {
+                Feed::Greedy(k) => Some(k),
+                Feed::Token(_) => None,
+            };
             slots.push(job.slot);
             seqs.push(Seq::Job { job, fed });
         }
@@ -760,9 +762,11 @@ impl<M: Stepper> Batcher<M> {
     fn complete(&mut self) {
         let Some(mut f) = self.flights.pop_front() else { return };
         let (n, v) = (f.seqs.len(), self.vocab);
-        let read = match f.on_gpu {
-            true => self.model.finish(&mut self.ids[..n], &mut self.logits[..f.wanted * v]),
-            false => Ok(()), // never submitted: nothing to read back
+        // A call that never went in has nothing to read back.
+        let read = if f.on_gpu {
+            self.model.finish(&mut self.ids[..n], &mut self.logits[..f.wanted * v])
+        } else {
+            Ok(())
         };
         let result = match f.failed.take() {
             Some(e) => Err(e),
