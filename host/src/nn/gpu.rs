@@ -189,6 +189,8 @@ pub struct GpuBackend {
     stats: Arc<NnStats>,
     /// How long [`Self::new_context`] waits for a slot when the caller has no other limit.
     slot_wait: Duration,
+    /// The batcher thread, joined on drop (see `Drop`).
+    batcher: Option<std::thread::JoinHandle<()>>,
 }
 
 impl GpuBackend {
@@ -206,8 +208,9 @@ impl GpuBackend {
         let free = Arc::new(FreeSlots { list, freed: tokio::sync::Notify::new() });
         let (tx, rx) = mpsc::channel();
         let batcher = Batcher::new(model, rx, free.clone(), stats.clone());
-        std::thread::Builder::new().name(format!("nn-gpu-{name}")).spawn(move || batcher.run())?;
-        Ok(Arc::new(Self { tx, free, slots, stats, slot_wait }))
+        let batcher =
+            std::thread::Builder::new().name(format!("nn-gpu-{name}")).spawn(move || batcher.run())?;
+        Ok(Arc::new(Self { tx, free, slots, stats, slot_wait, batcher: Some(batcher) }))
     }
 
     /// How long a new context waits for a free slot (`--nn-slot-wait`).
@@ -230,6 +233,22 @@ impl GpuBackend {
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
                 return Err(NnError::NoFreeSlot { slots: self.slots });
             }
+        }
+    }
+}
+
+impl Drop for GpuBackend {
+    /// Closes the inbox and waits for the batcher to finish its calls and drop the device.
+    /// Without the wait the device could still be tearing down when the process exits, racing
+    /// the graphics driver's own exit-time clean-up (a SIGSEGV after the last test, seen with
+    /// lavapipe in CI).
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.tx, closed));
+        if let Some(batcher) = self.batcher.take()
+            && batcher.join().is_err()
+        {
+            tracing::error!("the GPU batcher thread panicked");
         }
     }
 }
