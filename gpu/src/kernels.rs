@@ -128,9 +128,13 @@ pub(crate) struct MvShape {
 impl MvShape {
     /// A shape whose threads read about six weight groups each: few enough that all loads are
     /// in flight at once, enough that a wide matrix does not need thousands of workgroups.
+    /// The LM head's threads read about 24 each, 8 to a row: with 32 to a row its 50k rows made
+    /// 6,000 workgroups of 8 rows (H200, B=1, replayed: 64.7 µs against 79.8; the other matrices
+    /// got slower with that shape).
     /// `x_stride`: floats from one X row to the next.
     pub(crate) fn new(rows: u32, cols: u32, groups: u32, x_stride: u32, (add, head): (bool, bool)) -> Self {
-        let tpr = groups.div_ceil(6).next_power_of_two().clamp(32, MV_THREADS);
+        let (per_thread, min_tpr) = if head { (24, 8) } else { (6, 32) };
+        let tpr = groups.div_ceil(per_thread).next_power_of_two().clamp(min_tpr, MV_THREADS);
         let x4 = cols.is_multiple_of(4) && x_stride.is_multiple_of(4);
         MvShape { rows, cols, groups, tpr, add, head, x4 }
     }
@@ -248,6 +252,12 @@ impl CoopTile {
     ///
     /// Slices of 64 columns elsewhere: they measured faster than 32 (fewer barriers, more loads
     /// in flight).
+    ///
+    /// Swept again with the vec4<f16> staging (whole B=256 steps, pipelined, against 109.8k–110.1k
+    /// tok/s for these): in_proj on 64 × 64 with K split two ways 99.8k (slices of 128: 107.7k),
+    /// slices of 128 unsplit 105.1k; out_proj on 64 × 32 split four ways, slices of 128, 109.4k,
+    /// others 98.5k–103.9k; the LM head on 64 × 64 109.4k, split two ways with slices of 128
+    /// 108.1k, unsplit 105.7k.
     pub(crate) fn for_rows(rows: u32, small: bool) -> Self {
         match (rows, small) {
             (8192.., _) => Self::ALL[0],

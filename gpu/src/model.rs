@@ -1849,6 +1849,20 @@ mod argmax_kernel {
     }
 
     #[test]
+    fn vocab_wide_rows() {
+        // 50,000 columns: a part spans 782, so a thread of it reads up to 4; thread 5 of part 0
+        // holds columns 5, 261, 517 and 773.
+        let c = 50_000;
+        let rows = vec![
+            row(c, &[(517, 5.0), (261, 5.0), (773, 5.0)]),
+            row(c, &[(773, 5.0), (40_000, 5.0)]),
+            row(c, &[(c - 1, 1.0)]),
+            row(c, &[(781, 2.0), (782, 2.0)]), // the last of part 0 against the first of part 1
+        ];
+        check(rows, c, &[261, 773, 49_999, 781]);
+    }
+
+    #[test]
     fn rows_shorter_than_the_workgroup() {
         // 10 columns: 54 threads have no value; they must not win, even against −∞.
         let c = 10;

@@ -25,14 +25,10 @@ fn load_x_slice(lid: u32, t0: u32, g0: u32, nt: u32) {
     }
 }
 
-// The loaded slice into `xt`, as f16.
+// The loaded slice into `xt`, as f16: one 8-byte store per group.
 fn stage_x_slice(lid: u32) {
     for (var i = 0u; i < NX; i++) {
         let e = i * THREADS + lid;
-        let o = (e / BKG) * LDK + 4u * (e % BKG);
-        let h = half_x(xr[i]);
-        for (var j = 0u; j < 4u; j++) {
-            xt[o + j] = h[j];
-        }
+        xt[(e / BKG) * LDG + e % BKG] = half_x(xr[i]);
     }
 }
