@@ -180,6 +180,28 @@ fn main(
         workgroupBarrier();
     }
 
+    // A tile wholly inside the output, with nothing to add and K not split across subgroups:
+    // each subgroup stores its fragments straight to `out`, with no pass through workgroup memory
+    // and its barriers (H200, B=256 pipelined: 109.9k → 113.8k tok/s; in_proj and the LM head).
+    // The condition is uniform across the workgroup, as write_frag's barriers need.
+    if WK == 1u && !ADD && t0 + BN <= nt && r0 + BM <= ROWS {
+        let ld = p.o_stride;
+        let at = (t0 + n0) * ld + r0 + m0;
+        coopStore(c00, &out[at], ld);
+        if FN > 1u {
+            let a01 = at + 16u * ld;
+            coopStore(c01, &out[a01], ld);
+        }
+        if FM > 1u {
+            let a10 = at + 16u;
+            coopStore(c10, &out[a10], ld);
+            if FN > 1u {
+                let a11 = at + 16u * ld + 16u;
+                coopStore(c11, &out[a11], ld);
+            }
+        }
+        return;
+    }
     write_frag(c00, 0u, 0u, sg, lid, r0, t0, nt);
     if FN > 1u {
         write_frag(c01, 0u, 1u, sg, lid, r0, t0, nt);
