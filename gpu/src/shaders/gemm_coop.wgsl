@@ -19,8 +19,8 @@
 // load from those vec4<f16> arrays with the stride in vec4s: SPV_KHR_cooperative_matrix counts it
 // in elements of the array the pointer points into. The next slice's global loads go into
 // registers before this slice's multiplies and are decoded only when staged, so their latency
-// hides behind the multiplies. (Loading fragments straight from the storage buffers instead, no staging, was
-// slower on the H200: in_proj 48 vs 22 µs at B=256.)
+// hides behind the multiplies. (Loading fragments straight from the storage buffers instead, no
+// staging, was slower on the H200: in_proj 48 vs 22 µs at B=256.)
 // Inputs go through f16: |x| must stay below 65504, and each product carries about 2⁻¹⁰
 // relative error (model.rs `gemm_kernel` states the tolerance).
 
@@ -183,7 +183,8 @@ fn main(
     // A tile wholly inside the output, with nothing to add and K not split across subgroups:
     // each subgroup stores its fragments straight to `out`, with no pass through workgroup memory
     // and its barriers (H200, B=256 pipelined: 109.9k → 113.8k tok/s; in_proj and the LM head).
-    // The condition is uniform across the workgroup, as write_frag's barriers need.
+    // The condition is uniform across the workgroup, as write_frag's barriers need. (The stride
+    // and offsets are `let`s: naga 30's SPIR-V writer failed on them inline in coopStore.)
     if WK == 1u && !ADD && t0 + BN <= nt && r0 + BM <= ROWS {
         let ld = p.o_stride;
         let at = (t0 + n0) * ld + r0 + m0;
