@@ -911,6 +911,8 @@ mod tests {
         last_ids: Vec<TokenId>,
         /// Rows fed on the GPU so far.
         fed_greedy: usize,
+        /// Set when the twin is dropped (after a pause, as a device's teardown takes time).
+        dropped: Option<Arc<std::sync::atomic::AtomicBool>>,
         /// The most calls in flight at once so far.
         most_in_flight: usize,
     }
@@ -938,6 +940,7 @@ mod tests {
                 last_ids: Vec::new(),
                 fed_greedy: 0,
                 most_in_flight: 0,
+                dropped: None,
             }
         }
 
@@ -1033,6 +1036,15 @@ mod tests {
             self.submit(Some(lead), &[]).unwrap();
             self.finish(&mut id, logits.unwrap_or_default()).unwrap();
             id[0]
+        }
+    }
+
+    impl Drop for Twin {
+        fn drop(&mut self) {
+            if let Some(dropped) = &self.dropped {
+                std::thread::sleep(Duration::from_millis(50));
+                dropped.store(true, Ordering::SeqCst);
+            }
         }
     }
 
@@ -1410,6 +1422,21 @@ mod tests {
         assert_eq!(logits_of(c.compute(vec![TokenId(1)], 0).await).len(), backend_vocab());
         assert_eq!(stats.slots_in_use.load(Ordering::Relaxed), 2);
         settle(&stats, 2).await;
+    }
+
+    #[tokio::test]
+    async fn dropping_the_backend_waits_until_the_model_is_gone() {
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut twin = Twin::new(1, 1, 4);
+        twin.dropped = Some(dropped.clone());
+        let backend =
+            GpuBackend::start("twin", twin, Arc::new(NnStats::new()), Duration::from_millis(500)).unwrap();
+        let mut ctx = backend.new_context(Duration::from_millis(50)).await.unwrap();
+        assert_eq!(logits_of(ctx.compute(vec![TokenId(1)], 0).await).len(), backend_vocab());
+        drop(ctx);
+        drop(backend);
+        // The device must be gone before the process can exit (see `GpuBackend`'s Drop).
+        assert!(dropped.load(Ordering::SeqCst), "the batcher still held the model");
     }
 
     fn backend_vocab() -> usize {
