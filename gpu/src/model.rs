@@ -1827,15 +1827,15 @@ mod argmax_kernel {
     #[test]
     fn ties_nan_and_infinities_as_the_sampler() {
         let (nan, inf) = (f32::NAN, f32::INFINITY);
-        // 200 columns: threads 0..8 hold four values, the others three.
+        // 200 columns: most threads of a part hold no value.
         let c = 200;
         let rows = vec![
             vec![0.0; c],  // all equal: the lowest id
             vec![-inf; c], // all −∞: 0
             vec![nan; c],  // all NaN: 0
             (0..c).map(|i| if i % 2 == 0 { nan } else { -inf }).collect(),
-            row(c, &[(70, 5.0), (3, 5.0)]),   // a tie across threads (3 and 6)
-            row(c, &[(130, 5.0), (66, 5.0)]), // a tie inside thread 2
+            row(c, &[(70, 5.0), (3, 5.0)]),   // a tie across parts
+            row(c, &[(130, 5.0), (66, 5.0)]), // a tie: the lower index wins
             row(c, &[(199, 5.0), (150, 5.0), (64, 5.0)]),
             row(c, &[(100, inf), (40, inf), (7, 1e30)]),
             row(c, &[(0, nan), (1, nan), (5, -0.5)]), // NaN is not the highest
@@ -1850,16 +1850,17 @@ mod argmax_kernel {
 
     #[test]
     fn vocab_wide_rows() {
-        // 50,000 columns: a part spans 782, so a thread of it reads up to 4; thread 5 of part 0
-        // holds columns 5, 261, 517 and 773.
-        let c = 50_000;
+        // 50,000 columns in ARGMAX_PARTS parts: a thread reads several columns of its part, 256
+        // apart (thread 5 of part 0: 5, 261, 517, 773, …), four to a pass.
+        let c: usize = 50_000;
+        let span = c.div_ceil(ARGMAX_PARTS as usize);
         let rows = vec![
             row(c, &[(517, 5.0), (261, 5.0), (773, 5.0)]),
             row(c, &[(773, 5.0), (40_000, 5.0)]),
             row(c, &[(c - 1, 1.0)]),
-            row(c, &[(781, 2.0), (782, 2.0)]), // the last of part 0 against the first of part 1
+            row(c, &[(span - 1, 2.0), (span, 2.0)]), // the last of part 0, the first of part 1
         ];
-        check(rows, c, &[261, 773, 49_999, 781]);
+        check(rows, c, &[261, 773, c as u32 - 1, span as u32 - 1]);
     }
 
     #[test]

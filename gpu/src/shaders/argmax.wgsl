@@ -9,10 +9,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if t >= run.n_out {
         return; // uniform across the workgroup
     }
-    let o = 2u * (t * PARTS + lid);
-    best_key[lid] = parts[o];
-    best_id[lid] = parts[o + 1u];
-    tree(lid, PARTS);
+    // PARTS ≤ 64: threads past it hold (lowest key, NO_ID), which loses to any part.
+    best_key[lid] = 0u;
+    best_id[lid] = NO_ID;
+    if lid < PARTS {
+        let o = 2u * (t * PARTS + lid);
+        best_key[lid] = parts[o];
+        best_id[lid] = parts[o + 1u];
+    }
+    tree(lid, 64u);
     if lid == 0u {
         // An empty row (cols 0) has no winner (NO_ID); the sampler answers 0 for it.
         ids[t] = select(best_id[0], 0u, p.cols == 0u);

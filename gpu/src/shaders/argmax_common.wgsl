@@ -4,9 +4,9 @@
 //
 // Values are compared as integers (`order_key`), never as floats: WGSL lets implementations
 // assume there are no NaNs or infinities, so float comparisons could not be trusted on them.
-// Two dispatches: argmax_part.wgsl splits each row into PARTS slices, a 256-thread workgroup
-// per slice (one workgroup per row scanned 50k logits in 140 µs on an H200); argmax.wgsl
-// reduces a row's PARTS winners.
+// Two dispatches: argmax_part.wgsl splits each row into PARTS slices (PARTS ≤ 64, from
+// kernels.rs), a 256-thread workgroup per slice (one workgroup per row scanned 50k logits in
+// 140 µs on an H200); argmax.wgsl reduces a row's PARTS winners.
 struct Params {
     cols: u32,   // vocab: logits per row
     stride: u32, // floats from one row to the next
@@ -15,7 +15,6 @@ struct Params {
 }
 @group(0) @binding(0) var<uniform> p: Params;
 
-const PARTS: u32 = 64u;
 const WG_PART: u32 = 256u;
 
 var<workgroup> best_key: array<u32, 256>;
