@@ -359,7 +359,8 @@ struct Flight {
     failed: Option<GpuError>,
 }
 
-/// The batcher thread's state. Buffers are sized once; a turn allocates only the replies.
+/// The batcher thread's state. Buffers are sized once; a turn allocates only the replies and
+/// its call's record (a [`Flight`]).
 struct Batcher<M> {
     model: M,
     rx: mpsc::Receiver<Msg>,
@@ -442,20 +443,27 @@ impl<M: Stepper> Batcher<M> {
         }
     }
 
-    /// Runs until every context and the backend are gone. Each turn submits the next call and
-    /// then reads back the one before it, so the GPU runs them back to back: a call is built,
-    /// and the streams it waits for linger, while the one before runs.
+    /// Runs until every context and the backend are gone.
     fn run(mut self) {
-        while self.gather() {
-            let submitted = self.turn();
-            if self.flights.len() > 1 || (!submitted && !self.flights.is_empty()) {
-                self.complete();
-            }
-            self.free_released();
-        }
+        while self.pass() {}
         while !self.flights.is_empty() {
             self.complete();
         }
+    }
+
+    /// One pass of the loop; false when the inbox is closed and no work is left. Each pass
+    /// submits the next call and then reads back the one before it, so the GPU runs them back
+    /// to back: a call is built, and the streams it waits for linger, while the one before runs.
+    fn pass(&mut self) -> bool {
+        if !self.gather() {
+            return false;
+        }
+        let submitted = self.turn();
+        if self.flights.len() > 1 || (!submitted && !self.flights.is_empty()) {
+            self.complete();
+        }
+        self.free_released();
+        true
     }
 
     /// Takes every waiting message, blocking first if there is nothing to do. False when the
@@ -1445,12 +1453,7 @@ mod tests {
 
     /// One pass of the batcher thread's loop (`Batcher::run`), calls in flight and all.
     fn run_once(b: &mut Batcher<Twin>) {
-        assert!(b.gather());
-        let submitted = b.turn();
-        if b.flights.len() > 1 || (!submitted && !b.flights.is_empty()) {
-            b.complete();
-        }
-        b.free_released();
+        assert!(b.pass());
     }
 
     /// `n` greedy tokens from `token` on a fresh twin's slot 0, one call each, fed by the host.

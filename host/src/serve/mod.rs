@@ -348,13 +348,13 @@ fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult).ok_or_else(|| format!("'{s}' is too large"))
 }
 
-/// Parses seconds, possibly fractional and with an `s` suffix: `300`, `2.5`, `10s`.
-/// Seconds, zero allowed.
+/// Parses seconds, possibly fractional and with an `s` suffix: `300`, `2.5`, `10s`; zero allowed.
 fn parse_wait(s: &str) -> Result<Duration, String> {
     let v: f64 = s.trim().trim_end_matches('s').parse().map_err(|_| format!("'{s}' is not seconds"))?;
     Duration::try_from_secs_f64(v).map_err(|e| format!("'{s}': {e}"))
 }
 
+/// [`parse_wait`], more than zero.
 fn parse_seconds(s: &str) -> Result<Duration, String> {
     parse_wait(s).and_then(|d| if d.is_zero() { Err("must be more than 0".into()) } else { Ok(d) })
 }
