@@ -199,6 +199,10 @@ fn main() -> Result<(), String> {
         gm.dispatches_for(o.chunk, 1),
         o.chunk
     );
+    match gm.fused_workgroups() {
+        Some(p) => println!("one-row calls: the fused step, one dispatch of {p} workgroups"),
+        None => println!("one-row calls: the plan (no fused step)"),
+    }
     println!();
     println!("| mode | B / chunk | ms per call | tokens/s | weights/call (MB) | GB/s | of 4.2 TB/s |");
     println!("|---|---|---|---|---|---|---|");

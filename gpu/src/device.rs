@@ -43,6 +43,10 @@ pub struct Gpu {
     pub(crate) errors: ErrorSlot,
     /// The GEMMs run on tensor cores (`gemm_coop.wgsl`); see [`Gpu::tensor_cores`].
     pub(crate) coop: bool,
+    /// Subgroup operations are on and subgroups are exactly 32 lanes (the fused step's teams).
+    pub(crate) subgroups32: bool,
+    /// `@coherent` storage buffers are on (the fused step's exchange between workgroups).
+    pub(crate) coherent: bool,
     coop_props: Vec<wgpu::CooperativeMatrixProperties>,
 }
 
@@ -104,6 +108,16 @@ impl Gpu {
         // Timestamp queries when the adapter has them: GpuModel::set_profiling uses them.
         let mut features = adapter.features()
             & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
+        let info = adapter.get_info();
+        let subgroups32 = adapter.features().contains(wgpu::Features::SUBGROUP)
+            && (info.subgroup_min_size, info.subgroup_max_size) == (32, 32);
+        if subgroups32 {
+            features |= wgpu::Features::SUBGROUP;
+        }
+        let coherent = adapter.features().contains(wgpu::Features::MEMORY_DECORATION_COHERENT);
+        if coherent {
+            features |= wgpu::Features::MEMORY_DECORATION_COHERENT;
+        }
         let mut experimental = wgpu::ExperimentalFeatures::disabled();
         if coop {
             features |= COOP_FEATURES;
@@ -129,7 +143,7 @@ impl Gpu {
         let e = errors.clone();
         device.set_device_lost_callback(move |reason, msg| e.set(format!("{reason:?}: {msg}")));
         let coop_props = adapter.cooperative_matrix_properties();
-        Ok(Gpu { device, queue, info: adapter.get_info(), errors, coop, coop_props })
+        Ok(Gpu { device, queue, info, errors, coop, subgroups32, coherent, coop_props })
     }
 
     /// E.g. "NVIDIA H200 (Vulkan, tensor cores)" or "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)",

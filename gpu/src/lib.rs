@@ -11,7 +11,10 @@
 //! 3. [`GpuModel::mixed`] (a prompt's piece first, then one-token rows, each sequence in its
 //!    own slot; [`GpuModel::step`] and [`GpuModel::prefill`] are its two plain cases) validates
 //!    its input, writes the token table and submits the whole forward pass as one compute pass
-//!    (four or five dispatches per layer, see `model.rs`), recorded while the previous call ran. Every row's
+//!    (four or five dispatches per layer, see `model.rs`), recorded while the previous call ran.
+//!    A call of one sequence's one token (a single stream) runs instead as the fused step
+//!    (`fused.rs`): one dispatch whose workgroups stay resident and meet at grid-wide barriers,
+//!    where the plan pays a dispatch boundary per kernel ([`GpuModel::set_fused`]). Every row's
 //!    greedy token (its logits' argmax, computed on the GPU) is copied back, 4 bytes a row; its
 //!    logits (vocab × 4 bytes) only if the caller wants them ([`StepRow::logits`]).
 //!
@@ -20,6 +23,7 @@
 #![deny(missing_docs)]
 
 mod device;
+mod fused;
 mod kernels;
 mod model;
 mod weights;

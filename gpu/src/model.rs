@@ -30,6 +30,7 @@
 //! scan kernel, which runs after every reader, shifts it.
 
 use crate::device::{ErrorSlot, Gpu};
+use crate::fused::{FusedStep, Shared, SmallsLayout, Split};
 use crate::kernels::{
     ARGMAX_PARTS, ArgmaxParams, COOP_SMALL_TOKENS, ConvParams, EmbedParams, GEMM_MIN_TOKENS, GemmKernel,
     GemmParams, GemmShape, LEAD_SCAN_CHANNELS, MM_TOKENS, MvParams, MvShape, NormParams, Op, Pipelines, Run,
@@ -99,6 +100,8 @@ struct Flight {
     logits: usize,
     /// Its timestamp queries, when profiled.
     queries: Option<u32>,
+    /// Whether it ran as the fused step, whose abandon flag it copied to its staging at 4.
+    fused: bool,
 }
 
 /// A chunk of one sequence that goes first in a [`GpuModel::mixed`] call: a prompt's next piece.
@@ -381,6 +384,10 @@ pub struct GpuModel {
     spin: bool,
     /// Calls submitted and not yet read back, oldest first.
     flights: std::collections::VecDeque<Flight>,
+    /// The single-sequence decode step as one dispatch, when this device and model can run it.
+    fused: Option<FusedStep>,
+    /// Whether one-row decode calls use `fused` ([`GpuModel::set_fused`]).
+    fused_on: bool,
 }
 
 /// Builds buffers and bind groups, checking sizes against the device limits.
@@ -617,6 +624,29 @@ fn smalls(m: &Mamba<'_>) -> (Vec<f32>, Vec<SmallOffs>, u32) {
     (v, offs, norm_f)
 }
 
+/// Layer 0's offsets in [`smalls`] and the stride between layers, when every layer's vectors
+/// are the same distance apart (they are: each layer pushes the same sizes).
+fn smalls_layout(m: &Mamba<'_>) -> Option<SmallsLayout> {
+    let (_, offs, norm_f) = smalls(m);
+    let o = offs.first()?;
+    let stride = offs.get(1).map_or(0, |o1| o1.attn_norm - o.attn_norm);
+    let regular = offs.iter().enumerate().all(|(l, x)| {
+        let s = l as u32 * stride;
+        (x.attn_norm, x.conv_w, x.conv_b, x.dt_bias, x.a, x.d)
+            == (o.attn_norm + s, o.conv_w + s, o.conv_b + s, o.dt_bias + s, o.a + s, o.d + s)
+    });
+    regular.then_some(SmallsLayout {
+        attn_norm: o.attn_norm,
+        conv_w: o.conv_w,
+        conv_b: o.conv_b,
+        dt_bias: o.dt_bias,
+        a: o.a,
+        d: o.d,
+        stride,
+        norm_f,
+    })
+}
+
 /// `v` as a (rows, cols) row-major matrix, transposed to (cols, rows).
 fn transpose(v: &[f32], cols: usize) -> Vec<f32> {
     let rows = v.len() / cols.max(1);
@@ -727,8 +757,14 @@ impl GpuModel {
             flights: std::collections::VecDeque::with_capacity(MAX_IN_FLIGHT),
             // On a CPU adapter (lavapipe) spinning would take a core from the device itself.
             spin: gpu.info.device_type != wgpu::DeviceType::Cpu,
+            fused: None,
+            fused_on: false,
         };
-        m.build_plan(&mut b, model, &lim)?;
+        let software = gpu.info.device_type == wgpu::DeviceType::Cpu;
+        let small = m.build_plan(&mut b, model, &lim)?;
+        m.fused = m.build_fused(gpu, model, &small, software);
+        // On a CPU adapter the fused step is one workgroup, one core: only tests turn it on.
+        m.fused_on = m.fused.is_some() && !software && std::env::var_os("TINYSTATE_EXP_NO_FUSED").is_none();
         m.grid = b.storage(
             "grid",
             12 * m.plan.len() as u64,
@@ -833,7 +869,7 @@ impl GpuModel {
         b: &mut Builder<'_>,
         model: &Mamba<'_>,
         lim: &wgpu::Limits,
-    ) -> Result<(), GpuError> {
+    ) -> Result<wgpu::Buffer, GpuError> {
         let c = self.config;
         let (small, offs, norm_f) = smalls(model);
         let small = b.init("smalls", bytemuck::cast_slice(&small), wgpu::BufferUsages::STORAGE)?;
@@ -1036,7 +1072,36 @@ impl GpuModel {
         self.push_argmax(b, &mut plan)?;
         self.plan = plan;
         self.weight_bytes = bytes;
-        Ok(())
+        Ok(small)
+    }
+
+    /// The fused single-sequence step (`fused.rs`), or None with the reason logged to stderr
+    /// when this device or model cannot run it.
+    fn build_fused(&self, gpu: &Gpu, model: &Mamba<'_>, small: &wgpu::Buffer, software: bool) -> Option<FusedStep> {
+        if !gpu.coherent {
+            eprintln!("tinystate-gpu: no fused single-sequence step: no @coherent storage on this device");
+            return None;
+        }
+        let split = Split::for_device(&self.config, software)?;
+        let layout = smalls_layout(model)?;
+        let a = &self.acts;
+        let shared = Shared {
+            smalls: small,
+            meta: &a.meta,
+            argmax: &a.argmax,
+            logits: &a.logits,
+            conv: &self.states.conv,
+            ssm: &self.states.ssm,
+            x: &a.x,
+        };
+        let head = std::env::var_os("TINYSTATE_EXP_FUSED_HEAD").is_some();
+        match FusedStep::new(&gpu.device, gpu.subgroups32, split, model, layout, shared, head) {
+            Ok(f) => Some(f),
+            Err(why) => {
+                eprintln!("tinystate-gpu: no fused single-sequence step: {why}");
+                None
+            }
+        }
     }
 
     /// Records the argmax of every logits row (the greedy token), after the LM head: one
@@ -1088,6 +1153,20 @@ impl GpuModel {
     pub fn dispatches_for(&self, n_tok: u32, n_out: u32) -> usize {
         let run = Run { n_tok, n_seq: 1, out_row0: 0, n_out };
         self.plan.iter().filter(|d| d.when.runs(&run)).count()
+    }
+
+    /// Runs one-sequence, one-token decode calls as the fused step (one dispatch, `fused.rs`)
+    /// when `on` and this device and model can; returns whether they now do. On by default on
+    /// hardware adapters; off on a CPU adapter, where the step would be one workgroup on one
+    /// core.
+    pub fn set_fused(&mut self, on: bool) -> bool {
+        self.fused_on = on && self.fused.is_some();
+        self.fused_on
+    }
+
+    /// The fused step's workgroups when one-row calls run it, else None.
+    pub fn fused_workgroups(&self) -> Option<u32> {
+        self.fused.as_ref().filter(|_| self.fused_on).map(|f| f.split().groups)
     }
 
     /// Whether a call waits for its results by polling the device (on by default for hardware
@@ -1260,8 +1339,18 @@ impl GpuModel {
         self.flights.pop_front();
         let t3 = Instant::now();
         let timer = self.timer.as_ref().zip(f.queries);
-        let (t4, t5) =
-            self.read_back(f.staging, argmax, logits, timer.map(|(t, q)| (&t.readback, 8 * u64::from(q))))?;
+        let also = timer.map(|(t, q)| (&t.readback, 8 * u64::from(q)));
+        let (t4, t5, flag) = self.read_back(f.staging, argmax, logits, also, f.fused)?;
+        if flag != 0 {
+            // Its workgroups were not all resident at once (another process holds part of the
+            // GPU?): the sequence's state is half-updated. Later calls take the plan.
+            self.fused_on = false;
+            return Err(GpuError::DeviceLost(
+                "the fused single-sequence step was abandoned (its workgroups could not all run at \
+                 once); fused steps are now off for this model"
+                    .into(),
+            ));
+        }
         self.profile.wait = t4 - t3;
         self.profile.copy = t5 - t4;
         self.profile.gpu_ns.clear();
@@ -1401,26 +1490,32 @@ impl GpuModel {
         let mut enc =
             self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("call") });
         self.record_resets(&mut enc);
-        let timer = self.timer.as_ref().filter(|_| self.profiling);
+        let profiled = self.profiling && self.timer.is_some();
         self.profile.pass = "in the call";
-        let forward = match (timer, self.ahead.take()) {
-            (None, Some((r, cmd))) if r.serves(&run, &self.plan) => {
-                self.profile.pass = "ahead, exact";
-                if let Recorded::AnySize(_) = r {
-                    write_grid(&self.plan, run, &mut self.grid_args, (&self.queue, &self.grid));
-                    self.profile.pass = "ahead, any size";
-                }
-                Some(cmd)
-            }
-            (None, _) => Some(self.record_forward(Recorded::Exact(run))),
-            (Some(_), _) => {
-                // Profiled calls record inline, with a timestamp before each dispatch.
-                record_pass(&self.plan, &mut self.timed, &mut enc, run, timer);
-                None
-            }
-        };
         // Calls in flight hold consecutive buffers: the one after the newest is free.
         let staging = self.flights.back().map_or(0, |f| (f.staging + 1) % MAX_IN_FLIGHT);
+        let fused = self.fused_on && !profiled && Self::one_row(run);
+        let ahead = self.ahead.take();
+        let forward = if let Some(f) = self.fused.as_ref().filter(|_| fused) {
+            self.profile.pass = "fused";
+            let mut enc = self.device.create_command_encoder(&Default::default());
+            // The flag lands in the ids' second word: a one-row call reads back only the first.
+            f.record(&mut enc, &self.acts.staging[staging], 4);
+            if !f.head() {
+                // The plan's LM head and argmax, on the h the step left in `acts.x`.
+                let head = self.plan.iter().filter(|d| matches!(d.kind, "lm_head" | "argmax"));
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                for d in head.filter(|d| d.when.runs(&run)) {
+                    pass.set_pipeline(&d.pipeline);
+                    pass.set_bind_group(0, &d.bind, &[]);
+                    pass.dispatch_workgroups(d.x, d.rows.count(&run), 1);
+                }
+            }
+            Some(enc.finish())
+        } else {
+            self.plan_forward(run, profiled, ahead, &mut enc)
+        };
+        let timer = self.timer.as_ref().filter(|_| self.profiling);
         let mut tail = self.device.create_command_encoder(&Default::default());
         self.record_copies(&mut tail, run.n_out, staging);
         let queries = self.timed.len() as u32 + 1;
@@ -1437,8 +1532,10 @@ impl GpuModel {
             ids: run.n_out as usize,
             logits: wanted,
             queries: timer.map(|_| queries),
+            fused,
         });
-        if timer.is_none() {
+        // A single stream's next call is fused too: nothing to record ahead.
+        if timer.is_none() && !fused {
             // Record the next call's pass while the GPU runs this one (~100–150 dispatches cost
             // 0.3–0.4 ms of CPU on the H200's host): for these exact sizes while they repeat
             // (a single stream), else for any sizes that run the same dispatches (a batcher's
@@ -1455,6 +1552,37 @@ impl GpuModel {
         self.profile.record = t2 - t1;
         self.profile.submit = t3 - t2;
         Ok(())
+    }
+
+    /// Whether a call of `run` is one sequence's one-token decode step (what the fused step runs).
+    fn one_row(run: Run) -> bool {
+        run.n_tok == 1 && run.n_seq == 1
+    }
+
+    /// The plan's forward pass for `run`: the pass recorded ahead when it serves, else recorded
+    /// now; a profiled call records inline into `enc`, with a timestamp before each dispatch.
+    fn plan_forward(
+        &mut self,
+        run: Run,
+        profiled: bool,
+        ahead: Option<(Recorded, wgpu::CommandBuffer)>,
+        enc: &mut wgpu::CommandEncoder,
+    ) -> Option<wgpu::CommandBuffer> {
+        match (profiled, ahead) {
+            (false, Some((r, cmd))) if r.serves(&run, &self.plan) => {
+                self.profile.pass = "ahead, exact";
+                if let Recorded::AnySize(_) = r {
+                    write_grid(&self.plan, run, &mut self.grid_args, (&self.queue, &self.grid));
+                    self.profile.pass = "ahead, any size";
+                }
+                Some(cmd)
+            }
+            (false, _) => Some(self.record_forward(Recorded::Exact(run))),
+            (true, _) => {
+                record_pass(&self.plan, &mut self.timed, enc, run, self.timer.as_ref());
+                None
+            }
+        }
     }
 
     /// The forward pass as its own command buffer (no timestamps).
@@ -1522,11 +1650,13 @@ impl GpuModel {
         ids: &mut [TokenId],
         logits: &mut [f32],
         also: Option<(&wgpu::Buffer, u64)>,
-    ) -> Result<(Instant, Instant), GpuError> {
+        fused: bool,
+    ) -> Result<(Instant, Instant, u32), GpuError> {
         let logits_at = staged_logits_at(self.max_batch);
-        // Only the ids when no logits are wanted: 4 bytes a row.
+        // Only the ids when no logits are wanted: 4 bytes a row (and a fused step's flag after
+        // its one id).
         let bytes = match logits.len() {
-            0 => 4 * ids.len() as u64,
+            0 => 4 * ids.len().max(if fused { 2 } else { 1 }) as u64,
             n => logits_at + 4 * n as u64,
         };
         let (tx, rx) = mpsc::channel();
@@ -1560,6 +1690,7 @@ impl GpuModel {
             return Err(GpuError::DeviceLost(format!("map_async: {e}")));
         }
         let waited = Instant::now();
+        let mut flag = 0;
         {
             let view =
                 slice.get_mapped_range().map_err(|e| GpuError::DeviceLost(format!("mapped range: {e}")))?;
@@ -1567,12 +1698,15 @@ impl GpuModel {
             for (id, c) in ids.iter_mut().zip(src.chunks_exact(4)) {
                 *id = TokenId(u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
             }
+            if fused {
+                flag = u32::from_le_bytes([src[4], src[5], src[6], src[7]]);
+            }
             if !logits.is_empty() {
                 copy_f32(&src[logits_at as usize..], logits);
             }
         }
         self.acts.staging[staging].unmap();
-        Ok((waited, Instant::now()))
+        Ok((waited, Instant::now(), flag))
     }
 }
 

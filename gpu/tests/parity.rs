@@ -587,3 +587,43 @@ fn calls_in_flight_refuse_misuse() {
     gm.finish(&mut ids[..1], &mut []).unwrap();
     assert_eq!(gm.in_flight(), 0);
 }
+
+#[test]
+fn the_fused_step_matches_cpu_and_takes_greedy_feeds() {
+    let Some(gpu) = gpu() else { return };
+    for config in CONFIGS {
+        let base = fixture_tokens(config);
+        for ty in TYPES {
+            let file = load_fixture(config, ty);
+            let g = Gguf::parse(file.bytes()).unwrap();
+            let m = Mamba::load(&g).unwrap();
+            let v = m.config.vocab;
+            let mut gm = GpuModel::load(&gpu, &m, 2, 2, 8).unwrap();
+            assert!(gm.set_fused(true), "{config}/{ty}: the fused step is unavailable");
+            let what = format!("{config}/{ty} fused");
+            let one = [stream(&base, 2, v)];
+            let d = step_streams(&mut gm, &m, &one, base.len(), tol(ty), &what);
+            // Greedy feeds: each call takes the last one's argmax on the GPU, two in flight.
+            let mut cpu = CpuDecoder::new(&m, 1);
+            let mut want = sampler::argmax(cpu.feed(&[base[0]]).unwrap());
+            let (mut id, mut out) = ([TokenId(0)], vec![0.0; v]);
+            gm.reset(SlotId(1)).unwrap();
+            let row = |token: Feed| [StepRow { slot: SlotId(1), token, logits: true }];
+            gm.submit(None, &row(Feed::Token(base[0]))).unwrap();
+            for pos in 0..6 {
+                gm.submit(None, &row(Feed::Greedy(0))).unwrap();
+                gm.finish(&mut id, &mut out).unwrap();
+                assert_eq!(id[0], want, "{what}: greedy token {pos}");
+                let logits = cpu.feed(&[want]).unwrap();
+                want = sampler::argmax(logits);
+                if pos < 5 {
+                    continue;
+                }
+                gm.finish(&mut id, &mut out).unwrap();
+                check(&format!("{what} greedy feed"), &out, logits, tol(ty));
+                assert_eq!(id[0], want);
+            }
+            eprintln!("{what}: B=1 max |Δ| vs CPU {d:.2e}");
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! The decode step of a single sequence as one persistent dispatch (`shaders/fused_step.wgsl`):
+//! embed, every layer, the LM head and the argmax, with grid-wide barriers between phases
+//! instead of dispatch boundaries. A single stream otherwise pays one boundary per kernel, about
+//! 100 a token for Mamba-130m.
+//!
+//! The kernel indexes every layer's matrices in one binding, so each kind (in_proj, x_proj,
+//! dt_proj, out_proj) is uploaded a second time here with its layers stacked. All P workgroups
+//! must be resident at once; the kernel gives up after [`SPIN`] polls of a barrier, and the
+//! call then fails instead of hanging (see [`FusedStep::record`]).
+
+use crate::weights::{Format, Packed, pack, same_tensor};
+use tinystate_engine::arch::mamba::{Config, Mamba};
+use tinystate_engine::tensor::{Matrix, QK};
+use wgpu::util::DeviceExt;
+
+/// Polls of a grid barrier before the kernel gives up (far above any real wait: a barrier takes
+/// about 2 µs of polls on an H200).
+const SPIN: u32 = 1 << 20;
+/// Threads per workgroup unless TINYSTATE_EXP_WGS says otherwise (the shader's WGS: a power of
+/// two, 64 to 1024).
+const WGS: u32 = 256;
+
+/// How the step is split: P workgroups of WGS threads, each owning CPW channels of d_inner,
+/// handled CH at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Split {
+    /// Threads per workgroup.
+    pub wgs: u32,
+    /// Workgroups.
+    pub groups: u32,
+    /// Channels per workgroup.
+    pub cpw: u32,
+    /// Channels per chunk (CH · d_state ≤ 256 threads for the scan).
+    pub ch: u32,
+}
+
+impl Split {
+    /// `cpw` channels per workgroup (d_inner / cpw workgroups), or None when the shapes do not
+    /// fit the kernel.
+    pub(crate) fn new(c: &Config, cpw: u32, wgs: u32) -> Option<Split> {
+        let e = c.d_inner as u32;
+        let ns = c.d_state as u32;
+        let bad_wgs = !wgs.is_power_of_two() || !(64..=1024).contains(&wgs);
+        if bad_wgs || cpw == 0 || !cpw.is_multiple_of(4) || !e.is_multiple_of(cpw) || ns == 0 || ns > wgs {
+            return None;
+        }
+        let ch = (1..=cpw.min(wgs / ns)).rev().find(|d| cpw.is_multiple_of(*d))?;
+        let groups = e / cpw;
+        (groups <= wgs).then_some(Split { wgs, groups, cpw, ch })
+    }
+
+    /// One workgroup (devices that may not run several at once: a CPU adapter), else about
+    /// 192 workgroups (H200: the sweep in BENCHMARKS.md).
+    pub(crate) fn for_device(c: &Config, software: bool) -> Option<Split> {
+        let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse().ok());
+        let wgs = env("TINYSTATE_EXP_WGS").unwrap_or(WGS);
+        if software {
+            return Split::new(c, c.d_inner as u32, wgs);
+        }
+        // A chunk's scan takes every thread: CH · d_state = 256.
+        let cpw = env("TINYSTATE_EXP_CPW").unwrap_or((WGS / c.d_state.max(1) as u32).max(4));
+        Split::new(c, cpw, wgs).or_else(|| (4..=64).step_by(4).find_map(|k| Split::new(c, k, wgs)))
+    }
+}
+
+/// The fused step of one model: its pipeline, bindings (what crosses workgroups, `xch`, lives in
+/// the bind group) and barrier buffer.
+pub(crate) struct FusedStep {
+    pipeline: wgpu::ComputePipeline,
+    bind: wgpu::BindGroup,
+    /// The barrier counter (word 0), the abandon flag (word 1), each workgroup's best logit.
+    sync: wgpu::Buffer,
+    split: Split,
+    /// Whether the step ends with the LM head and argmax; else it leaves h in `x` for the plan's.
+    head: bool,
+}
+
+/// The buffers of [`crate::GpuModel`] the fused step reads and writes.
+pub(crate) struct Shared<'a> {
+    pub smalls: &'a wgpu::Buffer,
+    pub meta: &'a wgpu::Buffer,
+    pub argmax: &'a wgpu::Buffer,
+    pub logits: &'a wgpu::Buffer,
+    pub conv: &'a wgpu::Buffer,
+    pub ssm: &'a wgpu::Buffer,
+    /// The hidden states, where the step leaves the final h when the plan runs the LM head.
+    pub x: &'a wgpu::Buffer,
+}
+
+/// Offsets (floats) of layer 0's small vectors in `smalls`, the stride from one layer to the
+/// next, and norm_f's.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SmallsLayout {
+    pub attn_norm: u32,
+    pub conv_w: u32,
+    pub conv_b: u32,
+    pub dt_bias: u32,
+    pub a: u32,
+    pub d: u32,
+    pub stride: u32,
+    pub norm_f: u32,
+}
+
+impl FusedStep {
+    /// Builds the step for `model`, or None (with the reason) when this device or model cannot
+    /// run it: shapes the kernel does not take, or limits it exceeds.
+    pub(crate) fn new(
+        dev: &wgpu::Device,
+        subgroups32: bool,
+        split: Split,
+        model: &Mamba<'_>,
+        smalls: SmallsLayout,
+        shared: Shared<'_>,
+        head: bool,
+    ) -> Result<FusedStep, String> {
+        let c = model.config;
+        let (d, e) = (c.d_model as u32, c.d_inner as u32);
+        if !d.is_multiple_of(4) || !e.is_multiple_of(4) || c.d_conv < 2 {
+            return Err(format!("d_model {d}, d_inner {e} (not multiples of 4?) or d_conv {} (< 2?)", c.d_conv));
+        }
+        let lim = dev.limits();
+        let tied = same_tensor(&model.embed, &model.output);
+        let mut mats: Vec<(&str, Packed)> = vec![
+            ("in", stack(model.layers.iter().map(|l| &l.ssm_in))?),
+            ("x", stack(model.layers.iter().map(|l| &l.ssm_x))?),
+            ("dt", stack(model.layers.iter().map(|l| &l.ssm_dt))?),
+            ("out", stack(model.layers.iter().map(|l| &l.ssm_out))?),
+            ("emb", pack(&model.embed).map_err(|e| e.to_string())?),
+        ];
+        if !tied {
+            mats.push(("head", pack(&model.output).map_err(|e| e.to_string())?));
+        }
+        let limit = lim.max_storage_buffer_binding_size.min(lim.max_buffer_size);
+        if let Some((n, p)) = mats.iter().find(|(_, p)| p.data.len() as u64 > limit) {
+            return Err(format!("stacked {n} ({} bytes) exceeds the binding limit {limit}", p.data.len()));
+        }
+        let buffers = mats.iter().map(|(_, p)| p.scales.is_some() as u32 + 1).sum::<u32>() + 8;
+        if buffers > lim.max_storage_buffers_per_shader_stage {
+            return Err(format!("{buffers} storage buffers; the device allows {}", lim.max_storage_buffers_per_shader_stage));
+        }
+        let xl = (c.dt_rank + 2 * c.d_state) as u32;
+        let x_h = 4;
+        let x_part = x_h + d;
+        let x_y = x_part + split.groups * xl;
+        let words = x_y + e;
+        let wg_bytes = 4 * (2 * d + split.wgs * 3 + 32 + 2 * split.ch + 2 * split.cpw + xl + split.ch + e + 8);
+        if wg_bytes > lim.max_compute_workgroup_storage_size {
+            return Err(format!("{wg_bytes} bytes of workgroup memory; the device allows {}", lim.max_compute_workgroup_storage_size));
+        }
+        let header = format!(
+            "const D: u32 = {d}u;\nconst E: u32 = {e}u;\nconst NS: u32 = {}u;\nconst R: u32 = {}u;\n\
+             const KC: u32 = {}u;\nconst L: u32 = {}u;\nconst V: u32 = {}u;\nconst XL: u32 = {xl}u;\n\
+             const WGS: u32 = {}u;\nconst P: u32 = {}u;\nconst CPW: u32 = {}u;\nconst CH: u32 = {}u;\n\
+             const O_NORM: u32 = {}u;\nconst O_CONVW: u32 = {}u;\nconst O_CONVB: u32 = {}u;\n\
+             const O_DTB: u32 = {}u;\nconst O_A: u32 = {}u;\nconst O_D: u32 = {}u;\n\
+             const O_STRIDE: u32 = {}u;\nconst O_NORMF: u32 = {}u;\n\
+             const X_H: u32 = {x_h}u;\nconst X_PART: u32 = {x_part}u;\nconst X_Y: u32 = {x_y}u;\n\
+             const EPS: f32 = {:?};\n\
+             const DBC_RMS: bool = {};\nconst SPIN: u32 = {SPIN}u;\nconst EXP: u32 = {}u;\n\
+             const HEAD: bool = {head};\n",
+            c.d_state,
+            c.dt_rank,
+            c.d_conv,
+            c.n_layer,
+            c.vocab,
+            split.wgs,
+            split.groups,
+            split.cpw,
+            split.ch,
+            smalls.attn_norm,
+            smalls.conv_w,
+            smalls.conv_b,
+            smalls.dt_bias,
+            smalls.a,
+            smalls.d,
+            smalls.stride,
+            smalls.norm_f,
+            c.eps,
+            c.dt_b_c_rms,
+            std::env::var("TINYSTATE_EXP_FUSED").ok().and_then(|v| v.parse::<u32>().ok()).unwrap_or(0),
+        );
+        let mut src = header;
+        let mut binding = 8;
+        for (name, p) in &mats {
+            src.push_str(&loader(p.format, name, binding));
+            binding += 2;
+        }
+        if tied {
+            src.push_str(
+                "fn raw_head(r: u32, g: u32, n: u32) -> vec4<u32> { return raw_emb(r, g, n); }\n\
+                 fn cook_head(v: vec4<u32>) -> vec4<f32> { return cook_emb(v); }\n",
+            );
+        }
+        src.push_str(if subgroups32 { TEAM_SUM_SUBGROUP } else { TEAM_SUM_SHARED });
+        src.push_str(include_str!("shaders/fused_step.wgsl"));
+        let pipeline = pipeline(dev, &src)?;
+        let init = |label: &str, bytes: &[u8]| {
+            dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytes,
+                usage: wgpu::BufferUsages::STORAGE,
+            })
+        };
+        let scratch = |label, words: u32| {
+            dev.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 4 * u64::from(words),
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            })
+        };
+        let xch = scratch("fused xch", words);
+        let sync = scratch("fused sync", 2 + 2 * split.groups);
+        let mut owned = Vec::new();
+        let mut at = 8;
+        let mut slots = Vec::new();
+        for (name, p) in &mats {
+            owned.push(init(name, &p.data));
+            slots.push((at, owned.len() - 1));
+            if let Some(s) = &p.scales {
+                owned.push(init(name, s));
+                slots.push((at + 1, owned.len() - 1));
+            }
+            at += 2;
+        }
+        let fixed = [
+            (0, &xch),
+            (1, shared.smalls),
+            (2, shared.meta),
+            (3, shared.argmax),
+            (4, shared.logits),
+            (5, shared.conv),
+            (6, shared.ssm),
+            (7, &sync),
+            (20, shared.x),
+        ];
+        let mut entries: Vec<wgpu::BindGroupEntry<'_>> = fixed
+            .iter()
+            .map(|&(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() })
+            .collect();
+        entries.extend(
+            slots.iter().map(|&(binding, i)| wgpu::BindGroupEntry { binding, resource: owned[i].as_entire_binding() }),
+        );
+        let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
+        let bind = dev.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("fused step"),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(format!("bind group: {e}"));
+        }
+        Ok(FusedStep { pipeline, bind, sync, split, head })
+    }
+
+    /// How the step is split.
+    pub(crate) fn split(&self) -> Split {
+        self.split
+    }
+
+    /// Whether the step runs the LM head and argmax itself.
+    pub(crate) fn head(&self) -> bool {
+        self.head
+    }
+
+    /// Records the step: clears the barrier counter and the abandon flag, runs the dispatch, and
+    /// copies the flag (4 bytes) to `flag_to` at `flag_at`, where the caller checks that it is 0.
+    pub(crate) fn record(&self, enc: &mut wgpu::CommandEncoder, flag_to: &wgpu::Buffer, flag_at: u64) {
+        enc.clear_buffer(&self.sync, 0, Some(8));
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("fused step"), timestamp_writes: None });
+            pass.set_pipeline(&self.pipeline);
+            pass.set_bind_group(0, &self.bind, &[]);
+            pass.dispatch_workgroups(self.split.groups, 1, 1);
+        }
+        enc.copy_buffer_to_buffer(&self.sync, 4, flag_to, flag_at, 4);
+    }
+}
+
+/// Team (32 threads, a warp) sums as one subgroup operation, where subgroups are exactly the
+/// shader's teams of 32.
+const TEAM_SUM_SUBGROUP: &str = "
+fn team_sum(v: f32, lid: u32) -> f32 {
+    return subgroupAdd(v);
+}
+";
+
+/// Team sums through workgroup memory, for devices without 32-lane subgroups.
+const TEAM_SUM_SHARED: &str = "
+fn team_sum(v: f32, lid: u32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = 16u; s > 0u; s >>= 1u) {
+        if lid % 32u < s {
+            red[lid] += red[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let r = red[lid - lid % 32u];
+    workgroupBarrier();
+    return r;
+}
+";
+
+/// Every layer's matrix of one kind, packed as one matrix of n_layer · rows rows (the kernel
+/// reads layer l's row r as row l · rows + r). Quantised blocks stay in order, so their scales
+/// concatenate without the per-matrix padding to whole words.
+fn stack<'m, 'a: 'm>(mats: impl Iterator<Item = &'m Matrix<'a>>) -> Result<Packed, String> {
+    let mut out: Option<Packed> = None;
+    let mut scale_bytes = Vec::new();
+    for m in mats {
+        let p = pack(m).map_err(|e| e.to_string())?;
+        if let Some(s) = &p.scales {
+            let blocks = p.rows * p.groups * 4 / QK;
+            scale_bytes.extend_from_slice(&s[..2 * blocks]);
+        }
+        match &mut out {
+            None => out = Some(Packed { scales: None, ..p }),
+            Some(o) => {
+                if (o.format, o.groups) != (p.format, p.groups) {
+                    return Err("layers differ in format or shape".into());
+                }
+                o.rows += p.rows;
+                o.data.extend_from_slice(&p.data);
+            }
+        }
+    }
+    let mut out = out.ok_or("no layers")?;
+    if matches!(out.format, Format::Q8_0 | Format::Q4_0) {
+        if !scale_bytes.len().is_multiple_of(4) {
+            scale_bytes.extend_from_slice(&[0, 0]);
+        }
+        out.scales = Some(scale_bytes);
+    }
+    Ok(out)
+}
+
+/// `raw_{name}` / `cook_{name}` over bindings `binding` (data) and `binding + 1` (scales):
+/// the format's `weights_*.wgsl` with its names made unique.
+fn loader(format: Format, name: &str, binding: u32) -> String {
+    const SCALES: &str = "\u{1}";
+    format
+        .shader()
+        .replace("@binding(2) var<storage, read> w:", &format!("@binding({binding}) var<storage, read> w_{name}:"))
+        .replace("@binding(3) var<storage, read> ws:", &format!("@binding({}) var<storage, read> ws_{name}:", binding + 1))
+        .replace("ws[", SCALES)
+        .replace("w[", &format!("w_{name}["))
+        .replace(SCALES, &format!("ws_{name}["))
+        .replace("fn load_w(", &format!("fn load_{name}("))
+        .replace("fn raw_w(", &format!("fn raw_{name}("))
+        .replace("fn cook_w(", &format!("fn cook_{name}("))
+}
+
+fn pipeline(dev: &wgpu::Device, src: &str) -> Result<wgpu::ComputePipeline, String> {
+    let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
+    let desc = wgpu::ShaderModuleDescriptor { label: Some("fused step"), source: wgpu::ShaderSource::Wgsl(src.into()) };
+    let checks = wgpu::ShaderRuntimeChecks { force_loop_bounding: false, ..wgpu::ShaderRuntimeChecks::checked() };
+    // SAFETY: `force_loop_bounding: false` requires that no shader loops forever. Every loop of
+    // fused_step.wgsl runs to a compiled-in constant or a halving counter, but for the barrier's
+    // poll, which gives up after SPIN polls.
+    let module = unsafe { dev.create_shader_module_trusted(desc, checks) };
+    let pipe = dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("fused step"),
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            zero_initialize_workgroup_memory: false,
+            ..Default::default()
+        },
+        cache: None,
+    });
+    match pollster::block_on(scope.pop()) {
+        Some(e) => Err(format!("pipeline: {e}")),
+        None => Ok(pipe),
+    }
+}
