@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release -p tinystate-gpu --example bench -- MODEL.gguf [--batches 1,8,64,256]
 //!     [--steps 64] [--runs 5] [--chunk 64] [--breakdown] [--greedy] [--vary] [--no-tensor-cores]
-//!     [--pipelined]
+//!     [--pipelined] [--no-fused]
 //! ```
 //! Each row times `runs` runs of `steps` calls (after warm-up) and reports the median.
 //! `--greedy`: rows and prefill chunks want no logits, so a call reads back only each row's
@@ -17,7 +17,9 @@
 //! logits copy) and, where the device has timestamp queries inside passes, the mean GPU time per
 //! kernel kind. `--no-tensor-cores` keeps the f32 GEMMs on a device that has the tensor-core
 //! ones (to compare them); the device line says which ran and lists the adapter's cooperative
-//! matrix configurations.
+//! matrix configurations. `--no-fused` runs one-row calls through the dispatch plan instead of
+//! the fused step (every layer in one dispatch, `GpuModel::set_fused`), which hardware adapters
+//! take by default; the line after the device says which ran.
 //! "weights/call" counts each weight matrix once per call: the ideal a batched step reaches when
 //! every weight is read from memory once for all rows (tiles re-read it from cache).
 
@@ -41,6 +43,7 @@ struct Opts {
     vary: bool,
     tensor_cores: bool,
     pipelined: bool,
+    fused: bool,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -56,6 +59,7 @@ fn parse_args() -> Result<Opts, String> {
         vary: false,
         tensor_cores: true,
         pipelined: false,
+        fused: true,
     };
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or(format!("{a} needs a value"));
@@ -74,6 +78,7 @@ fn parse_args() -> Result<Opts, String> {
             "--vary" => o.vary = true,
             "--no-tensor-cores" => o.tensor_cores = false,
             "--pipelined" => o.pipelined = true,
+            "--no-fused" => o.fused = false,
             _ if o.path.is_empty() => o.path = a,
             _ => return Err(format!("unexpected argument {a}")),
         }
@@ -81,7 +86,7 @@ fn parse_args() -> Result<Opts, String> {
     if o.path.is_empty() || o.batches.is_empty() || o.steps == 0 || o.runs == 0 || o.chunk == 0 {
         return Err(
             "usage: bench MODEL.gguf [--batches 1,8,64,256] [--steps N] [--runs N] [--chunk N] [--breakdown] \
-             [--greedy] [--vary] [--no-tensor-cores] [--pipelined]"
+             [--greedy] [--vary] [--no-tensor-cores] [--pipelined] [--no-fused]"
                 .into(),
         );
     }
@@ -177,6 +182,9 @@ fn main() -> Result<(), String> {
     gpu.set_tensor_cores(o.tensor_cores);
     let max_b = *o.batches.iter().max().unwrap_or(&1);
     let mut gm = GpuModel::load(&gpu, &m, max_b, max_b, o.chunk).map_err(|e| e.to_string())?;
+    if !o.fused {
+        gm.set_fused(false);
+    }
     let v = gm.vocab();
     let c = m.config;
     println!(

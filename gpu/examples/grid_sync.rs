@@ -116,7 +116,9 @@ fn main() {
     let w_bytes = 24 * 3072 * 96 * 16u64;
     let w = buf(w_bytes, rw);
     // Non-zero weights: a GPU may compress all-zero pages.
-    let pattern: Vec<u8> = (0..1u32 << 20).flat_map(|i| (0x3c00 ^ (i.wrapping_mul(2_654_435_761) >> 20) as u16).to_le_bytes()).collect();
+    let pattern: Vec<u8> = (0..1u32 << 20)
+        .flat_map(|i| (0x3c00 ^ (i.wrapping_mul(2_654_435_761) >> 20) as u16).to_le_bytes())
+        .collect();
     for off in (0..w_bytes).step_by(pattern.len()) {
         let n = (w_bytes - off).min(pattern.len() as u64) as usize;
         gpu.queue().write_buffer(&w, off, &pattern[..n]);
@@ -134,7 +136,10 @@ fn main() {
             layout: None,
             module,
             entry_point: Some("main"),
-            compilation_options: wgpu::PipelineCompilationOptions { constants: &constants, ..Default::default() },
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &constants,
+                ..Default::default()
+            },
             cache: None,
         });
         let bind = dev.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -171,7 +176,9 @@ fn main() {
             times.push(t.elapsed());
             readback.slice(..).map_async(wgpu::MapMode::Read, |_| {});
             dev.poll(wgpu::PollType::wait_indefinitely()).expect("poll");
-            let words: Vec<u32> = bytemuck::cast_slice::<u8, u32>(&readback.slice(..).get_mapped_range().expect("mapped")).to_vec();
+            let words: Vec<u32> =
+                bytemuck::cast_slice::<u8, u32>(&readback.slice(..).get_mapped_range().expect("mapped"))
+                    .to_vec();
             readback.unmap();
             errors += words[1];
         }
@@ -181,7 +188,12 @@ fn main() {
     };
     let phases = 2001;
     for &n in &sizes {
-        let modes = [(0, false, "barrier"), (0, true, "barrier, @coherent"), (1, false, "matvec + barrier"), (2, false, "matvec only")];
+        let modes = [
+            (0, false, "barrier"),
+            (0, true, "barrier, @coherent"),
+            (1, false, "matvec + barrier"),
+            (2, false, "matvec only"),
+        ];
         for (mode, coherent, name) in modes {
             let (t1, _) = run(n, 1, mode, coherent);
             let (tp, errors) = run(n, phases, mode, coherent);

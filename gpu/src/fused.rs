@@ -1,14 +1,14 @@
 //! The decode step of a single sequence as one persistent dispatch (`shaders/fused_step.wgsl`):
-//! embed, every layer, the LM head and the argmax, with grid-wide barriers between phases
-//! instead of dispatch boundaries. A single stream otherwise pays one boundary per kernel, about
-//! 100 a token for Mamba-130m.
+//! embed and every layer, with grid-wide barriers between phases instead of dispatch
+//! boundaries; the plan's LM head and argmax follow (see the shader). A single stream otherwise
+//! pays one boundary per kernel, about 100 a token for Mamba-130m.
 //!
 //! The kernel indexes every layer's matrices in one binding, so each kind (in_proj, x_proj,
 //! dt_proj, out_proj) is uploaded a second time here with its layers stacked. All P workgroups
 //! must be resident at once; the kernel gives up after [`SPIN`] polls of a barrier, and the
 //! call then fails instead of hanging (see [`FusedStep::record`]).
 
-use crate::weights::{Format, Packed, pack, same_tensor};
+use crate::weights::{Format, Packed, pack};
 use tinystate_engine::arch::mamba::{Config, Mamba};
 use tinystate_engine::tensor::{Matrix, QK};
 use wgpu::util::DeviceExt;
@@ -16,8 +16,7 @@ use wgpu::util::DeviceExt;
 /// Polls of a grid barrier before the kernel gives up (far above any real wait: a barrier takes
 /// about 2 µs of polls on an H200).
 const SPIN: u32 = 1 << 20;
-/// Threads per workgroup unless TINYSTATE_EXP_WGS says otherwise (the shader's WGS: a power of
-/// two, 64 to 1024).
+/// Threads per workgroup (the shader's WGS). 512 and 1024 measured 2–3× slower on an H200.
 const WGS: u32 = 256;
 
 /// How the step is split: P workgroups of WGS threads, each owning CPW channels of d_inner,
@@ -49,17 +48,15 @@ impl Split {
         (groups <= wgs).then_some(Split { wgs, groups, cpw, ch })
     }
 
-    /// One workgroup (devices that may not run several at once: a CPU adapter), else about
-    /// 192 workgroups (H200: the sweep in BENCHMARKS.md).
+    /// One workgroup on a CPU adapter (it may not run several at once), else d_state · CPW =
+    /// WGS: each workgroup's scan takes every thread once (Mamba-130m: 16 channels, 96
+    /// workgroups; 8, 12 and 24 channels measured 1.6–2× slower on an H200, BENCHMARKS.md).
     pub(crate) fn for_device(c: &Config, software: bool) -> Option<Split> {
-        let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse().ok());
-        let wgs = env("TINYSTATE_EXP_WGS").unwrap_or(WGS);
         if software {
-            return Split::new(c, c.d_inner as u32, wgs);
+            return Split::new(c, c.d_inner as u32, WGS);
         }
-        // A chunk's scan takes every thread: CH · d_state = 256.
-        let cpw = env("TINYSTATE_EXP_CPW").unwrap_or((WGS / c.d_state.max(1) as u32).max(4));
-        Split::new(c, cpw, wgs).or_else(|| (4..=64).step_by(4).find_map(|k| Split::new(c, k, wgs)))
+        let cpw = (WGS / c.d_state.max(1) as u32).max(4);
+        Split::new(c, cpw, WGS).or_else(|| (4..=64).step_by(4).find_map(|k| Split::new(c, k, WGS)))
     }
 }
 
@@ -71,8 +68,6 @@ pub(crate) struct FusedStep {
     /// The barrier counter (word 0), the abandon flag (word 1), each workgroup's best logit.
     sync: wgpu::Buffer,
     split: Split,
-    /// Whether the step ends with the LM head and argmax; else it leaves h in `x` for the plan's.
-    head: bool,
 }
 
 /// The buffers of [`crate::GpuModel`] the fused step reads and writes.
@@ -80,15 +75,14 @@ pub(crate) struct Shared<'a> {
     pub smalls: &'a wgpu::Buffer,
     pub meta: &'a wgpu::Buffer,
     pub argmax: &'a wgpu::Buffer,
-    pub logits: &'a wgpu::Buffer,
     pub conv: &'a wgpu::Buffer,
     pub ssm: &'a wgpu::Buffer,
-    /// The hidden states, where the step leaves the final h when the plan runs the LM head.
+    /// The hidden states, where the step leaves the final h for the plan's LM head.
     pub x: &'a wgpu::Buffer,
 }
 
-/// Offsets (floats) of layer 0's small vectors in `smalls`, the stride from one layer to the
-/// next, and norm_f's.
+/// Offsets (floats) of layer 0's small vectors in `smalls` and the stride from one layer to the
+/// next.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct SmallsLayout {
     pub attn_norm: u32,
@@ -98,7 +92,6 @@ pub(crate) struct SmallsLayout {
     pub a: u32,
     pub d: u32,
     pub stride: u32,
-    pub norm_f: u32,
 }
 
 impl FusedStep {
@@ -111,58 +104,61 @@ impl FusedStep {
         model: &Mamba<'_>,
         smalls: SmallsLayout,
         shared: Shared<'_>,
-        head: bool,
     ) -> Result<FusedStep, String> {
         let c = model.config;
         let (d, e) = (c.d_model as u32, c.d_inner as u32);
         if !d.is_multiple_of(4) || !e.is_multiple_of(4) || c.d_conv < 2 {
-            return Err(format!("d_model {d}, d_inner {e} (not multiples of 4?) or d_conv {} (< 2?)", c.d_conv));
+            return Err(format!(
+                "d_model {d}, d_inner {e} (not multiples of 4?) or d_conv {} (< 2?)",
+                c.d_conv
+            ));
         }
         let lim = dev.limits();
-        let tied = same_tensor(&model.embed, &model.output);
-        let mut mats: Vec<(&str, Packed)> = vec![
+        let mats: Vec<(&str, Packed)> = vec![
             ("in", stack(model.layers.iter().map(|l| &l.ssm_in))?),
             ("x", stack(model.layers.iter().map(|l| &l.ssm_x))?),
             ("dt", stack(model.layers.iter().map(|l| &l.ssm_dt))?),
             ("out", stack(model.layers.iter().map(|l| &l.ssm_out))?),
             ("emb", pack(&model.embed).map_err(|e| e.to_string())?),
         ];
-        if !tied {
-            mats.push(("head", pack(&model.output).map_err(|e| e.to_string())?));
-        }
         let limit = lim.max_storage_buffer_binding_size.min(lim.max_buffer_size);
         if let Some((n, p)) = mats.iter().find(|(_, p)| p.data.len() as u64 > limit) {
             return Err(format!("stacked {n} ({} bytes) exceeds the binding limit {limit}", p.data.len()));
         }
         let buffers = mats.iter().map(|(_, p)| p.scales.is_some() as u32 + 1).sum::<u32>() + 8;
         if buffers > lim.max_storage_buffers_per_shader_stage {
-            return Err(format!("{buffers} storage buffers; the device allows {}", lim.max_storage_buffers_per_shader_stage));
+            return Err(format!(
+                "{buffers} storage buffers; the device allows {}",
+                lim.max_storage_buffers_per_shader_stage
+            ));
         }
         let xl = (c.dt_rank + 2 * c.d_state) as u32;
         let x_h = 4;
         let x_part = x_h + d;
         let x_y = x_part + split.groups * xl;
         let words = x_y + e;
-        let wg_bytes = 4 * (2 * d + split.wgs * 3 + 32 + 2 * split.ch + 2 * split.cpw + xl + split.ch + e + 8);
+        let wg_bytes =
+            4 * (2 * d + split.wgs * 3 + 32 + 2 * split.ch + 2 * split.cpw + xl + split.ch + e + 8);
         if wg_bytes > lim.max_compute_workgroup_storage_size {
-            return Err(format!("{wg_bytes} bytes of workgroup memory; the device allows {}", lim.max_compute_workgroup_storage_size));
+            return Err(format!(
+                "{wg_bytes} bytes of workgroup memory; the device allows {}",
+                lim.max_compute_workgroup_storage_size
+            ));
         }
         let header = format!(
             "const D: u32 = {d}u;\nconst E: u32 = {e}u;\nconst NS: u32 = {}u;\nconst R: u32 = {}u;\n\
-             const KC: u32 = {}u;\nconst L: u32 = {}u;\nconst V: u32 = {}u;\nconst XL: u32 = {xl}u;\n\
+             const KC: u32 = {}u;\nconst L: u32 = {}u;\nconst XL: u32 = {xl}u;\n\
              const WGS: u32 = {}u;\nconst P: u32 = {}u;\nconst CPW: u32 = {}u;\nconst CH: u32 = {}u;\n\
              const O_NORM: u32 = {}u;\nconst O_CONVW: u32 = {}u;\nconst O_CONVB: u32 = {}u;\n\
              const O_DTB: u32 = {}u;\nconst O_A: u32 = {}u;\nconst O_D: u32 = {}u;\n\
-             const O_STRIDE: u32 = {}u;\nconst O_NORMF: u32 = {}u;\n\
+             const O_STRIDE: u32 = {}u;\n\
              const X_H: u32 = {x_h}u;\nconst X_PART: u32 = {x_part}u;\nconst X_Y: u32 = {x_y}u;\n\
              const EPS: f32 = {:?};\n\
-             const DBC_RMS: bool = {};\nconst SPIN: u32 = {SPIN}u;\nconst EXP: u32 = {}u;\n\
-             const HEAD: bool = {head};\n",
+             const DBC_RMS: bool = {};\nconst SPIN: u32 = {SPIN}u;\n",
             c.d_state,
             c.dt_rank,
             c.d_conv,
             c.n_layer,
-            c.vocab,
             split.wgs,
             split.groups,
             split.cpw,
@@ -174,22 +170,14 @@ impl FusedStep {
             smalls.a,
             smalls.d,
             smalls.stride,
-            smalls.norm_f,
             c.eps,
             c.dt_b_c_rms,
-            std::env::var("TINYSTATE_EXP_FUSED").ok().and_then(|v| v.parse::<u32>().ok()).unwrap_or(0),
         );
         let mut src = header;
         let mut binding = 8;
         for (name, p) in &mats {
             src.push_str(&loader(p.format, name, binding));
             binding += 2;
-        }
-        if tied {
-            src.push_str(
-                "fn raw_head(r: u32, g: u32, n: u32) -> vec4<u32> { return raw_emb(r, g, n); }\n\
-                 fn cook_head(v: vec4<u32>) -> vec4<f32> { return cook_emb(v); }\n",
-            );
         }
         src.push_str(if subgroups32 { TEAM_SUM_SUBGROUP } else { TEAM_SUM_SHARED });
         src.push_str(include_str!("shaders/fused_step.wgsl"));
@@ -205,12 +193,14 @@ impl FusedStep {
             dev.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
                 size: 4 * u64::from(words),
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_DST
+                    | wgpu::BufferUsages::COPY_SRC,
                 mapped_at_creation: false,
             })
         };
         let xch = scratch("fused xch", words);
-        let sync = scratch("fused sync", 2 + 2 * split.groups);
+        let sync = scratch("fused sync", 2);
         let mut owned = Vec::new();
         let mut at = 8;
         let mut slots = Vec::new();
@@ -228,7 +218,6 @@ impl FusedStep {
             (1, shared.smalls),
             (2, shared.meta),
             (3, shared.argmax),
-            (4, shared.logits),
             (5, shared.conv),
             (6, shared.ssm),
             (7, &sync),
@@ -239,7 +228,10 @@ impl FusedStep {
             .map(|&(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() })
             .collect();
         entries.extend(
-            slots.iter().map(|&(binding, i)| wgpu::BindGroupEntry { binding, resource: owned[i].as_entire_binding() }),
+            slots.iter().map(|&(binding, i)| wgpu::BindGroupEntry {
+                binding,
+                resource: owned[i].as_entire_binding(),
+            }),
         );
         let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
         let bind = dev.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -250,7 +242,7 @@ impl FusedStep {
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(format!("bind group: {e}"));
         }
-        Ok(FusedStep { pipeline, bind, sync, split, head })
+        Ok(FusedStep { pipeline, bind, sync, split })
     }
 
     /// How the step is split.
@@ -258,17 +250,16 @@ impl FusedStep {
         self.split
     }
 
-    /// Whether the step runs the LM head and argmax itself.
-    pub(crate) fn head(&self) -> bool {
-        self.head
-    }
-
     /// Records the step: clears the barrier counter and the abandon flag, runs the dispatch, and
     /// copies the flag (4 bytes) to `flag_to` at `flag_at`, where the caller checks that it is 0.
+    /// The caller records the LM head and argmax after it.
     pub(crate) fn record(&self, enc: &mut wgpu::CommandEncoder, flag_to: &wgpu::Buffer, flag_at: u64) {
         enc.clear_buffer(&self.sync, 0, Some(8));
         {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("fused step"), timestamp_writes: None });
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("fused step"),
+                timestamp_writes: None,
+            });
             pass.set_pipeline(&self.pipeline);
             pass.set_bind_group(0, &self.bind, &[]);
             pass.dispatch_workgroups(self.split.groups, 1, 1);
@@ -341,8 +332,14 @@ fn loader(format: Format, name: &str, binding: u32) -> String {
     const SCALES: &str = "\u{1}";
     format
         .shader()
-        .replace("@binding(2) var<storage, read> w:", &format!("@binding({binding}) var<storage, read> w_{name}:"))
-        .replace("@binding(3) var<storage, read> ws:", &format!("@binding({}) var<storage, read> ws_{name}:", binding + 1))
+        .replace(
+            "@binding(2) var<storage, read> w:",
+            &format!("@binding({binding}) var<storage, read> w_{name}:"),
+        )
+        .replace(
+            "@binding(3) var<storage, read> ws:",
+            &format!("@binding({}) var<storage, read> ws_{name}:", binding + 1),
+        )
         .replace("ws[", SCALES)
         .replace("w[", &format!("w_{name}["))
         .replace(SCALES, &format!("ws_{name}["))
@@ -353,8 +350,12 @@ fn loader(format: Format, name: &str, binding: u32) -> String {
 
 fn pipeline(dev: &wgpu::Device, src: &str) -> Result<wgpu::ComputePipeline, String> {
     let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
-    let desc = wgpu::ShaderModuleDescriptor { label: Some("fused step"), source: wgpu::ShaderSource::Wgsl(src.into()) };
-    let checks = wgpu::ShaderRuntimeChecks { force_loop_bounding: false, ..wgpu::ShaderRuntimeChecks::checked() };
+    let desc = wgpu::ShaderModuleDescriptor {
+        label: Some("fused step"),
+        source: wgpu::ShaderSource::Wgsl(src.into()),
+    };
+    let checks =
+        wgpu::ShaderRuntimeChecks { force_loop_bounding: false, ..wgpu::ShaderRuntimeChecks::checked() };
     // SAFETY: `force_loop_bounding: false` requires that no shader loops forever. Every loop of
     // fused_step.wgsl runs to a compiled-in constant or a halving counter, but for the barrier's
     // poll, which gives up after SPIN polls.

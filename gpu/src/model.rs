@@ -627,7 +627,7 @@ fn smalls(m: &Mamba<'_>) -> (Vec<f32>, Vec<SmallOffs>, u32) {
 /// Layer 0's offsets in [`smalls`] and the stride between layers, when every layer's vectors
 /// are the same distance apart (they are: each layer pushes the same sizes).
 fn smalls_layout(m: &Mamba<'_>) -> Option<SmallsLayout> {
-    let (_, offs, norm_f) = smalls(m);
+    let (_, offs, _) = smalls(m);
     let o = offs.first()?;
     let stride = offs.get(1).map_or(0, |o1| o1.attn_norm - o.attn_norm);
     let regular = offs.iter().enumerate().all(|(l, x)| {
@@ -643,7 +643,6 @@ fn smalls_layout(m: &Mamba<'_>) -> Option<SmallsLayout> {
         a: o.a,
         d: o.d,
         stride,
-        norm_f,
     })
 }
 
@@ -764,7 +763,7 @@ impl GpuModel {
         let small = m.build_plan(&mut b, model, &lim)?;
         m.fused = m.build_fused(gpu, model, &small, software);
         // On a CPU adapter the fused step is one workgroup, one core: only tests turn it on.
-        m.fused_on = m.fused.is_some() && !software && std::env::var_os("TINYSTATE_EXP_NO_FUSED").is_none();
+        m.fused_on = m.fused.is_some() && !software;
         m.grid = b.storage(
             "grid",
             12 * m.plan.len() as u64,
@@ -1077,7 +1076,13 @@ impl GpuModel {
 
     /// The fused single-sequence step (`fused.rs`), or None with the reason logged to stderr
     /// when this device or model cannot run it.
-    fn build_fused(&self, gpu: &Gpu, model: &Mamba<'_>, small: &wgpu::Buffer, software: bool) -> Option<FusedStep> {
+    fn build_fused(
+        &self,
+        gpu: &Gpu,
+        model: &Mamba<'_>,
+        small: &wgpu::Buffer,
+        software: bool,
+    ) -> Option<FusedStep> {
         if !gpu.coherent {
             eprintln!("tinystate-gpu: no fused single-sequence step: no @coherent storage on this device");
             return None;
@@ -1089,13 +1094,11 @@ impl GpuModel {
             smalls: small,
             meta: &a.meta,
             argmax: &a.argmax,
-            logits: &a.logits,
             conv: &self.states.conv,
             ssm: &self.states.ssm,
             x: &a.x,
         };
-        let head = std::env::var_os("TINYSTATE_EXP_FUSED_HEAD").is_some();
-        match FusedStep::new(&gpu.device, gpu.subgroups32, split, model, layout, shared, head) {
+        match FusedStep::new(&gpu.device, gpu.subgroups32, split, model, layout, shared) {
             Ok(f) => Some(f),
             Err(why) => {
                 eprintln!("tinystate-gpu: no fused single-sequence step: {why}");
@@ -1501,9 +1504,9 @@ impl GpuModel {
             let mut enc = self.device.create_command_encoder(&Default::default());
             // The flag lands in the ids' second word: a one-row call reads back only the first.
             f.record(&mut enc, &self.acts.staging[staging], 4);
-            if !f.head() {
-                // The plan's LM head and argmax, on the h the step left in `acts.x`.
-                let head = self.plan.iter().filter(|d| matches!(d.kind, "lm_head" | "argmax"));
+            // The plan's LM head and argmax, on the h the step left in `acts.x`.
+            let head = self.plan.iter().filter(|d| matches!(d.kind, "lm_head" | "argmax"));
+            {
                 let mut pass = enc.begin_compute_pass(&Default::default());
                 for d in head.filter(|d| d.when.runs(&run)) {
                     pass.set_pipeline(&d.pipeline);

@@ -1,6 +1,9 @@
-// One decode step of one sequence in ONE dispatch: embed, every layer, the LM head and the argmax.
-// A single stream otherwise pays a dispatch boundary (≈ 4–7 µs on an H200) for each of ~100
-// dispatches a token; here the P workgroups stay resident and meet at grid-wide barriers
+// Every layer of one sequence's decode step in ONE dispatch: embed, then each layer's in_proj,
+// conv, x_proj, scan and out_proj; the final h goes to `x_out`, where the plan's LM head and
+// argmax dispatches take it (they fill the whole GPU; the same head inside this dispatch, on its
+// P workgroups, took 115 against ~80 µs on an H200). A single stream otherwise pays a dispatch
+// boundary (≈ 4–7 µs on an H200) for each of ~100 dispatches a token; here the P workgroups stay
+// resident and meet at grid-wide barriers
 // (`grid_arrive` / `grid_wait`, ≈ 1.2–1.6 µs at 96–264 workgroups, `examples/grid_sync.rs`), three
 // per layer.
 //
@@ -9,9 +12,8 @@
 //   A  h → RMSNorm → in_proj rows of its channels (x and z) → conv (its windows) → u;
 //      x_proj partial sums over its channels → xch            | barrier
 //   B  sum the P partials (a warp per row, its lanes' loads all in flight) → δ, B, C; Δ, scan (its states), gate → y of its channels → xch | sync
-//   C  y → out_proj rows it owns, h += → xch                   | barrier
-// then the LM head (rows split over all warps) and the argmax (each workgroup's best → xch, sync,
-// workgroup 0 picks). Channel-owned state (conv windows, SSM states) is read and written by its
+//   C  y → out_proj rows it owns, h += → xch (and x_out after the last layer) | barrier
+// Channel-owned state (conv windows, SSM states) is read and written by its
 // owner only; everything that crosses workgroups goes through `xch`.
 //
 // Why `@coherent` on `xch`: plain storage loads may hit a multiprocessor's L1, which the barrier
@@ -24,18 +26,17 @@
 // weights are loaded into registers between the two halves of the barrier that precedes it; the
 // barrier's wait hides their latency.
 //
-// From the header (fused.rs): sizes D, E, NS, R, KC (d_conv), L, V, XL = R + 2·NS, P, CPW, CH
+// From the header (fused.rs): sizes D, E, NS, R, KC (d_conv), L, XL = R + 2·NS, WGS, P, CPW, CH
 // (channels per chunk), the smalls offsets O_*, the xch offsets X_*, EPS, DBC_RMS, SPIN; the
-// loaders raw_*/cook_* for in, x, dt, out, emb, head; team_sum.
+// loaders raw_*/cook_* for in, x, dt, out, emb; team_sum.
 @coherent @group(0) @binding(0) var<storage, read_write> xch: array<f32>;
-// The barrier's counter (0), the abandon flag (1), then each workgroup's best (key, id).
+// The barrier's counter (0) and the abandon flag (1).
 @group(0) @binding(7) var<storage, read_write> sync: array<atomic<u32>>;
-// The final h, for the plan's LM head and argmax dispatches when HEAD is false.
+// The final h (row 0 of the plan's hidden states), for the plan's LM head and argmax.
 @group(0) @binding(20) var<storage, read_write> x_out: array<f32>;
 @group(0) @binding(1) var<storage, read> smalls: array<f32>;
 @group(0) @binding(2) var<storage, read> tokmeta: array<u32>;   // see common.wgsl: row 0 only
-@group(0) @binding(3) var<storage, read_write> ids: array<u32>; // the last call's argmax in, ours out
-@group(0) @binding(4) var<storage, read_write> logits: array<f32>;
+@group(0) @binding(3) var<storage, read> ids: array<u32>;      // the last call's argmax
 @group(0) @binding(5) var<storage, read_write> conv_state: array<f32>; // (slots, L, KC−1, E)
 @group(0) @binding(6) var<storage, read_write> ssm: array<f32>;        // (slots, L, NS, E)
 
@@ -50,8 +51,6 @@ const NCH: u32 = CPW / CH;                  // channel chunks per workgroup
 const IPR: u32 = (2u * CH + WARPS - 1u) / WARPS; // in_proj rows per warp per chunk
 const RPW: u32 = (D + P - 1u) / P;          // d_model rows per workgroup
 const OPW: u32 = (RPW + WARPS - 1u) / WARPS; // … per warp
-const HR: u32 = 4u;                         // LM-head rows per warp per pass
-const HIT: u32 = (V + P * WARPS * HR - 1u) / (P * WARPS * HR);
 const PPL: u32 = (P + 31u) / 32u;           // x_proj partial sums per lane when reducing them
 const XR: u32 = (XL + WARPS - 1u) / WARPS;  // x_proj rows per warp when reducing them
 const XPT: u32 = (XL + WGS - 1u) / WGS;     // x_proj rows per thread for the partial sums
@@ -62,8 +61,6 @@ const XGF: u32 = min(XG, 8u);               // … of them prefetched (all, unle
 const N_D: u32 = (D + WGS - 1u) / WGS;
 const N_DG: u32 = (DG + WGS - 1u) / WGS;
 const N_EG: u32 = (EG + WGS - 1u) / WGS;
-const KEY_NEG_INF: u32 = 0x007fffffu;
-const NO_ID: u32 = 0xffffffffu;
 
 var<workgroup> hs: array<f32, D>;           // the residual stream h
 var<workgroup> xn: array<vec4<f32>, DG>;    // RMSNorm(h) · weights
@@ -75,29 +72,9 @@ var<workgroup> us: array<f32, CPW>;
 var<workgroup> xdb: array<f32, XL>;
 var<workgroup> dts: array<f32, CH>;
 var<workgroup> ys: array<vec4<f32>, EG>;
-var<workgroup> keys: array<u32, WGS>;
-var<workgroup> bids: array<u32, WGS>;
 var<workgroup> abort: u32;
 
 var<private> phase: u32;
-
-fn order_key(x: f32) -> u32 {
-    var b = bitcast<u32>(x);
-    if (b & 0x7fffffffu) > 0x7f800000u {
-        return KEY_NEG_INF;
-    }
-    if b == 0x80000000u {
-        b = 0u;
-    }
-    if (b & 0x80000000u) != 0u {
-        return ~b;
-    }
-    return b | 0x80000000u;
-}
-
-fn beats(ka: u32, ia: u32, kb: u32, ib: u32) -> bool {
-    return ka > kb || (ka == kb && ia < ib);
-}
 
 fn xload(i: u32) -> f32 {
     return xch[i];
@@ -116,9 +93,6 @@ fn xstore(i: u32, v: f32) {
 // wait to the coherent loads of `xch`.
 fn grid_arrive(lid: u32) {
     phase += 1u;
-    if (EXP & 4u) != 0u {
-        return;
-    }
     storageBarrier();
     if lid == 0u {
         atomicAdd(&sync[0], 1u);
@@ -126,10 +100,6 @@ fn grid_arrive(lid: u32) {
 }
 
 fn grid_wait(lid: u32) -> bool {
-    if (EXP & 4u) != 0u {
-        workgroupBarrier();
-        return true;
-    }
     if lid == 0u {
         let goal = P * phase;
         var ok = false;
@@ -427,7 +397,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             for (var k = 0u; k < PPL; k++) {
                 let q = lane + 32u * k;
                 var v = 0.0;
-                if q < P && (EXP & 1u) == 0u {
+                if q < P {
                     v = xload(X_PART + r * P + q);
                 }
                 pv[i * PPL + k] = v;
@@ -537,90 +507,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             if lane == 0u && ri < RPW && w + P * ri < D {
                 let v = hs[w + P * ri] + s;
                 xstore(X_H + w + P * ri, v);
-                if !HEAD && l + 1u == L {
+                if l + 1u == L {
                     x_out[w + P * ri] = v;
                 }
             }
         }
-        grid_arrive(lid);
         if l + 1u < L {
+            grid_arrive(lid);
             wi = fetch_in(l + 1u, base, warp, lane);
             wx = fetch_x(l + 1u, base / 4u, lid);
             cv = fetch_conv(l + 1u, st + E, base + min(lid, CH - 1u));
-        }
-        if !grid_wait(lid) {
-            return;
-        }
-    }
-
-    if !HEAD {
-        return;
-    }
-    // ---- The LM head over RMSNorm(h) · norm_f, each lane 0 keeping its warp's best row.
-    load_norm(lid, O_NORMF);
-    var bk = KEY_NEG_INF;
-    var bi = NO_ID;
-    for (var it = 0u; it < select(HIT, 0u, (EXP & 2u) != 0u); it++) {
-        let r0 = ((it * P + w) * WARPS + warp) * HR;
-        var wv: array<vec4<u32>, HR * GPL_D>;
-        for (var q = 0u; q < HR; q++) {
-            for (var k = 0u; k < GPL_D; k++) {
-                wv[q * GPL_D + k] = raw_head(min(r0 + q, V - 1u), min(lane + 32u * k, DG - 1u), DG);
+            if !grid_wait(lid) {
+                return;
             }
         }
-        for (var q = 0u; q < HR; q++) {
-            var s = 0.0;
-            for (var k = 0u; k < GPL_D; k++) {
-                let g = lane + 32u * k;
-                if g < DG {
-                    s += dot(cook_head(wv[q * GPL_D + k]), xn[g]);
-                }
-            }
-            s = team_sum(s, lid);
-            let r = r0 + q;
-            if lane == 0u && r < V {
-                logits[r] = s;
-                let key = order_key(s);
-                if beats(key, r, bk, bi) {
-                    bk = key;
-                    bi = r;
-                }
-            }
-        }
-    }
-    best_of(lid, bk, bi);
-    if lid == 0u {
-        atomicStore(&sync[2u + 2u * w], keys[0]);
-        atomicStore(&sync[3u + 2u * w], bids[0]);
-    }
-    grid_arrive(lid);
-    if !grid_wait(lid) {
-        return;
-    }
-    if w == 0u {
-        var k = KEY_NEG_INF;
-        var i = NO_ID;
-        if lid < P {
-            k = atomicLoad(&sync[2u + 2u * lid]);
-            i = atomicLoad(&sync[3u + 2u * lid]);
-        }
-        best_of(lid, k, i);
-        if lid == 0u {
-            ids[0] = select(bids[0], 0u, bids[0] == NO_ID);
-        }
-    }
-}
-
-// The best (key, id) of the workgroup's threads ends in keys[0] / bids[0].
-fn best_of(lid: u32, k: u32, i: u32) {
-    keys[lid] = k;
-    bids[lid] = i;
-    workgroupBarrier();
-    for (var s = WGS / 2u; s > 0u; s >>= 1u) {
-        if lid < s && beats(keys[lid + s], bids[lid + s], keys[lid], bids[lid]) {
-            keys[lid] = keys[lid + s];
-            bids[lid] = bids[lid + s];
-        }
-        workgroupBarrier();
     }
 }

@@ -171,6 +171,9 @@ pub struct NnConfig {
     /// Whether the GPU backend may run its GEMMs on tensor cores (`--no-tensor-cores`: no).
     #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
     pub tensor_cores: bool,
+    /// Whether the GPU backend runs one-row decode steps as its fused step (`--no-fused-step`: no).
+    #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
+    pub fused_step: bool,
     /// Where the backends count what they do.
     #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
     pub stats: Arc<NnStats>,
@@ -559,9 +562,20 @@ fn load_gpu(
     config: &NnConfig,
 ) -> Result<Arc<gpu::GpuBackend>, String> {
     let slots = config.slots;
-    let m =
+    let mut m =
         tinystate_gpu::GpuModel::load(gpu, mamba, slots, slots.min(gpu::MAX_BATCH), gpu::MAX_PREFILL_PIECE)
             .map_err(|e| format!("GPU ({slots} state slots): {e}"))?;
+    if !config.fused_step {
+        m.set_fused(false);
+    }
+    match m.fused_workgroups() {
+        Some(p) => tracing::info!(model = %spec.name, workgroups = p, "single-stream decode: the fused step"),
+        None => {
+            // A CPU adapter (lavapipe) keeps the plan: the step would be one workgroup on one core.
+            let why = if config.fused_step { "no fused step on this device" } else { "--no-fused-step" };
+            tracing::info!(model = %spec.name, "single-stream decode: the dispatch plan ({why})");
+        }
+    }
     gpu::GpuBackend::start(&spec.name, m, config.stats.clone(), config.slot_wait)
         .map_err(|e| format!("cannot start the GPU batcher thread: {e}"))
 }
@@ -572,7 +586,8 @@ mod tests {
 
     fn config(backend: BackendChoice, slots: u32) -> NnConfig {
         let slot_wait = std::time::Duration::from_millis(500);
-        NnConfig { backend, slots, slot_wait, tensor_cores: true, stats: Arc::new(NnStats::new()) }
+        let stats = Arc::new(NnStats::new());
+        NnConfig { backend, slots, slot_wait, tensor_cores: true, fused_step: true, stats }
     }
 
     fn load_tiny(file: &str, config: &NnConfig) -> Result<Models, LoadError> {

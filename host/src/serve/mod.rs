@@ -147,6 +147,12 @@ pub struct ServeArgs {
     /// a model whose activations grow past that needs this flag. Also for comparisons.
     #[arg(long)]
     pub no_tensor_cores: bool,
+    /// GPU backend: run a single stream's decode steps through the plan of ~100 dispatches a
+    /// token instead of the fused step (every layer in one dispatch whose workgroups meet at
+    /// grid-wide barriers). For comparisons, or a GPU shared with other work that keeps some of
+    /// the step's workgroups from running at once (the step then fails with a message saying so).
+    #[arg(long)]
+    pub no_fused_step: bool,
     /// Tests only: honour `x-tinystate-test-memory-limit: BYTES` and `x-tinystate-test-fault:
     /// trap` on a request, to make the guest fail on purpose. Never on a public server.
     #[arg(long, hide = true)]
@@ -209,6 +215,7 @@ pub fn run(args: &ServeArgs) -> Result<(), ServeError> {
         slots: args.nn_slots,
         slot_wait: args.nn_slot_wait,
         tensor_cores: !args.no_tensor_cores,
+        fused_step: !args.no_fused_step,
         stats: metrics.nn.clone(),
     };
     let models = Arc::new(crate::nn::Models::load(&args.models, &nn)?);
