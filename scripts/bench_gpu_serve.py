@@ -6,7 +6,7 @@ the same run when asked.
 
 usage: scripts/bench_gpu_serve.py MODEL.gguf [MODEL.gguf …] [--binary target/release/tinystate]
            [--guest NN.wasm] [--concurrency 1,8,64,256] [--max-tokens 64] [--rounds 2] [--hey hey]
-           [--peer PATH.py]
+           [--peer PATH.py] [--serve-arg=ARG …]
 
 The binary must embed an nn guest built for the models' tokenizer (host/build.rs builds it from
 `TINYSTATE_MODEL`; the server refuses a model whose tokenizer differs). For each model: one
@@ -89,6 +89,8 @@ def main():
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--hey", default="hey")
     p.add_argument("--peer", help="shared/peers/torch_mamba_graph.py, run after ours")
+    p.add_argument("--serve-arg", action="append", default=[],
+                   help="one more argument for `tinystate serve`, repeatable (--serve-arg=--no-fused-step)")
     a = p.parse_args()
     concs = [int(c) for c in a.concurrency.split(",")]
     rows = []
@@ -99,7 +101,7 @@ def main():
             # last one has been reset and freed by the batcher.
             ["--model", f"bench={model}", "--backend", "gpu", "--nn-slots", str(max(concs) + 16),
              "--max-concurrency", str(max(concs) + 8), "--timeout", "600s",
-             *(["--guest", a.guest] if a.guest else [])], binary=a.binary)
+             *(["--guest", a.guest] if a.guest else []), *a.serve_arg], binary=a.binary)
         try:
             single = bench_serve.guest_decode(host, port, "bench", 256)
             print(f"{Path(model).name}: single stream {single:.1f} tok/s", file=sys.stderr)

@@ -23,6 +23,9 @@
 //! argmax                   ids (n_out,)          = the highest logit's index per row
 //! ```
 //! so a small call is 4·n_layer + 4 dispatches and a GEMM call 6·n_layer + 5, in one submission.
+//! A call of one sequence's one token runs, where the device can ([`GpuModel::set_fused`]), as
+//! the fused step instead (`fused.rs`: embed and every layer in one dispatch) followed by the
+//! plan's LM head and argmax.
 //! Every call reads back the ids (4 bytes a row: the greedy token); only the logits rows the
 //! caller asks for are copied back too ([`StepRow::logits`], [`GpuModel::prefill`]).
 //! Each sequence's token rows are described by a small table (`meta`, see
