@@ -8,6 +8,7 @@
 //! must be resident at once; the kernel gives up after [`SPIN`] polls of a barrier, and the
 //! call then fails instead of hanging (see [`FusedStep::record`]).
 
+use crate::kernels::compile;
 use crate::weights::{Format, Packed, pack};
 use tinystate_engine::arch::mamba::{Config, Mamba};
 use tinystate_engine::tensor::{Matrix, QK};
@@ -181,7 +182,7 @@ impl FusedStep {
         }
         src.push_str(if subgroups32 { TEAM_SUM_SUBGROUP } else { TEAM_SUM_SHARED });
         src.push_str(include_str!("shaders/fused_step.wgsl"));
-        let pipeline = pipeline(dev, &src)?;
+        let pipeline = compile(dev, "fused step", &src).map_err(|e| format!("pipeline: {e}"))?;
         let init = |label: &str, bytes: &[u8]| {
             dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(label),
@@ -346,33 +347,4 @@ fn loader(format: Format, name: &str, binding: u32) -> String {
         .replace("fn load_w(", &format!("fn load_{name}("))
         .replace("fn raw_w(", &format!("fn raw_{name}("))
         .replace("fn cook_w(", &format!("fn cook_{name}("))
-}
-
-fn pipeline(dev: &wgpu::Device, src: &str) -> Result<wgpu::ComputePipeline, String> {
-    let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
-    let desc = wgpu::ShaderModuleDescriptor {
-        label: Some("fused step"),
-        source: wgpu::ShaderSource::Wgsl(src.into()),
-    };
-    let checks =
-        wgpu::ShaderRuntimeChecks { force_loop_bounding: false, ..wgpu::ShaderRuntimeChecks::checked() };
-    // SAFETY: `force_loop_bounding: false` requires that no shader loops forever. Every loop of
-    // fused_step.wgsl runs to a compiled-in constant or a halving counter, but for the barrier's
-    // poll, which gives up after SPIN polls.
-    let module = unsafe { dev.create_shader_module_trusted(desc, checks) };
-    let pipe = dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some("fused step"),
-        layout: None,
-        module: &module,
-        entry_point: Some("main"),
-        compilation_options: wgpu::PipelineCompilationOptions {
-            zero_initialize_workgroup_memory: false,
-            ..Default::default()
-        },
-        cache: None,
-    });
-    match pollster::block_on(scope.pop()) {
-        Some(e) => Err(format!("pipeline: {e}")),
-        None => Ok(pipe),
-    }
 }

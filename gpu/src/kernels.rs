@@ -505,7 +505,6 @@ impl Pipelines {
         if let Some(p) = self.map.get(&(op, f, spec)) {
             return Ok(p.clone());
         }
-        let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
         let label = match spec {
             Spec::Mv(s) => format!("{op:?}/{f:?}/{}x{}", s.rows, s.cols),
             Spec::Gemm(s) => {
@@ -513,37 +512,45 @@ impl Pipelines {
             }
             _ => format!("{op:?}/{f:?}"),
         };
-        let desc = wgpu::ShaderModuleDescriptor {
-            label: Some(&label),
-            source: wgpu::ShaderSource::Wgsl(source(op, f, spec).into()),
-        };
-        // Bounds checks stay on. Loop bounding (a counter wgpu adds to every loop so that an
-        // untrusted shader cannot hang the GPU) is off: it keeps the driver from unrolling our
-        // constant-count loops and cost 40% of a decode step on an H200 (1.25 vs 2.03 ms).
-        let checks =
-            wgpu::ShaderRuntimeChecks { force_loop_bounding: false, ..wgpu::ShaderRuntimeChecks::checked() };
-        // SAFETY: `force_loop_bounding: false` requires that no shader loops forever. Every loop
-        // in shaders/ runs to a compiled-in constant, a uniform size the host checked (call
-        // sizes, matrix shapes), or a halving counter (`h >>= 1`); none waits on another thread.
-        let module = unsafe { dev.create_shader_module_trusted(desc, checks) };
-        let pipe = dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(&label),
-            layout: None,
-            module: &module,
-            entry_point: Some("main"),
-            // Every kernel writes its workgroup memory before reading it, so the zero fill WGSL
-            // semantics would otherwise add at the start of every workgroup is wasted work.
-            compilation_options: wgpu::PipelineCompilationOptions {
-                zero_initialize_workgroup_memory: false,
-                ..Default::default()
-            },
-            cache: None,
-        });
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(GpuError::Unsupported { what: format!("pipeline {label}: {e}") });
-        }
+        let pipe = compile(dev, &label, &source(op, f, spec))
+            .map_err(|e| GpuError::Unsupported { what: format!("pipeline {label}: {e}") })?;
         self.map.insert((op, f, spec), pipe.clone());
         Ok(pipe)
+    }
+}
+
+/// Compiles WGSL `src` (entry point `main`) into a compute pipeline; the device's validation
+/// error, if any, as text.
+pub(crate) fn compile(dev: &wgpu::Device, label: &str, src: &str) -> Result<wgpu::ComputePipeline, String> {
+    let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
+    let desc =
+        wgpu::ShaderModuleDescriptor { label: Some(label), source: wgpu::ShaderSource::Wgsl(src.into()) };
+    // Bounds checks stay on. Loop bounding (a counter wgpu adds to every loop so that an
+    // untrusted shader cannot hang the GPU) is off: it keeps the driver from unrolling our
+    // constant-count loops and cost 40% of a decode step on an H200 (1.25 vs 2.03 ms).
+    let checks =
+        wgpu::ShaderRuntimeChecks { force_loop_bounding: false, ..wgpu::ShaderRuntimeChecks::checked() };
+    // SAFETY: `force_loop_bounding: false` requires that no shader loops forever. Every loop in
+    // shaders/ runs to a compiled-in constant, a uniform size the host checked (call sizes,
+    // matrix shapes), or a halving counter (`h >>= 1`); the one that waits on other threads,
+    // fused_step.wgsl's barrier poll, gives up after a compiled-in number of polls.
+    let module = unsafe { dev.create_shader_module_trusted(desc, checks) };
+    let pipe = dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(label),
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        // Every kernel writes its workgroup memory before reading it, so the zero fill WGSL
+        // semantics would otherwise add at the start of every workgroup is wasted work.
+        compilation_options: wgpu::PipelineCompilationOptions {
+            zero_initialize_workgroup_memory: false,
+            ..Default::default()
+        },
+        cache: None,
+    });
+    match pollster::block_on(scope.pop()) {
+        Some(e) => Err(e.to_string()),
+        None => Ok(pipe),
     }
 }
 

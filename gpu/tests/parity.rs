@@ -130,6 +130,19 @@ fn load_fixture(config: &str, ty: &str) -> Aligned {
     Aligned::read(&repo(&format!("engine/tests/fixtures/parity/{config}/model-{ty}.gguf")))
 }
 
+/// Runs `f` on every parity fixture (config, weight type), its model loaded, with the fixture's
+/// token ids.
+fn each_fixture(mut f: impl FnMut(&str, &str, &Mamba<'_>, &[TokenId])) {
+    for config in CONFIGS {
+        let base = fixture_tokens(config);
+        for ty in TYPES {
+            let file = load_fixture(config, ty);
+            let g = Gguf::parse(file.bytes()).unwrap();
+            f(config, ty, &Mamba::load(&g).unwrap(), &base);
+        }
+    }
+}
+
 /// Steps `streams` (one slot each, slots 0..) in lockstep at batch streams.len(); returns max |Δ|.
 /// Checks each row's argmax against its logits too.
 fn step_streams(
@@ -163,23 +176,17 @@ fn step_streams(
 fn decode_steps_match_cpu_at_batch_1_and_3() {
     let Some(gpu) = gpu() else { return };
     eprintln!("adapter: {}", gpu.describe());
-    for config in CONFIGS {
-        let base = fixture_tokens(config);
-        for ty in TYPES {
-            let file = load_fixture(config, ty);
-            let g = Gguf::parse(file.bytes()).unwrap();
-            let m = Mamba::load(&g).unwrap();
-            let mut gm = GpuModel::load(&gpu, &m, 4, 3, 8).unwrap();
-            let streams: Vec<_> = (0..3).map(|k| stream(&base, k, m.config.vocab)).collect();
-            let what = format!("{config}/{ty}");
-            let d3 = step_streams(&mut gm, &m, &streams, base.len(), tol(ty), &format!("{what} B=3"));
-            // Batch 1 on a slot that has not run yet, then on a reset one.
-            let one = [stream(&base, 5, m.config.vocab)];
-            gm.reset(SlotId(0)).unwrap();
-            let d1 = step_streams(&mut gm, &m, &one, base.len(), tol(ty), &format!("{what} B=1 after reset"));
-            eprintln!("{what}: decode max |Δ| vs CPU: B=3 {d3:.2e}, B=1 {d1:.2e}");
-        }
-    }
+    each_fixture(|config, ty, m, base| {
+        let mut gm = GpuModel::load(&gpu, m, 4, 3, 8).unwrap();
+        let streams: Vec<_> = (0..3).map(|k| stream(base, k, m.config.vocab)).collect();
+        let what = format!("{config}/{ty}");
+        let d3 = step_streams(&mut gm, m, &streams, base.len(), tol(ty), &format!("{what} B=3"));
+        // Batch 1 on a slot that has not run yet, then on a reset one.
+        let one = [stream(base, 5, m.config.vocab)];
+        gm.reset(SlotId(0)).unwrap();
+        let d1 = step_streams(&mut gm, m, &one, base.len(), tol(ty), &format!("{what} B=1 after reset"));
+        eprintln!("{what}: decode max |Δ| vs CPU: B=3 {d3:.2e}, B=1 {d1:.2e}");
+    });
 }
 
 /// Reference logits from `engine/tests/fixtures/make_fixtures.py`: transformers in float64 on
@@ -193,77 +200,60 @@ fn transformers_logits(config: &str, ty: &str) -> Vec<f32> {
 #[test]
 fn matches_transformers_on_the_same_weights() {
     let Some(gpu) = gpu() else { return };
-    for config in CONFIGS {
-        let base = fixture_tokens(config);
-        for ty in TYPES {
-            let file = load_fixture(config, ty);
-            let g = Gguf::parse(file.bytes()).unwrap();
-            let m = Mamba::load(&g).unwrap();
-            let v = m.config.vocab;
-            let hf = transformers_logits(config, ty);
-            let mut gm = GpuModel::load(&gpu, &m, 1, 1, 8).unwrap();
-            let mut out = vec![0.0; v];
-            let mut id = [TokenId(0)];
-            let mut worst = 0.0f32;
-            for (pos, &t) in base.iter().enumerate() {
-                gm.step(&rows_of(&[(SlotId(0), t)]), &mut id, &mut out).unwrap();
-                let what = format!("{config}/{ty} pos {pos} vs transformers");
-                worst = worst.max(check(&what, &out, &hf[pos * v..(pos + 1) * v], 1e-4));
-            }
-            eprintln!("{config}/{ty}: max |Δ| vs transformers (float64, same weights) {worst:.2e}");
+    each_fixture(|config, ty, m, base| {
+        let v = m.config.vocab;
+        let hf = transformers_logits(config, ty);
+        let mut gm = GpuModel::load(&gpu, m, 1, 1, 8).unwrap();
+        let mut out = vec![0.0; v];
+        let mut id = [TokenId(0)];
+        let mut worst = 0.0f32;
+        for (pos, &t) in base.iter().enumerate() {
+            gm.step(&rows_of(&[(SlotId(0), t)]), &mut id, &mut out).unwrap();
+            let what = format!("{config}/{ty} pos {pos} vs transformers");
+            worst = worst.max(check(&what, &out, &hf[pos * v..(pos + 1) * v], 1e-4));
         }
-    }
+        eprintln!("{config}/{ty}: max |Δ| vs transformers (float64, same weights) {worst:.2e}");
+    });
 }
 
 #[test]
 fn chunked_prefill_matches_cpu_interleaved_with_steps() {
     let Some(gpu) = gpu() else { return };
-    for config in CONFIGS {
-        let base = fixture_tokens(config);
-        for ty in TYPES {
-            let file = load_fixture(config, ty);
-            let g = Gguf::parse(file.bytes()).unwrap();
-            let m = Mamba::load(&g).unwrap();
-            let v = m.config.vocab;
-            let mut gm = GpuModel::load(&gpu, &m, 3, 2, 64).unwrap();
-            let allowed = tol_on(&gpu, ty);
-            for chunk in [1, 5, 64] {
-                let what = format!("{config}/{ty} chunk {chunk}");
-                let mut worst = 0.0f32;
-                for s in 0..3 {
-                    gm.reset(SlotId(s)).unwrap();
-                }
-                // Slot 1 prefills; slots 0 and 2 decode their own streams between its chunks.
-                let others = [stream(&base, 1, v), stream(&base, 2, v)];
-                let mut cpu_others: Vec<_> = others.iter().map(|_| CpuDecoder::new(&m, 1)).collect();
-                let mut out = vec![0.0; v];
-                let mut out2 = vec![0.0; 2 * v];
-                let mut ids = [TokenId(0); 2];
-                for (i, piece) in base.chunks(chunk).enumerate() {
-                    let id = gm.prefill(SlotId(1), piece, Some(&mut out)).unwrap();
-                    check_argmax(&format!("{what} piece {i}"), id, &out);
-                    let rows = rows_of(&[(SlotId(0), others[0][i]), (SlotId(2), others[1][i])]);
-                    gm.step(&rows, &mut ids, &mut out2).unwrap();
-                    for k in 0..2 {
-                        let want = cpu_others[k].feed(&[others[k][i]]).unwrap();
-                        check(
-                            &format!("{what} other {k} step {i}"),
-                            &out2[k * v..(k + 1) * v],
-                            want,
-                            allowed,
-                        );
-                    }
-                }
-                let mut cpu = CpuDecoder::new(&m, 64);
-                worst = worst.max(check(&format!("{what} last"), &out, cpu.feed(&base).unwrap(), allowed));
-                // The state after the prefill continues like the CPU's.
-                let next = TokenId(3);
-                gm.prefill(SlotId(1), &[next], Some(&mut out)).unwrap();
-                worst = worst.max(check(&format!("{what} next"), &out, cpu.feed(&[next]).unwrap(), allowed));
-                eprintln!("{what}: prefill max |Δ| vs CPU {worst:.2e}");
+    each_fixture(|config, ty, m, base| {
+        let v = m.config.vocab;
+        let mut gm = GpuModel::load(&gpu, m, 3, 2, 64).unwrap();
+        let allowed = tol_on(&gpu, ty);
+        for chunk in [1, 5, 64] {
+            let what = format!("{config}/{ty} chunk {chunk}");
+            let mut worst = 0.0f32;
+            for s in 0..3 {
+                gm.reset(SlotId(s)).unwrap();
             }
+            // Slot 1 prefills; slots 0 and 2 decode their own streams between its chunks.
+            let others = [stream(base, 1, v), stream(base, 2, v)];
+            let mut cpu_others: Vec<_> = others.iter().map(|_| CpuDecoder::new(m, 1)).collect();
+            let mut out = vec![0.0; v];
+            let mut out2 = vec![0.0; 2 * v];
+            let mut ids = [TokenId(0); 2];
+            for (i, piece) in base.chunks(chunk).enumerate() {
+                let id = gm.prefill(SlotId(1), piece, Some(&mut out)).unwrap();
+                check_argmax(&format!("{what} piece {i}"), id, &out);
+                let rows = rows_of(&[(SlotId(0), others[0][i]), (SlotId(2), others[1][i])]);
+                gm.step(&rows, &mut ids, &mut out2).unwrap();
+                for k in 0..2 {
+                    let want = cpu_others[k].feed(&[others[k][i]]).unwrap();
+                    check(&format!("{what} other {k} step {i}"), &out2[k * v..(k + 1) * v], want, allowed);
+                }
+            }
+            let mut cpu = CpuDecoder::new(m, 64);
+            worst = worst.max(check(&format!("{what} last"), &out, cpu.feed(base).unwrap(), allowed));
+            // The state after the prefill continues like the CPU's.
+            let next = TokenId(3);
+            gm.prefill(SlotId(1), &[next], Some(&mut out)).unwrap();
+            worst = worst.max(check(&format!("{what} next"), &out, cpu.feed(&[next]).unwrap(), allowed));
+            eprintln!("{what}: prefill max |Δ| vs CPU {worst:.2e}");
         }
-    }
+    });
 }
 
 #[test]
@@ -591,39 +581,33 @@ fn calls_in_flight_refuse_misuse() {
 #[test]
 fn the_fused_step_matches_cpu_and_takes_greedy_feeds() {
     let Some(gpu) = gpu() else { return };
-    for config in CONFIGS {
-        let base = fixture_tokens(config);
-        for ty in TYPES {
-            let file = load_fixture(config, ty);
-            let g = Gguf::parse(file.bytes()).unwrap();
-            let m = Mamba::load(&g).unwrap();
-            let v = m.config.vocab;
-            let mut gm = GpuModel::load(&gpu, &m, 2, 2, 8).unwrap();
-            assert!(gm.set_fused(true), "{config}/{ty}: the fused step is unavailable");
-            let what = format!("{config}/{ty} fused");
-            let one = [stream(&base, 2, v)];
-            let d = step_streams(&mut gm, &m, &one, base.len(), tol(ty), &what);
-            // Greedy feeds: each call takes the last one's argmax on the GPU, two in flight.
-            let mut cpu = CpuDecoder::new(&m, 1);
-            let mut want = sampler::argmax(cpu.feed(&[base[0]]).unwrap());
-            let (mut id, mut out) = ([TokenId(0)], vec![0.0; v]);
-            gm.reset(SlotId(1)).unwrap();
-            let row = |token: Feed| [StepRow { slot: SlotId(1), token, logits: true }];
-            gm.submit(None, &row(Feed::Token(base[0]))).unwrap();
-            for pos in 0..6 {
-                gm.submit(None, &row(Feed::Greedy(0))).unwrap();
-                gm.finish(&mut id, &mut out).unwrap();
-                assert_eq!(id[0], want, "{what}: greedy token {pos}");
-                let logits = cpu.feed(&[want]).unwrap();
-                want = sampler::argmax(logits);
-                if pos < 5 {
-                    continue;
-                }
-                gm.finish(&mut id, &mut out).unwrap();
-                check(&format!("{what} greedy feed"), &out, logits, tol(ty));
-                assert_eq!(id[0], want);
+    each_fixture(|config, ty, m, base| {
+        let v = m.config.vocab;
+        let mut gm = GpuModel::load(&gpu, m, 2, 2, 8).unwrap();
+        assert!(gm.set_fused(true), "{config}/{ty}: the fused step is unavailable");
+        let what = format!("{config}/{ty} fused");
+        let one = [stream(base, 2, v)];
+        let d = step_streams(&mut gm, m, &one, base.len(), tol(ty), &what);
+        // Greedy feeds: each call takes the last one's argmax on the GPU, two in flight.
+        let mut cpu = CpuDecoder::new(m, 1);
+        let mut want = sampler::argmax(cpu.feed(&[base[0]]).unwrap());
+        let (mut id, mut out) = ([TokenId(0)], vec![0.0; v]);
+        gm.reset(SlotId(1)).unwrap();
+        let row = |token: Feed| [StepRow { slot: SlotId(1), token, logits: true }];
+        gm.submit(None, &row(Feed::Token(base[0]))).unwrap();
+        for pos in 0..6 {
+            gm.submit(None, &row(Feed::Greedy(0))).unwrap();
+            gm.finish(&mut id, &mut out).unwrap();
+            assert_eq!(id[0], want, "{what}: greedy token {pos}");
+            let logits = cpu.feed(&[want]).unwrap();
+            want = sampler::argmax(logits);
+            if pos < 5 {
+                continue;
             }
-            eprintln!("{what}: B=1 max |Δ| vs CPU {d:.2e}");
+            gm.finish(&mut id, &mut out).unwrap();
+            check(&format!("{what} greedy feed"), &out, logits, tol(ty));
+            assert_eq!(id[0], want);
         }
-    }
+        eprintln!("{what}: B=1 max |Δ| vs CPU {d:.2e}");
+    });
 }
