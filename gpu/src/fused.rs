@@ -3,14 +3,16 @@
 //! boundaries; the plan's LM head and argmax follow (see the shader). A single stream otherwise
 //! pays one boundary per kernel, about 100 a token for Mamba-130m.
 //!
-//! The kernel indexes every layer's matrices in one binding, so each kind (in_proj, x_proj,
-//! dt_proj, out_proj) is uploaded a second time here with its layers stacked. All P workgroups
+//! The kernel indexes every layer's matrices in one binding, so it reads each kind (in_proj,
+//! x_proj, dt_proj, out_proj) as one buffer with its layers stacked: the plan's own buffer when
+//! the plan could stack them (each layer's slice aligned for a binding offset), else a copy made
+//! here. The embedding is the plan's. All P workgroups
 //! must be resident at once; the kernel gives up after [`SPIN`] polls of a barrier, and the
 //! call then fails instead of hanging (see [`FusedStep::record`]).
 
 use crate::kernels::compile;
 use crate::weights::{Format, Packed, pack};
-use tinystate_engine::arch::mamba::{Config, Mamba};
+use tinystate_engine::arch::mamba::{Config, Layer, Mamba};
 use tinystate_engine::tensor::{Matrix, QK};
 use wgpu::util::DeviceExt;
 
@@ -71,6 +73,17 @@ pub(crate) struct FusedStep {
     split: Split,
 }
 
+/// A matrix on the GPU as the shader's loaders read it: one matrix, or every layer's rows
+/// stacked (layer l's row r is row l · rows + r).
+pub(crate) struct Stacked {
+    /// Storage format.
+    pub format: Format,
+    /// Values or quants.
+    pub data: wgpu::Buffer,
+    /// f16 block scales (quantised formats).
+    pub scales: Option<wgpu::Buffer>,
+}
+
 /// The buffers of [`crate::GpuModel`] the fused step reads and writes.
 pub(crate) struct Shared<'a> {
     pub smalls: &'a wgpu::Buffer,
@@ -105,6 +118,7 @@ impl FusedStep {
         model: &Mamba<'_>,
         smalls: SmallsLayout,
         shared: Shared<'_>,
+        (layers, emb): (Option<[Stacked; 4]>, Stacked),
     ) -> Result<FusedStep, String> {
         let c = model.config;
         let (d, e) = (c.d_model as u32, c.d_inner as u32);
@@ -115,17 +129,12 @@ impl FusedStep {
             ));
         }
         let lim = dev.limits();
-        let mats: Vec<(&str, Packed)> = vec![
-            ("in", stack(model.layers.iter().map(|l| &l.ssm_in))?),
-            ("x", stack(model.layers.iter().map(|l| &l.ssm_x))?),
-            ("dt", stack(model.layers.iter().map(|l| &l.ssm_dt))?),
-            ("out", stack(model.layers.iter().map(|l| &l.ssm_out))?),
-            ("emb", pack(&model.embed).map_err(|e| e.to_string())?),
-        ];
-        let limit = lim.max_storage_buffer_binding_size.min(lim.max_buffer_size);
-        if let Some((n, p)) = mats.iter().find(|(_, p)| p.data.len() as u64 > limit) {
-            return Err(format!("stacked {n} ({} bytes) exceeds the binding limit {limit}", p.data.len()));
-        }
+        let layers = match layers {
+            Some(l) => l,
+            None => upload_stacks(dev, model)?,
+        };
+        let mats: Vec<(&str, Stacked)> =
+            ["in", "x", "dt", "out"].into_iter().zip(layers).chain([("emb", emb)]).collect();
         let buffers = mats.iter().map(|(_, p)| p.scales.is_some() as u32 + 1).sum::<u32>() + 8;
         if buffers > lim.max_storage_buffers_per_shader_stage {
             return Err(format!(
@@ -183,13 +192,6 @@ impl FusedStep {
         src.push_str(if subgroups32 { TEAM_SUM_SUBGROUP } else { TEAM_SUM_SHARED });
         src.push_str(include_str!("shaders/fused_step.wgsl"));
         let pipeline = compile(dev, "fused step", &src).map_err(|e| format!("pipeline: {e}"))?;
-        let init = |label: &str, bytes: &[u8]| {
-            dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytes,
-                usage: wgpu::BufferUsages::STORAGE,
-            })
-        };
         let scratch = |label, words: u32| {
             dev.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
@@ -202,17 +204,11 @@ impl FusedStep {
         };
         let xch = scratch("fused xch", words);
         let sync = scratch("fused sync", 2);
-        let mut owned = Vec::new();
-        let mut at = 8;
-        let mut slots = Vec::new();
-        for (name, p) in &mats {
-            owned.push(init(name, &p.data));
-            slots.push((at, owned.len() - 1));
-            if let Some(s) = &p.scales {
-                owned.push(init(name, s));
-                slots.push((at + 1, owned.len() - 1));
-            }
-            at += 2;
+        let mut weights = Vec::new();
+        for (i, (_, p)) in mats.iter().enumerate() {
+            let at = 8 + 2 * i as u32;
+            weights.push((at, &p.data));
+            weights.extend(p.scales.as_ref().map(|s| (at + 1, s)));
         }
         let fixed = [
             (0, &xch),
@@ -229,10 +225,9 @@ impl FusedStep {
             .map(|&(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() })
             .collect();
         entries.extend(
-            slots.iter().map(|&(binding, i)| wgpu::BindGroupEntry {
-                binding,
-                resource: owned[i].as_entire_binding(),
-            }),
+            weights
+                .iter()
+                .map(|&(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() }),
         );
         let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
         let bind = dev.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -294,10 +289,47 @@ fn team_sum(v: f32, lid: u32) -> f32 {
 }
 ";
 
+/// One kind of a layer's matrix.
+pub(crate) type LayerMatrix = for<'l, 'a> fn(&'l Layer<'a>) -> &'l Matrix<'a>;
+
+/// The layer matrices the fused step reads stacked, in its binding order, with their names.
+pub(crate) const LAYER_KINDS: [(&str, LayerMatrix); 4] = [
+    ("ssm_in", |l| &l.ssm_in),
+    ("ssm_x", |l| &l.ssm_x),
+    ("ssm_dt", |l| &l.ssm_dt),
+    ("ssm_out", |l| &l.ssm_out),
+];
+
+/// in_proj, x_proj, dt_proj and out_proj, each kind's layers stacked and uploaded (for a model
+/// whose layer slices the plan could not bind from one buffer).
+fn upload_stacks(dev: &wgpu::Device, model: &Mamba<'_>) -> Result<[Stacked; 4], String> {
+    let lim = dev.limits();
+    let limit = lim.max_storage_buffer_binding_size.min(lim.max_buffer_size);
+    let mut out = Vec::new();
+    for (_, kind) in LAYER_KINDS {
+        let p = stack(model.layers.iter().map(kind))?;
+        if p.data.len() as u64 > limit {
+            return Err(format!(
+                "a stacked matrix ({} bytes) exceeds the binding limit {limit}",
+                p.data.len()
+            ));
+        }
+        let init = |bytes: &[u8]| {
+            dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("fused stacked weights"),
+                contents: bytes,
+                usage: wgpu::BufferUsages::STORAGE,
+            })
+        };
+        out.push(Stacked { format: p.format, data: init(&p.data), scales: p.scales.as_deref().map(init) });
+    }
+    out.try_into().map_err(|_| "four kinds".to_string())
+}
+
 /// Every layer's matrix of one kind, packed as one matrix of n_layer · rows rows (the kernel
 /// reads layer l's row r as row l · rows + r). Quantised blocks stay in order, so their scales
 /// concatenate without the per-matrix padding to whole words.
-fn stack<'m, 'a: 'm>(mats: impl Iterator<Item = &'m Matrix<'a>>) -> Result<Packed, String> {
+pub(crate) fn stack<'m, 'a: 'm>(mats: impl Iterator<Item = &'m Matrix<'a>>) -> Result<Packed, String> {
     let mut out: Option<Packed> = None;
     let mut scale_bytes = Vec::new();
     for m in mats {

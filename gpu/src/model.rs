@@ -33,7 +33,7 @@
 //! scan kernel, which runs after every reader, shifts it.
 
 use crate::device::{ErrorSlot, Gpu};
-use crate::fused::{FusedStep, Shared, SmallsLayout, Split};
+use crate::fused::{FusedStep, LAYER_KINDS, Shared, SmallsLayout, Split, Stacked, stack};
 use crate::kernels::{
     ARGMAX_PARTS, ArgmaxParams, COOP_SMALL_TOKENS, ConvParams, EmbedParams, GEMM_MIN_TOKENS, GemmKernel,
     GemmParams, GemmShape, LEAD_SCAN_CHANNELS, MM_TOKENS, MvParams, MvShape, NormParams, Op, Pipelines, Run,
@@ -323,13 +323,37 @@ struct States {
     ssm_slot: u64,
 }
 
+/// What the fused step takes from the plan's weights: the layer stacks (when every kind could
+/// stack) and the embedding.
+type FusedWeights = (Option<[Stacked; 4]>, Stacked);
+
+/// A range of a buffer: a whole buffer, or one layer's slice of a stacked matrix.
+#[derive(Clone)]
+struct Slice {
+    buf: wgpu::Buffer,
+    offset: u64,
+    size: u64,
+}
+
+impl Slice {
+    fn whole(buf: wgpu::Buffer) -> Slice {
+        let size = buf.size();
+        Slice { buf, offset: 0, size }
+    }
+
+    fn binding(&self) -> wgpu::BindingResource<'_> {
+        let size = wgpu::BufferSize::new(self.size);
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &self.buf, offset: self.offset, size })
+    }
+}
+
 /// One uploaded matrix.
 struct GpuMatrix {
     format: Format,
     rows: u32,
     groups: u32,
-    data: wgpu::Buffer,
-    scales: Option<wgpu::Buffer>,
+    data: Slice,
+    scales: Option<Slice>,
 }
 
 /// Offsets (in floats) of one layer's small f32 vectors inside the `smalls` buffer.
@@ -433,11 +457,50 @@ impl Builder<'_> {
     fn matrix(&self, what: &str, m: &Matrix<'_>) -> Result<GpuMatrix, GpuError> {
         let Packed { format, rows, groups, data, scales } = pack(m)?;
         let usage = wgpu::BufferUsages::STORAGE;
-        let data = self.init(what, &data, usage)?;
-        let scales = scales.map(|s| self.init(what, &s, usage)).transpose()?;
+        let data = Slice::whole(self.init(what, &data, usage)?);
+        let scales = scales.map(|s| self.init(what, &s, usage).map(Slice::whole)).transpose()?;
         let rows = u32::try_from(rows)
             .map_err(|_| GpuError::TooLarge { what: what.into(), limit: u32::MAX.into() })?;
         Ok(GpuMatrix { format, rows, groups: groups as u32, data, scales })
+    }
+
+    /// Every layer's matrix of one kind (`mats`, one per layer) in one buffer, layer after layer,
+    /// each layer a slice of it, and the stacked buffers for the fused step; or, when a layer's
+    /// bytes are not a multiple of the device's binding-offset alignment (or the stack exceeds
+    /// the binding limit), a buffer per layer and None.
+    fn layer_stack(
+        &self,
+        what: &str,
+        mats: &[&Matrix<'_>],
+    ) -> Result<(Vec<GpuMatrix>, Option<Stacked>), GpuError> {
+        let align = u64::from(self.dev.limits().min_storage_buffer_offset_alignment);
+        let stacked = stack(mats.iter().copied()).map_err(|e| GpuError::Unsupported { what: e })?;
+        let layers = mats.len().max(1) as u64;
+        let data_len = stacked.data.len() as u64 / layers;
+        let scales_len = stacked.scales.as_ref().map(|s| s.len() as u64 / layers);
+        let fits = |n: u64| n.is_multiple_of(align) && n * layers <= self.limit;
+        // Quantised scales stack without the per-layer padding to whole words, which only
+        // matches the per-layer layout when there was none: whole words per layer.
+        if !fits(data_len) || !scales_len.is_none_or(fits) {
+            let each = mats.iter().map(|m| self.matrix(what, m)).collect::<Result<_, _>>()?;
+            return Ok((each, None));
+        }
+        let usage = wgpu::BufferUsages::STORAGE;
+        let data = self.init(what, &stacked.data, usage)?;
+        let scales = stacked.scales.as_ref().map(|s| self.init(what, s, usage)).transpose()?;
+        let rows = u32::try_from(stacked.rows / mats.len().max(1))
+            .map_err(|_| GpuError::TooLarge { what: what.into(), limit: u32::MAX.into() })?;
+        let slice = |b: &wgpu::Buffer, len: u64, l: u64| Slice { buf: b.clone(), offset: l * len, size: len };
+        let each = (0..layers)
+            .map(|l| GpuMatrix {
+                format: stacked.format,
+                rows,
+                groups: stacked.groups as u32,
+                data: slice(&data, data_len, l),
+                scales: scales.as_ref().zip(scales_len).map(|(b, len)| slice(b, len, l)),
+            })
+            .collect();
+        Ok((each, Some(Stacked { format: stacked.format, data, scales })))
     }
 
     /// A dispatch of `op` over `w` (None: an op without weights), with a uniform holding
@@ -577,18 +640,17 @@ impl Builder<'_> {
     ) -> Result<Dispatch, GpuError> {
         let pipeline = self.pipes.get(self.dev, op, w.map_or(Format::F32, |w| w.format), spec)?;
         let uni = self.init("params", bytemuck::bytes_of(params), wgpu::BufferUsages::UNIFORM)?;
-        let mut entries = vec![(0, &uni)];
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uni.as_entire_binding() }];
         if let Some(w) = w {
-            entries.push((2, &w.data));
+            entries.push(wgpu::BindGroupEntry { binding: 2, resource: w.data.binding() });
             if let Some(s) = &w.scales {
-                entries.push((3, s));
+                entries.push(wgpu::BindGroupEntry { binding: 3, resource: s.binding() });
             }
         }
-        entries.extend_from_slice(bufs);
-        let entries: Vec<_> = entries
-            .iter()
-            .map(|&(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() })
-            .collect();
+        entries.extend(
+            bufs.iter()
+                .map(|&(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() }),
+        );
         let bind = self.dev.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("tinystate"),
             layout: &pipeline.get_bind_group_layout(0),
@@ -690,7 +752,7 @@ fn read_timestamps(
 
 /// Bytes of a matrix as uploaded.
 fn matrix_bytes(w: &GpuMatrix) -> u64 {
-    w.data.size() + w.scales.as_ref().map_or(0, |s| s.size())
+    w.data.size + w.scales.as_ref().map_or(0, |s| s.size)
 }
 
 impl GpuModel {
@@ -763,8 +825,8 @@ impl GpuModel {
             fused_on: false,
         };
         let software = gpu.info.device_type == wgpu::DeviceType::Cpu;
-        let small = m.build_plan(&mut b, model, &lim)?;
-        m.fused = m.build_fused(gpu, model, &small, software);
+        let (small, weights) = m.build_plan(&mut b, model, &lim)?;
+        m.fused = m.build_fused(gpu, model, &small, weights, software);
         // On a CPU adapter the fused step is one workgroup, one core: only tests turn it on.
         m.fused_on = m.fused.is_some() && !software;
         m.grid = b.storage(
@@ -871,7 +933,7 @@ impl GpuModel {
         b: &mut Builder<'_>,
         model: &Mamba<'_>,
         lim: &wgpu::Limits,
-    ) -> Result<wgpu::Buffer, GpuError> {
+    ) -> Result<(wgpu::Buffer, FusedWeights), GpuError> {
         let c = self.config;
         let (small, offs, norm_f) = smalls(model);
         let small = b.init("smalls", bytemuck::cast_slice(&small), wgpu::BufferUsages::STORAGE)?;
@@ -895,11 +957,27 @@ impl GpuModel {
         );
         let mut bytes = 0;
         let (small_path, big_path) = (When::Small, When::Big);
-        for (l, (layer, o)) in model.layers.iter().zip(&offs).enumerate() {
-            let w_in = b.matrix("ssm_in", &layer.ssm_in)?;
-            let w_x = b.matrix("ssm_x", &layer.ssm_x)?;
-            let w_dt = b.matrix("ssm_dt", &layer.ssm_dt)?;
-            let w_out = b.matrix("ssm_out", &layer.ssm_out)?;
+        let mut per_kind = Vec::new();
+        let mut stacks = Vec::new();
+        for (what, kind) in LAYER_KINDS {
+            let mats: Vec<_> = model.layers.iter().map(kind).collect();
+            let (each, stacked) = b.layer_stack(what, &mats)?;
+            per_kind.push(each);
+            stacks.extend(stacked);
+        }
+        // The fused step reads the plan's stacks when every kind could stack, and its embedding.
+        let fused_weights = (
+            <[Stacked; 4]>::try_from(stacks).ok(),
+            Stacked {
+                format: embed.format,
+                data: embed.data.buf.clone(),
+                scales: embed.scales.as_ref().map(|s| s.buf.clone()),
+            },
+        );
+        let [ins, xs, dts, outs]: [Vec<GpuMatrix>; 4] =
+            per_kind.try_into().map_err(|_| GpuError::BadInput("four kinds of layer matrix".into()))?;
+        let layers = ins.into_iter().zip(xs).zip(dts).zip(outs);
+        for (l, (o, (((w_in, w_x), w_dt), w_out))) in offs.iter().zip(layers).enumerate() {
             bytes += [&w_in, &w_x, &w_dt, &w_out].iter().map(|w| matrix_bytes(w)).sum::<u64>();
             let l = l as u32;
             let mp =
@@ -1074,7 +1152,7 @@ impl GpuModel {
         self.push_argmax(b, &mut plan)?;
         self.plan = plan;
         self.weight_bytes = bytes;
-        Ok(small)
+        Ok((small, fused_weights))
     }
 
     /// The fused single-sequence step (`fused.rs`), or None with the reason logged to stderr
@@ -1084,6 +1162,7 @@ impl GpuModel {
         gpu: &Gpu,
         model: &Mamba<'_>,
         small: &wgpu::Buffer,
+        weights: FusedWeights,
         software: bool,
     ) -> Option<FusedStep> {
         if !gpu.coherent {
@@ -1101,7 +1180,7 @@ impl GpuModel {
             ssm: &self.states.ssm,
             x: &a.x,
         };
-        match FusedStep::new(&gpu.device, gpu.subgroups32, split, model, layout, shared) {
+        match FusedStep::new(&gpu.device, gpu.subgroups32, split, model, layout, shared, weights) {
             Ok(f) => Some(f),
             Err(why) => {
                 eprintln!("tinystate-gpu: no fused single-sequence step: {why}");
