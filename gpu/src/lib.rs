@@ -6,8 +6,10 @@
 //!    device with the adapter's own limits (a 130m F32 embedding is larger than wgpu's default
 //!    binding limit).
 //! 2. [`GpuModel::load`] repacks every weight matrix once into a WGSL-friendly layout
-//!    (`weights.rs`), uploads it, allocates `slots` fixed-size recurrent states and builds every
-//!    bind group, so recording a step only sets pipelines and dispatches.
+//!    (`weights.rs`) and uploads it (each kind of layer matrix in one buffer, layer after layer:
+//!    the plan binds a layer's slice, the fused step reads it whole), allocates `slots`
+//!    fixed-size recurrent states and builds every bind group, so recording a step only sets
+//!    pipelines and dispatches.
 //! 3. [`GpuModel::mixed`] (a prompt's piece first, then one-token rows, each sequence in its
 //!    own slot; [`GpuModel::step`] and [`GpuModel::prefill`] are its two plain cases) validates
 //!    its input, writes the token table and submits the whole forward pass as one compute pass

@@ -2507,3 +2507,38 @@ mod half_writers {
         check_copy(&words, &us[0], cu, nu);
     }
 }
+
+/// How [`Builder::layer_stack`] lays out one kind of layer matrix.
+#[cfg(test)]
+mod layer_stacks {
+    use super::*;
+    use tinystate_engine::tensor::Elems;
+
+    /// `layers` F32 matrices of `rows` × 4 (16 bytes a row).
+    fn stack_of(gpu: &Gpu, rows: usize, layers: usize) -> (Vec<GpuMatrix>, Option<Stacked>) {
+        let b = Builder { dev: &gpu.device, limit: u64::MAX, pipes: Pipelines::default(), coop: gpu.coop };
+        let values: Vec<f32> = (0..rows * 4 * layers).map(|i| i as f32).collect();
+        let mats: Vec<_> =
+            values.chunks_exact(rows * 4).map(|v| Matrix { rows, cols: 4, elems: Elems::F32(v) }).collect();
+        let refs: Vec<_> = mats.iter().collect();
+        b.layer_stack("test", &refs).unwrap()
+    }
+
+    #[test]
+    fn aligned_layers_are_slices_of_one_buffer_and_others_are_not() {
+        let Some(gpu) = kernel_harness::device() else { return };
+        let align = u64::from(gpu.device.limits().min_storage_buffer_offset_alignment).max(16);
+        let (each, stacked) = stack_of(&gpu, (align / 16) as usize, 3);
+        let s = stacked.expect("layers of a whole alignment unit stack");
+        assert_eq!(s.data.size(), 3 * align);
+        for (l, m) in each.iter().enumerate() {
+            assert_eq!((m.data.offset, m.data.size, m.data.buf.size()), (l as u64 * align, align, 3 * align));
+        }
+        if align > 16 {
+            // One row (16 bytes) more: layer 1 would start off the alignment.
+            let (each, stacked) = stack_of(&gpu, (align / 16) as usize + 1, 3);
+            assert!(stacked.is_none(), "unaligned layers must not stack");
+            assert!(each.iter().all(|m| m.data.offset == 0 && m.data.size == m.data.buf.size()));
+        }
+    }
+}
