@@ -6,9 +6,9 @@
 //! The kernel indexes every layer's matrices in one binding, so it reads each kind (in_proj,
 //! x_proj, dt_proj, out_proj) as one buffer with its layers stacked: the plan's own buffer when
 //! the plan could stack them (each layer's slice aligned for a binding offset), else a copy made
-//! here. The embedding is the plan's. All P workgroups
-//! must be resident at once; the kernel gives up after [`SPIN`] polls of a barrier, and the
-//! call then fails instead of hanging (see [`FusedStep::record`]).
+//! here. The embedding is the plan's. All P workgroups must be resident at once; the kernel
+//! gives up after [`SPIN`] polls of a barrier, and the call then fails instead of hanging (see
+//! [`FusedStep::record`]).
 
 use crate::kernels::compile;
 use crate::weights::{Format, Packed, pack};
@@ -32,7 +32,7 @@ pub(crate) struct Split {
     pub groups: u32,
     /// Channels per workgroup.
     pub cpw: u32,
-    /// Channels per chunk (CH · d_state ≤ 256 threads for the scan).
+    /// Channels per chunk (CH · d_state ≤ WGS threads for the scan).
     pub ch: u32,
 }
 
@@ -68,7 +68,7 @@ impl Split {
 pub(crate) struct FusedStep {
     pipeline: wgpu::ComputePipeline,
     bind: wgpu::BindGroup,
-    /// The barrier counter (word 0), the abandon flag (word 1), each workgroup's best logit.
+    /// The barrier counter (word 0) and the abandon flag (word 1).
     sync: wgpu::Buffer,
     split: Split,
 }
@@ -109,8 +109,8 @@ pub(crate) struct SmallsLayout {
 }
 
 impl FusedStep {
-    /// Builds the step for `model`, or None (with the reason) when this device or model cannot
-    /// run it: shapes the kernel does not take, or limits it exceeds.
+    /// Builds the step for `model`, or Err with the reason when this device or model cannot run
+    /// it: shapes the kernel does not take, or limits it exceeds.
     pub(crate) fn new(
         dev: &wgpu::Device,
         subgroups32: bool,
