@@ -5,15 +5,14 @@
 //!
 //! The kernel indexes every layer's matrices in one binding, so it reads each kind (in_proj,
 //! x_proj, dt_proj, out_proj) as one buffer with its layers stacked: the plan's own buffer when
-//! the plan could stack them (each layer's slice aligned for a binding offset), else a copy made
-//! here. The embedding is the plan's. All P workgroups must be resident at once; the kernel
+//! the plan could stack them (each layer's slice aligned for a binding offset), else a copy
+//! uploaded here ([`LayerWeights`]). The embedding is the plan's. All P workgroups must be resident at once; the kernel
 //! gives up after [`SPIN`] polls of a barrier, and the call then fails instead of hanging (see
 //! [`FusedStep::record`]).
 
-use crate::kernels::compile;
-use crate::weights::{Format, Packed, pack};
-use tinystate_engine::arch::mamba::{Config, Layer, Mamba};
-use tinystate_engine::tensor::{Matrix, QK};
+use crate::kernels::{ACTIVATIONS, compile};
+use crate::weights::{Format, Packed};
+use tinystate_engine::arch::mamba::Config;
 use wgpu::util::DeviceExt;
 
 /// Polls of a grid barrier before the kernel gives up (far above any real wait: a barrier takes
@@ -84,6 +83,41 @@ pub(crate) struct Stacked {
     pub scales: Option<wgpu::Buffer>,
 }
 
+/// One kind of layer matrix for the fused step: the plan's stacked buffers, or, where the plan
+/// keeps a buffer per layer, the stack packed in host memory, which the step uploads.
+pub(crate) enum LayerWeights {
+    /// The plan's buffers, every layer's rows stacked.
+    Shared(Stacked),
+    /// Every layer's rows stacked (`weights::stack`), not uploaded yet.
+    Packed(Packed),
+}
+
+impl LayerWeights {
+    /// The stacked buffers, uploading them first if they are not on the GPU yet.
+    fn upload(self, dev: &wgpu::Device) -> Result<Stacked, String> {
+        let p = match self {
+            LayerWeights::Shared(s) => return Ok(s),
+            LayerWeights::Packed(p) => p,
+        };
+        let lim = dev.limits();
+        let limit = lim.max_storage_buffer_binding_size.min(lim.max_buffer_size);
+        if p.data.len() as u64 > limit {
+            return Err(format!(
+                "a stacked matrix ({} bytes) exceeds the binding limit {limit}",
+                p.data.len()
+            ));
+        }
+        let init = |bytes: &[u8]| {
+            dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("fused stacked weights"),
+                contents: bytes,
+                usage: wgpu::BufferUsages::STORAGE,
+            })
+        };
+        Ok(Stacked { format: p.format, data: init(&p.data), scales: p.scales.as_deref().map(init) })
+    }
+}
+
 /// The buffers of [`crate::GpuModel`] the fused step reads and writes.
 pub(crate) struct Shared<'a> {
     pub smalls: &'a wgpu::Buffer,
@@ -109,18 +143,17 @@ pub(crate) struct SmallsLayout {
 }
 
 impl FusedStep {
-    /// Builds the step for `model`, or Err with the reason when this device or model cannot run
+    /// Builds the step for a model of config `c`, or Err with the reason when this device or model cannot run
     /// it: shapes the kernel does not take, or limits it exceeds.
     pub(crate) fn new(
         dev: &wgpu::Device,
         subgroups32: bool,
         split: Split,
-        model: &Mamba<'_>,
+        c: &Config,
         smalls: SmallsLayout,
         shared: Shared<'_>,
-        (layers, emb): (Option<[Stacked; 4]>, Stacked),
+        (layers, emb): ([LayerWeights; 4], Stacked),
     ) -> Result<FusedStep, String> {
-        let c = model.config;
         let (d, e) = (c.d_model as u32, c.d_inner as u32);
         if !d.is_multiple_of(4) || !e.is_multiple_of(4) || c.d_conv < 2 {
             return Err(format!(
@@ -129,12 +162,11 @@ impl FusedStep {
             ));
         }
         let lim = dev.limits();
-        let layers = match layers {
-            Some(l) => l,
-            None => upload_stacks(dev, model)?,
-        };
-        let mats: Vec<(&str, Stacked)> =
-            ["in", "x", "dt", "out"].into_iter().zip(layers).chain([("emb", emb)]).collect();
+        let mut mats = Vec::new();
+        for (name, l) in ["in", "x", "dt", "out"].into_iter().zip(layers) {
+            mats.push((name, l.upload(dev)?));
+        }
+        mats.push(("emb", emb));
         let buffers = mats.iter().map(|(_, p)| p.scales.is_some() as u32 + 1).sum::<u32>() + 8;
         if buffers > lim.max_storage_buffers_per_shader_stage {
             return Err(format!(
@@ -147,8 +179,8 @@ impl FusedStep {
         let x_part = x_h + d;
         let x_y = x_part + split.groups * xl;
         let words = x_y + e;
-        let wg_bytes =
-            4 * (2 * d + split.wgs * 3 + 32 + 2 * split.ch + 2 * split.cpw + xl + split.ch + e + 8);
+        // The shader's workgroup arrays: hs, xn, red, wsum, xzs, zs, us, xdb, dts, ys, abort.
+        let wg_bytes = 4 * (2 * d + split.wgs + 32 + 3 * split.ch + 2 * split.cpw + xl + e + 1);
         if wg_bytes > lim.max_compute_workgroup_storage_size {
             return Err(format!(
                 "{wg_bytes} bytes of workgroup memory; the device allows {}",
@@ -190,6 +222,7 @@ impl FusedStep {
             binding += 2;
         }
         src.push_str(if subgroups32 { TEAM_SUM_SUBGROUP } else { TEAM_SUM_SHARED });
+        src.push_str(ACTIVATIONS);
         src.push_str(include_str!("shaders/fused_step.wgsl"));
         let pipeline = compile(dev, "fused step", &src).map_err(|e| format!("pipeline: {e}"))?;
         let scratch = |label, words: u32| {
@@ -288,76 +321,6 @@ fn team_sum(v: f32, lid: u32) -> f32 {
     return r;
 }
 ";
-
-/// One kind of a layer's matrix.
-pub(crate) type LayerMatrix = for<'l, 'a> fn(&'l Layer<'a>) -> &'l Matrix<'a>;
-
-/// The layer matrices the fused step reads stacked, in its binding order, with their names.
-pub(crate) const LAYER_KINDS: [(&str, LayerMatrix); 4] = [
-    ("ssm_in", |l| &l.ssm_in),
-    ("ssm_x", |l| &l.ssm_x),
-    ("ssm_dt", |l| &l.ssm_dt),
-    ("ssm_out", |l| &l.ssm_out),
-];
-
-/// in_proj, x_proj, dt_proj and out_proj, each kind's layers stacked and uploaded (for a model
-/// whose layer slices the plan could not bind from one buffer).
-fn upload_stacks(dev: &wgpu::Device, model: &Mamba<'_>) -> Result<[Stacked; 4], String> {
-    let lim = dev.limits();
-    let limit = lim.max_storage_buffer_binding_size.min(lim.max_buffer_size);
-    let mut out = Vec::new();
-    for (_, kind) in LAYER_KINDS {
-        let p = stack(model.layers.iter().map(kind))?;
-        if p.data.len() as u64 > limit {
-            return Err(format!(
-                "a stacked matrix ({} bytes) exceeds the binding limit {limit}",
-                p.data.len()
-            ));
-        }
-        let init = |bytes: &[u8]| {
-            dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("fused stacked weights"),
-                contents: bytes,
-                usage: wgpu::BufferUsages::STORAGE,
-            })
-        };
-        out.push(Stacked { format: p.format, data: init(&p.data), scales: p.scales.as_deref().map(init) });
-    }
-    out.try_into().map_err(|_| "four kinds".to_string())
-}
-
-/// Every layer's matrix of one kind, packed as one matrix of n_layer · rows rows (the kernel
-/// reads layer l's row r as row l · rows + r). Quantised blocks stay in order, so their scales
-/// concatenate without the per-matrix padding to whole words.
-pub(crate) fn stack<'m, 'a: 'm>(mats: impl Iterator<Item = &'m Matrix<'a>>) -> Result<Packed, String> {
-    let mut out: Option<Packed> = None;
-    let mut scale_bytes = Vec::new();
-    for m in mats {
-        let p = pack(m).map_err(|e| e.to_string())?;
-        if let Some(s) = &p.scales {
-            let blocks = p.rows * p.groups * 4 / QK;
-            scale_bytes.extend_from_slice(&s[..2 * blocks]);
-        }
-        match &mut out {
-            None => out = Some(Packed { scales: None, ..p }),
-            Some(o) => {
-                if (o.format, o.groups) != (p.format, p.groups) {
-                    return Err("layers differ in format or shape".into());
-                }
-                o.rows += p.rows;
-                o.data.extend_from_slice(&p.data);
-            }
-        }
-    }
-    let mut out = out.ok_or("no layers")?;
-    if matches!(out.format, Format::Q8_0 | Format::Q4_0) {
-        if !scale_bytes.len().is_multiple_of(4) {
-            scale_bytes.extend_from_slice(&[0, 0]);
-        }
-        out.scales = Some(scale_bytes);
-    }
-    Ok(out)
-}
 
 /// `raw_{name}` / `cook_{name}` over bindings `binding` (data) and `binding + 1` (scales):
 /// the format's `weights_*.wgsl` with its names made unique.

@@ -64,6 +64,8 @@ pub(crate) const SCAN_CHANNELS: u32 = 32;
 pub(crate) const WG: u32 = 64;
 
 const COMMON: &str = include_str!("shaders/common.wgsl");
+/// SiLU and softplus, for every kernel source and the fused step.
+pub(crate) const ACTIVATIONS: &str = include_str!("shaders/activations.wgsl");
 const MATVEC: &str = include_str!("shaders/matvec.wgsl");
 const MV_NORM: &str = include_str!("shaders/mv_norm.wgsl");
 const MV_STORE: &str = include_str!("shaders/mv_store.wgsl");
@@ -477,6 +479,7 @@ fn source(op: Op, f: Format, spec: Spec) -> String {
     let enables = if op == Op::GemmCoop { "enable f16;\nenable wgpu_cooperative_matrix;\n" } else { "" };
     let mut s = String::from(enables);
     s.push_str(COMMON);
+    s.push_str(ACTIVATIONS);
     s.push_str(f.shader());
     s.push_str(&spec.header());
     if matches!(op, Op::ArgmaxPart | Op::Argmax) {

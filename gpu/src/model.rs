@@ -33,17 +33,17 @@
 //! scan kernel, which runs after every reader, shifts it.
 
 use crate::device::{ErrorSlot, Gpu};
-use crate::fused::{FusedStep, LAYER_KINDS, Shared, SmallsLayout, Split, Stacked, stack};
+use crate::fused::{FusedStep, LayerWeights, Shared, SmallsLayout, Split, Stacked};
 use crate::kernels::{
     ARGMAX_PARTS, ArgmaxParams, COOP_SMALL_TOKENS, ConvParams, EmbedParams, GEMM_MIN_TOKENS, GemmKernel,
     GemmParams, GemmShape, LEAD_SCAN_CHANNELS, MM_TOKENS, MvParams, MvShape, NormParams, Op, Pipelines, Run,
     SCAN_CHANNELS, ScanParams, Spec, WG, half_row,
 };
-use crate::weights::{Format, Packed, pack, same_tensor};
+use crate::weights::{Format, Packed, pack, same_tensor, stack};
 use crate::{GpuError, TokenId};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use tinystate_engine::arch::mamba::{Config, Mamba};
+use tinystate_engine::arch::mamba::{Config, Layer, Mamba};
 use tinystate_engine::tensor::Matrix;
 use wgpu::util::DeviceExt;
 
@@ -323,9 +323,25 @@ struct States {
     ssm_slot: u64,
 }
 
-/// What the fused step takes from the plan's weights: the layer stacks (when every kind could
-/// stack) and the embedding.
-type FusedWeights = (Option<[Stacked; 4]>, Stacked);
+/// What the fused step takes from the plan: the small vectors and their layout, each kind of
+/// layer matrix stacked, and the embedding.
+struct FusedInputs {
+    smalls: wgpu::Buffer,
+    layout: Option<SmallsLayout>,
+    layers: [LayerWeights; 4],
+    embed: Stacked,
+}
+
+/// One kind of a layer's matrix.
+type LayerMatrix = for<'l, 'a> fn(&'l Layer<'a>) -> &'l Matrix<'a>;
+
+/// The layer matrices, with their names, in the fused step's binding order.
+const LAYER_KINDS: [(&str, LayerMatrix); 4] = [
+    ("ssm_in", |l| &l.ssm_in),
+    ("ssm_x", |l| &l.ssm_x),
+    ("ssm_dt", |l| &l.ssm_dt),
+    ("ssm_out", |l| &l.ssm_out),
+];
 
 /// A range of a buffer: a whole buffer, or one layer's slice of a stacked matrix.
 #[derive(Clone)]
@@ -415,6 +431,8 @@ pub struct GpuModel {
     fused: Option<FusedStep>,
     /// Whether one-row decode calls use `fused` ([`GpuModel::set_fused`]).
     fused_on: bool,
+    /// The plan dispatches that follow the fused step (the LM head and argmax of one row).
+    fused_head: Vec<usize>,
 }
 
 /// Builds buffers and bind groups, checking sizes against the device limits.
@@ -455,7 +473,12 @@ impl Builder<'_> {
     }
 
     fn matrix(&self, what: &str, m: &Matrix<'_>) -> Result<GpuMatrix, GpuError> {
-        let Packed { format, rows, groups, data, scales } = pack(m)?;
+        self.upload(what, pack(m)?)
+    }
+
+    /// A packed matrix, uploaded into buffers of its own.
+    fn upload(&self, what: &str, p: Packed) -> Result<GpuMatrix, GpuError> {
+        let Packed { format, rows, groups, data, scales } = p;
         let usage = wgpu::BufferUsages::STORAGE;
         let data = Slice::whole(self.init(what, &data, usage)?);
         let scales = scales.map(|s| self.init(what, &s, usage).map(Slice::whole)).transpose()?;
@@ -465,16 +488,17 @@ impl Builder<'_> {
     }
 
     /// Every layer's matrix of one kind (`mats`, one per layer) in one buffer, layer after layer,
-    /// each layer a slice of it, and the stacked buffers for the fused step; or, when a layer's
-    /// bytes are not a multiple of the device's binding-offset alignment (or the stack exceeds
-    /// the binding limit), a buffer per layer and None.
+    /// each layer a slice of it, and those buffers for the fused step; or, when a layer's bytes
+    /// are not a multiple of the device's binding-offset alignment (or the stack exceeds the
+    /// binding limit), a buffer per layer, and the stack still in host memory for the fused step.
     fn layer_stack(
         &self,
         what: &str,
         mats: &[&Matrix<'_>],
-    ) -> Result<(Vec<GpuMatrix>, Option<Stacked>), GpuError> {
+    ) -> Result<(Vec<GpuMatrix>, LayerWeights), GpuError> {
         let align = u64::from(self.dev.limits().min_storage_buffer_offset_alignment);
-        let stacked = stack(mats.iter().copied()).map_err(|e| GpuError::Unsupported { what: e })?;
+        let parts = mats.iter().map(|m| pack(m)).collect::<Result<Vec<_>, _>>()?;
+        let stacked = stack(&parts)?;
         let layers = mats.len().max(1) as u64;
         let data_len = stacked.data.len() as u64 / layers;
         let scales_len = stacked.scales.as_ref().map(|s| s.len() as u64 / layers);
@@ -482,8 +506,8 @@ impl Builder<'_> {
         // Quantised scales stack without the per-layer padding to whole words, which only
         // matches the per-layer layout when there was none: whole words per layer.
         if !fits(data_len) || !scales_len.is_none_or(fits) {
-            let each = mats.iter().map(|m| self.matrix(what, m)).collect::<Result<_, _>>()?;
-            return Ok((each, None));
+            let each = parts.into_iter().map(|p| self.upload(what, p)).collect::<Result<_, _>>()?;
+            return Ok((each, LayerWeights::Packed(stacked)));
         }
         let usage = wgpu::BufferUsages::STORAGE;
         let data = self.init(what, &stacked.data, usage)?;
@@ -500,7 +524,7 @@ impl Builder<'_> {
                 scales: scales.as_ref().zip(scales_len).map(|(b, len)| slice(b, len, l)),
             })
             .collect();
-        Ok((each, Some(Stacked { format: stacked.format, data, scales })))
+        Ok((each, LayerWeights::Shared(Stacked { format: stacked.format, data, scales })))
     }
 
     /// A dispatch of `op` over `w` (None: an op without weights), with a uniform holding
@@ -691,8 +715,7 @@ fn smalls(m: &Mamba<'_>) -> (Vec<f32>, Vec<SmallOffs>, u32) {
 
 /// Layer 0's offsets in [`smalls`] and the stride between layers, when every layer's vectors
 /// are the same distance apart (they are: each layer pushes the same sizes).
-fn smalls_layout(m: &Mamba<'_>) -> Option<SmallsLayout> {
-    let (_, offs, _) = smalls(m);
+fn smalls_layout(offs: &[SmallOffs]) -> Option<SmallsLayout> {
     let o = offs.first()?;
     let stride = offs.get(1).map_or(0, |o1| o1.attn_norm - o.attn_norm);
     let regular = offs.iter().enumerate().all(|(l, x)| {
@@ -788,6 +811,7 @@ impl GpuModel {
         let mut b = Builder { dev: &gpu.device, limit, pipes: Pipelines::default(), coop: gpu.coop };
         let acts = Self::acts(&b, &c, max_tok, max_batch)?;
         let states = Self::states(&b, &c, slots)?;
+        let software = gpu.info.device_type == wgpu::DeviceType::Cpu;
         let mut m = GpuModel {
             device: gpu.device.clone(),
             queue: gpu.queue.clone(),
@@ -820,13 +844,16 @@ impl GpuModel {
             in_call: vec![false; slots as usize],
             flights: std::collections::VecDeque::with_capacity(MAX_IN_FLIGHT),
             // On a CPU adapter (lavapipe) spinning would take a core from the device itself.
-            spin: gpu.info.device_type != wgpu::DeviceType::Cpu,
+            spin: !software,
             fused: None,
             fused_on: false,
+            fused_head: Vec::new(),
         };
-        let software = gpu.info.device_type == wgpu::DeviceType::Cpu;
-        let (small, weights) = m.build_plan(&mut b, model, &lim)?;
-        m.fused = m.build_fused(gpu, model, &small, weights, software);
+        let fused_inputs = m.build_plan(&mut b, model, &lim)?;
+        m.fused = m.build_fused(gpu, fused_inputs, software);
+        let one_row = Run { n_tok: 1, n_seq: 1, out_row0: 0, n_out: 1 };
+        let head = |d: &Dispatch| matches!(d.kind, "lm_head" | "argmax") && d.when.runs(&one_row);
+        m.fused_head = (0..m.plan.len()).filter(|&i| head(&m.plan[i])).collect();
         // On a CPU adapter the fused step is one workgroup, one core: only tests turn it on.
         m.fused_on = m.fused.is_some() && !software;
         m.grid = b.storage(
@@ -933,7 +960,7 @@ impl GpuModel {
         b: &mut Builder<'_>,
         model: &Mamba<'_>,
         lim: &wgpu::Limits,
-    ) -> Result<(wgpu::Buffer, FusedWeights), GpuError> {
+    ) -> Result<FusedInputs, GpuError> {
         let c = self.config;
         let (small, offs, norm_f) = smalls(model);
         let small = b.init("smalls", bytemuck::cast_slice(&small), wgpu::BufferUsages::STORAGE)?;
@@ -963,17 +990,13 @@ impl GpuModel {
             let mats: Vec<_> = model.layers.iter().map(kind).collect();
             let (each, stacked) = b.layer_stack(what, &mats)?;
             per_kind.push(each);
-            stacks.extend(stacked);
+            stacks.push(stacked);
         }
-        // The fused step reads the plan's stacks when every kind could stack, and its embedding.
-        let fused_weights = (
-            <[Stacked; 4]>::try_from(stacks).ok(),
-            Stacked {
-                format: embed.format,
-                data: embed.data.buf.clone(),
-                scales: embed.scales.as_ref().map(|s| s.buf.clone()),
-            },
-        );
+        let embed_stacked = Stacked {
+            format: embed.format,
+            data: embed.data.buf.clone(),
+            scales: embed.scales.as_ref().map(|s| s.buf.clone()),
+        };
         let [ins, xs, dts, outs]: [Vec<GpuMatrix>; 4] =
             per_kind.try_into().map_err(|_| GpuError::BadInput("four kinds of layer matrix".into()))?;
         let layers = ins.into_iter().zip(xs).zip(dts).zip(outs);
@@ -1152,35 +1175,31 @@ impl GpuModel {
         self.push_argmax(b, &mut plan)?;
         self.plan = plan;
         self.weight_bytes = bytes;
-        Ok((small, fused_weights))
+        let layers =
+            stacks.try_into().map_err(|_| GpuError::BadInput("four kinds of layer matrix".into()))?;
+        Ok(FusedInputs { smalls: small, layout: smalls_layout(&offs), layers, embed: embed_stacked })
     }
 
     /// The fused single-sequence step (`fused.rs`), or None with the reason logged to stderr
     /// when this device or model cannot run it.
-    fn build_fused(
-        &self,
-        gpu: &Gpu,
-        model: &Mamba<'_>,
-        small: &wgpu::Buffer,
-        weights: FusedWeights,
-        software: bool,
-    ) -> Option<FusedStep> {
+    fn build_fused(&self, gpu: &Gpu, inputs: FusedInputs, software: bool) -> Option<FusedStep> {
         if !gpu.coherent {
             eprintln!("tinystate-gpu: no fused single-sequence step: no @coherent storage on this device");
             return None;
         }
         let split = Split::for_device(&self.config, software)?;
-        let layout = smalls_layout(model)?;
+        let layout = inputs.layout?;
         let a = &self.acts;
         let shared = Shared {
-            smalls: small,
+            smalls: &inputs.smalls,
             meta: &a.meta,
             argmax: &a.argmax,
             conv: &self.states.conv,
             ssm: &self.states.ssm,
             x: &a.x,
         };
-        match FusedStep::new(&gpu.device, gpu.subgroups32, split, model, layout, shared, weights) {
+        let weights = (inputs.layers, inputs.embed);
+        match FusedStep::new(&gpu.device, gpu.subgroups32, split, &self.config, layout, shared, weights) {
             Ok(f) => Some(f),
             Err(why) => {
                 eprintln!("tinystate-gpu: no fused single-sequence step: {why}");
@@ -1587,10 +1606,9 @@ impl GpuModel {
             // The flag lands in the ids' second word: a one-row call reads back only the first.
             f.record(&mut enc, &self.acts.staging[staging], 4);
             // The plan's LM head and argmax, on the h the step left in `acts.x`.
-            let head = self.plan.iter().filter(|d| matches!(d.kind, "lm_head" | "argmax"));
             {
                 let mut pass = enc.begin_compute_pass(&Default::default());
-                for d in head.filter(|d| d.when.runs(&run)) {
+                for d in self.fused_head.iter().map(|&i| &self.plan[i]) {
                     pass.set_pipeline(&d.pipeline);
                     pass.set_bind_group(0, &d.bind, &[]);
                     pass.dispatch_workgroups(d.x, d.rows.count(&run), 1);
@@ -2521,7 +2539,13 @@ mod layer_stacks {
         let mats: Vec<_> =
             values.chunks_exact(rows * 4).map(|v| Matrix { rows, cols: 4, elems: Elems::F32(v) }).collect();
         let refs: Vec<_> = mats.iter().collect();
-        b.layer_stack("test", &refs).unwrap()
+        let (each, weights) = b.layer_stack("test", &refs).unwrap();
+        // Stacked: the plan's buffers, which the fused step shares; else None.
+        let shared = match weights {
+            LayerWeights::Shared(s) => Some(s),
+            LayerWeights::Packed(_) => None,
+        };
+        (each, shared)
     }
 
     #[test]

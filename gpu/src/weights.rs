@@ -98,10 +98,40 @@ pub(crate) fn pack(m: &Matrix<'_>) -> Result<Packed, GpuError> {
 /// f16 scale bits → little-endian bytes, padded to whole words.
 fn scales(bits: impl Iterator<Item = u16>) -> Vec<u8> {
     let mut out: Vec<u8> = bits.flat_map(u16::to_le_bytes).collect();
-    if !out.len().is_multiple_of(4) {
-        out.extend_from_slice(&[0, 0]);
-    }
+    pad_to_word(&mut out);
     out
+}
+
+/// Pads f16 scale bytes to whole words (storage arrays of u32).
+fn pad_to_word(scales: &mut Vec<u8>) {
+    if !scales.len().is_multiple_of(4) {
+        scales.extend_from_slice(&[0, 0]);
+    }
+}
+
+/// Matrices of one shape and format (a kind's every layer), packed by [`pack`], as one matrix
+/// of their rows one after another: layer l's row r is row l · rows + r. Quantised blocks stay
+/// in order, so the scales concatenate without each matrix's padding to whole words.
+pub(crate) fn stack(parts: &[Packed]) -> Result<Packed, GpuError> {
+    let first = parts.first().ok_or_else(|| GpuError::BadInput("no matrices to stack".into()))?;
+    if parts.iter().any(|p| (p.format, p.groups) != (first.format, first.groups)) {
+        return Err(GpuError::Unsupported { what: "layers that differ in format or shape".into() });
+    }
+    let scales = first.scales.as_ref().map(|_| {
+        let mut out = Vec::new();
+        for (p, s) in parts.iter().filter_map(|p| p.scales.as_ref().map(|s| (p, s))) {
+            out.extend_from_slice(&s[..2 * (p.rows * p.groups * 4 / QK)]);
+        }
+        pad_to_word(&mut out);
+        out
+    });
+    Ok(Packed {
+        format: first.format,
+        rows: parts.iter().map(|p| p.rows).sum(),
+        groups: first.groups,
+        data: parts.iter().flat_map(|p| p.data.iter().copied()).collect(),
+        scales,
+    })
 }
 
 /// True when two matrices view the same bytes (a tied LM head reads the embeddings).

@@ -9,7 +9,3 @@ struct Run {
 
 // Token i: tokmeta[4i..4i+4] = (token id, slot, first token of its sequence, position in it).
 // Sequence j: tokmeta[4·(max_tok + j)..] = (slot, first token, length, 0).
-
-fn silu(x: f32) -> f32 {
-    return x / (1.0 + exp(-x));
-}

@@ -66,7 +66,7 @@ var<workgroup> hs: array<f32, D>;           // the residual stream h
 var<workgroup> xn: array<vec4<f32>, DG>;    // RMSNorm(h) · weights
 var<workgroup> red: array<f32, WGS>;
 var<workgroup> wsum: array<f32, 32>;
-var<workgroup> xzs: array<f32, 2u * CPW>;   // in_proj sums of the chunk's channels: x, then z
+var<workgroup> xzs: array<f32, 2u * CH>;    // in_proj sums of the chunk's channels: x, then z
 var<workgroup> zs: array<f32, CPW>;
 var<workgroup> us: array<f32, CPW>;
 var<workgroup> xdb: array<f32, XL>;
@@ -75,14 +75,6 @@ var<workgroup> ys: array<vec4<f32>, EG>;
 var<workgroup> abort: u32;
 
 var<private> phase: u32;
-
-fn xload(i: u32) -> f32 {
-    return xch[i];
-}
-
-fn xstore(i: u32, v: f32) {
-    xch[i] = v;
-}
 
 // A grid-wide barrier in two halves, so that a phase's weight loads go out between them and
 // arrive while the workgroup waits: `grid_arrive` counts the workgroup in once its stores are
@@ -142,7 +134,7 @@ fn load_norm(lid: u32, off: u32) {
     for (var k = 0u; k < N_D; k++) {
         let i = lid + WGS * k;
         if i < D {
-            hs[i] = xload(X_H + i);
+            hs[i] = xch[X_H + i];
         }
     }
     workgroupBarrier();
@@ -244,15 +236,6 @@ fn fetch_dt(l: u32, c: u32) -> array<vec4<u32>, RG> {
     return a;
 }
 
-// softplus(x) = ln(1 + e^x), and x itself above 20 (as PyTorch, ggml and the engine do).
-fn softplus(x: f32) -> f32 {
-    return select(log(1.0 + exp(x)), x, x > 20.0);
-}
-
-fn silu(x: f32) -> f32 {
-    return x / (1.0 + exp(-x));
-}
-
 // 1 / sqrt(mean(v²) + eps) over xdb[start .. start + n] (Falcon-Mamba's δ, B, C norms).
 fn seg_scale(start: u32, n: u32) -> f32 {
     var s = 0.0;
@@ -261,8 +244,6 @@ fn seg_scale(start: u32, n: u32) -> f32 {
     }
     return 1.0 / sqrt(s / f32(n) + EPS);
 }
-
-var<workgroup> segs: array<f32, 3>;
 
 @compute @workgroup_size(WGS)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -293,7 +274,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var k = 0u; k < (RPW + WGS - 1u) / WGS; k++) {
         let i = lid + WGS * k;
         if i < RPW && w + P * i < D {
-            xstore(X_H + w + P * i, hs[w + P * i]);
+            xch[X_H + w + P * i] = hs[w + P * i];
         }
     }
 
@@ -373,7 +354,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 }
             }
             if r < XL {
-                xstore(X_PART + r * P + w, s);
+                xch[X_PART + r * P + w] = s;
             }
         }
         grid_arrive(lid);
@@ -398,7 +379,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 let q = lane + 32u * k;
                 var v = 0.0;
                 if q < P {
-                    v = xload(X_PART + r * P + q);
+                    v = xch[X_PART + r * P + q];
                 }
                 pv[i * PPL + k] = v;
             }
@@ -415,21 +396,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
         }
         workgroupBarrier();
-        if DBC_RMS {
-            if lid == 0u {
-                segs[0] = seg_scale(0u, R);
-                segs[1] = seg_scale(R, NS);
-                segs[2] = seg_scale(R + NS, NS);
-            }
-            workgroupBarrier();
-        }
         var sd = 1.0;
         var sb = 1.0;
         var sc = 1.0;
         if DBC_RMS {
-            sd = segs[0];
-            sb = segs[1];
-            sc = segs[2];
+            sd = seg_scale(0u, R);
+            sb = seg_scale(R, NS);
+            sc = seg_scale(R + NS, NS);
         }
         for (var k = 0u; k < NCH; k++) {
             let c0 = base + k * CH;
@@ -473,7 +446,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                     acc += red[n * CH + lid];
                 }
                 let uc = us[k * CH + lid];
-                xstore(X_Y + c, (acc * sc + smalls[O_D + so + c] * uc) * silu(zs[k * CH + lid]));
+                xch[X_Y + c] = (acc * sc + smalls[O_D + so + c] * uc) * silu(zs[k * CH + lid]);
             }
             workgroupBarrier();
         }
@@ -487,7 +460,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var k = 0u; k < N_EG; k++) {
             let g = lid + WGS * k;
             if g < EG {
-                ys[g] = vec4(xload(X_Y + 4u * g), xload(X_Y + 4u * g + 1u), xload(X_Y + 4u * g + 2u), xload(X_Y + 4u * g + 3u));
+                ys[g] = vec4(xch[X_Y + 4u * g], xch[X_Y + 4u * g + 1u], xch[X_Y + 4u * g + 2u], xch[X_Y + 4u * g + 3u]);
             }
         }
         workgroupBarrier();
@@ -506,7 +479,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let ri = warp + WARPS * i;
             if lane == 0u && ri < RPW && w + P * ri < D {
                 let v = hs[w + P * ri] + s;
-                xstore(X_H + w + P * ri, v);
+                xch[X_H + w + P * ri] = v;
                 if l + 1u == L {
                     x_out[w + P * ri] = v;
                 }

@@ -48,11 +48,6 @@ fn seg_scale(base: u32, n: u32) -> f32 {
     return 1.0 / sqrt(s / f32(n) + bitcast<f32>(p.eps_bits));
 }
 
-// softplus(x) = ln(1 + e^x), and x itself above 20 (as PyTorch, ggml and the engine do).
-fn softplus(x: f32) -> f32 {
-    return select(log(1.0 + exp(x)), x, x > 20.0);
-}
-
 // The window of (slot, channel c) becomes the last d_conv − 1 inputs of [window; the sequence's
 // len inputs from token start]. Ascending j reads index len + j ≥ j + 1 before anything
 // overwrites it.
