@@ -25,14 +25,24 @@ pub trait Decoder {
         Ok(argmax(self.feed(tokens)?))
     }
     /// Says that the caller may take up to `most` greedy tokens from here on, the next
-    /// [`Decoder::feed_greedy`]'s included, each fed back in turn. A decoder that computes greedy
-    /// tokens ahead (the host's wasi-nn) uses it so as not to compute past the end; others
-    /// ignore it.
-    fn plan_greedy(&mut self, most: usize) {
-        let _ = most;
+    /// [`Decoder::feed_greedy`]'s included, each fed back in turn, and at what [`Pace`]. A
+    /// decoder that computes greedy tokens ahead (the host's wasi-nn) uses it so as not to
+    /// compute past the end; others ignore it.
+    fn plan_greedy(&mut self, most: usize, pace: Pace) {
+        let _ = (most, pace);
     }
     /// Vocabulary size.
     fn vocab(&self) -> usize;
+}
+
+/// How a caller wants the greedy tokens a decoder computes ahead ([`Decoder::plan_greedy`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Pace {
+    /// Each as soon as it is ready: the text is streamed.
+    Eager,
+    /// In as few round trips as possible: the text is sent whole.
+    #[default]
+    Batched,
 }
 
 /// A token id outside the vocabulary was given to a decoder.

@@ -1,6 +1,7 @@
 //! The request handler: routing, then each endpoint.
 
 use spin_sdk::http::{IncomingRequest, Method, ResponseOutparam};
+use tinystate_engine::generate::Pace;
 
 use crate::api::{self, ApiError, Endpoint, Meta, Usage};
 use crate::http::{BodyWriter, read_body, respond, respond_error};
@@ -58,11 +59,11 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
     }
 }
 
-/// Greedy tokens per wasi-nn round trip for a response sent whole: the host feeds them back
-/// itself, so a batched GPU step does not wait for this guest between them.
-const GREEDY_AHEAD_WHOLE: usize = 16;
-/// The same for a streamed response, whose text arrives in bursts of this many tokens.
-const GREEDY_AHEAD_STREAMED: usize = 4;
+/// How a request's greedy tokens are best taken from a decoder that computes them ahead: as
+/// each is ready when the text is streamed, else in as few round trips as possible.
+fn pace(request: &api::Request) -> Pace {
+    if request.stream { Pace::Eager } else { Pace::Batched }
+}
 
 /// Unix time in seconds and a nonce from the clock's nanoseconds.
 fn now() -> (u64, u64) {
@@ -106,7 +107,7 @@ fn prepare(
                     Some(_) => ApiError::invalid(Some("prompt"), "'prompt' must be a string"),
                 });
             }
-            seq.finish(&request.params)?;
+            seq.finish(&request.params, pace(&request))?;
             Ok((seq, request))
         }
         Endpoint::Chat => {
@@ -125,7 +126,7 @@ fn prepare(
             for piece in prompt.as_bytes().chunks(crate::json_stream::OUT_CHUNK) {
                 seq.push(piece);
             }
-            seq.finish(&request.params)?;
+            seq.finish(&request.params, pace(&request))?;
             Ok((seq, request))
         }
     }
@@ -144,7 +145,7 @@ fn run(
     let meta = Meta::new(endpoint, &e.served_id(), created, nonce ^ request.params.sampler.seed);
     if !request.stream {
         let mut text = String::new();
-        let generated = seq.generate(&request.params, GREEDY_AHEAD_WHOLE, |piece, _| {
+        let generated = seq.generate(&request.params, |piece, _| {
             text.push_str(piece);
             Ok(())
         });
@@ -176,7 +177,7 @@ fn run(
             return;
         }
     }
-    let generated = seq.generate(&request.params, GREEDY_AHEAD_STREAMED, |piece, finish| {
+    let generated = seq.generate(&request.params, |piece, finish| {
         buf.clear();
         if !piece.is_empty() || first {
             sse::event(&mut buf, &meta.chunk(piece, first, None));

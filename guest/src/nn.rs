@@ -12,14 +12,19 @@
 //!   [`Decoder::feed_greedy`]) adds `("greedy", U8 [1] = n)` → `[("token", I32 [n])]`: the
 //!   host's argmax, 4 bytes instead of the logits (on the GPU backend, computed there), and for
 //!   n > 1 the n − 1 greedy tokens after it, which the host feeds back itself. n is what
-//!   [`Decoder::plan_greedy`] allowed (1 for a prompt: its first token comes at once); the
-//!   later feeds of those tokens take them from [`NnDecoder`]'s queue without a compute.
+//!   [`Decoder::plan_greedy`] allowed, at most [`MAX_GREEDY`]; the later feeds of those tokens
+//!   take them from [`NnDecoder`]'s queue without a compute.
+//! - when the text is streamed ([`Pace::Eager`]) and more than one greedy token is allowed,
+//!   the compute also starts a greedy run of all of them (`("greedy-run", I32 [1] = r)`, at
+//!   most [`MAX_GREEDY_RUN`]): the host goes on computing them while this guest streams what
+//!   it has, and each later compute feeds the last token got and takes the 1..=n that are
+//!   ready. So a stream neither waits for its guest nor arrives in bursts.
 //!
 //! The state lives in the host, owned by the execution context; dropping the decoder (or the
 //! instance) frees it.
 
 use tinystate_engine::TokenId;
-use tinystate_engine::generate::Decoder;
+use tinystate_engine::generate::{Decoder, Pace};
 
 use bindings::wasi::nn::inference::NamedTensor;
 
@@ -43,6 +48,8 @@ use bindings::wasi::nn::tensor::{Tensor, TensorType};
 pub const MAX_CHUNK: usize = 512;
 /// Most greedy tokens one `compute` may ask for (the host's `MAX_GREEDY`).
 pub const MAX_GREEDY: usize = 64;
+/// Most tokens of one greedy run (the host's `MAX_GREEDY_RUN`).
+pub const MAX_GREEDY_RUN: usize = 1024;
 
 /// The host's environment variable listing its models, comma-separated, default first.
 const MODELS_ENV: &str = "TINYSTATE_MODELS";
@@ -102,6 +109,10 @@ pub struct NnDecoder {
     last: TokenId,
     /// How many greedy tokens the next compute may ask for ([`Decoder::plan_greedy`]).
     plan: usize,
+    /// And at what pace.
+    pace: Pace,
+    /// Tokens of the greedy run under way that the host has not handed over yet.
+    run_left: usize,
 }
 
 impl NnDecoder {
@@ -114,6 +125,8 @@ impl NnDecoder {
             ahead: std::collections::VecDeque::with_capacity(MAX_GREEDY),
             last: TokenId(0),
             plan: 1,
+            pace: Pace::default(),
+            run_left: 0,
         }
     }
 
@@ -122,6 +135,7 @@ impl NnDecoder {
         self.ctx = None;
         self.ahead.clear();
         self.plan = 1;
+        self.run_left = 0;
     }
 
     /// Loads the model and makes this sequence's context, if not done yet.
@@ -136,9 +150,9 @@ impl NnDecoder {
         self.ctx.as_ref().ok_or_else(|| NnError::protocol("no execution context".into()))
     }
 
-    /// One compute of at most [`MAX_CHUNK`] tokens, with the `"greedy"` input `greedy` if not
-    /// 0; returns the outputs.
-    fn compute(&mut self, tokens: &[TokenId], greedy: u8) -> Result<Vec<NamedTensor>, NnError> {
+    /// One compute of at most [`MAX_CHUNK`] tokens, with the `"greedy"` input `greedy` and the
+    /// `"greedy-run"` input `run` where not 0; returns the outputs.
+    fn compute(&mut self, tokens: &[TokenId], greedy: u8, run: u32) -> Result<Vec<NamedTensor>, NnError> {
         self.bytes.clear();
         self.bytes.extend(tokens.iter().flat_map(|t| t.0.to_le_bytes()));
         let mut inputs =
@@ -146,13 +160,16 @@ impl NnDecoder {
         if greedy > 0 {
             inputs.push(("greedy".to_owned(), Tensor::new(&[1], TensorType::U8, &[greedy])));
         }
+        if run > 0 {
+            inputs.push(("greedy-run".to_owned(), Tensor::new(&[1], TensorType::I32, &run.to_le_bytes())));
+        }
         let ctx = self.connect()?;
         ctx.compute(inputs).map_err(|e| NnError::from_wasi("compute", e))
     }
 
     /// One compute for the logits; they land in `self.logits`.
     fn compute_logits(&mut self, tokens: &[TokenId]) -> Result<(), NnError> {
-        let t = output(self.compute(tokens, 0)?, "logits")?;
+        let t = output(self.compute(tokens, 0, 0)?, "logits")?;
         if t.ty() != TensorType::Fp32 {
             return Err(NnError::protocol("the host's 'logits' are not FP32".into()));
         }
@@ -165,24 +182,38 @@ impl NnDecoder {
         Ok(())
     }
 
-    /// One compute for `n` (1..=[`MAX_GREEDY`]) greedy tokens: returns the first, queues the
-    /// others in `ahead`.
-    fn compute_tokens(&mut self, tokens: &[TokenId], n: usize) -> Result<TokenId, NnError> {
-        let t = output(self.compute(tokens, n as u8)?, "token")?;
+    /// One compute for `n` (1..=[`MAX_GREEDY`]) greedy tokens, starting a run of `run` if not
+    /// 0: returns the first, queues the others in `ahead`. In a run (started now or before) the
+    /// host may return fewer (at least one); returns how many came.
+    fn compute_tokens(
+        &mut self,
+        tokens: &[TokenId],
+        n: usize,
+        run: usize,
+    ) -> Result<(TokenId, usize), NnError> {
+        let in_run = run > 0 || self.run_left > 0;
+        let t = output(self.compute(tokens, n as u8, run as u32)?, "token")?;
         let data = t.data();
+        let k = data.len() / 4;
+        let count_ok = if in_run { (1..=n).contains(&k) } else { k == n };
         // Non-negative as I32s: the host's ids are below the vocabulary size.
-        if t.ty() != TensorType::I32 || data.len() != 4 * n || data.chunks_exact(4).any(|b| b[3] >= 0x80) {
+        if t.ty() != TensorType::I32
+            || data.len() % 4 != 0
+            || !count_ok
+            || data.chunks_exact(4).any(|b| b[3] >= 0x80)
+        {
             return Err(NnError::protocol(format!(
-                "the host's 'token' is {:?} of {} bytes, not {n} non-negative I32s",
+                "the host's 'token' is {:?} of {} bytes, not {} non-negative I32s",
                 t.ty(),
-                data.len()
+                data.len(),
+                if in_run { format!("1 to {n}") } else { n.to_string() }
             )));
         }
         let mut ids = data.chunks_exact(4).map(|b| TokenId(u32::from_le_bytes([b[0], b[1], b[2], b[3]])));
         let first = ids.next().ok_or_else(|| NnError::protocol("no greedy token".into()))?;
         self.ahead.extend(ids);
         self.last = first;
-        Ok(first)
+        Ok((first, k))
     }
 }
 
@@ -208,7 +239,7 @@ impl Decoder for NnDecoder {
         if tokens.is_empty() {
             return Err(NnError::protocol("no tokens to feed".into()));
         }
-        if !self.ahead.is_empty() {
+        if !self.ahead.is_empty() || self.run_left > 0 {
             return Err(NnError::protocol("logits asked for while the host had run ahead greedily".into()));
         }
         for chunk in tokens.chunks(MAX_CHUNK) {
@@ -218,28 +249,45 @@ impl Decoder for NnDecoder {
     }
 
     fn feed_greedy(&mut self, tokens: &[TokenId]) -> Result<TokenId, NnError> {
+        let ran_ahead = !self.ahead.is_empty() || self.run_left > 0;
+        if ran_ahead && tokens != [self.last] {
+            return Err(NnError::protocol(format!(
+                "fed {tokens:?} after greedy token {} while the host had run ahead",
+                self.last
+            )));
+        }
         if let Some(next) = self.ahead.pop_front() {
             // The host ran ahead: its state has taken `last` already.
-            if tokens != [self.last] {
-                return Err(NnError::protocol(format!(
-                    "fed {tokens:?} after greedy token {} while the host had run ahead",
-                    self.last
-                )));
-            }
             self.last = next;
             return Ok(next);
         }
-        let n = std::mem::replace(&mut self.plan, 1).clamp(1, MAX_GREEDY);
+        if self.run_left > 0 {
+            // The run's next tokens, which the host may have computed already.
+            let (first, k) = self.compute_tokens(tokens, self.run_left.min(MAX_GREEDY), 0)?;
+            self.run_left -= k;
+            return Ok(first);
+        }
+        let most = std::mem::replace(&mut self.plan, 1).max(1);
+        let n = most.min(MAX_GREEDY);
+        let run = if self.pace == Pace::Eager && most > 1 { most.min(MAX_GREEDY_RUN) } else { 0 };
         let mut token = Err(NnError::protocol("no tokens to feed".into()));
         let chunks = tokens.chunks(MAX_CHUNK).count();
         for (i, chunk) in tokens.chunks(MAX_CHUNK).enumerate() {
-            token = Ok(self.compute_tokens(chunk, if i + 1 == chunks { n } else { 1 })?);
+            token = Ok(match i + 1 == chunks {
+                true => {
+                    let (first, k) = self.compute_tokens(chunk, n, run)?;
+                    self.run_left = run.saturating_sub(k);
+                    first
+                }
+                false => self.compute_tokens(chunk, 1, 0)?.0,
+            });
         }
         token
     }
 
-    fn plan_greedy(&mut self, most: usize) {
+    fn plan_greedy(&mut self, most: usize, pace: Pace) {
         self.plan = most;
+        self.pace = pace;
     }
 
     fn vocab(&self) -> usize {

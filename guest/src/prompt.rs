@@ -17,7 +17,7 @@
 
 use tinystate_engine::TokenId;
 use tinystate_engine::arch::mamba::DEFAULT_MAX_CHUNK;
-use tinystate_engine::generate::{Decoder, FinishReason, GenerateParams, Generator};
+use tinystate_engine::generate::{Decoder, FinishReason, GenerateParams, Generator, Pace};
 use tinystate_engine::tokenizer::StreamEncoder;
 
 use crate::api::{ApiError, MAX_PROMPT_TOKENS};
@@ -49,6 +49,8 @@ pub struct Sequence {
     logits: Vec<f32>,
     /// The greedy token after the prompt's last token, when [`Sequence::finish`] took it.
     first: Option<TokenId>,
+    /// How the generated text goes out, which says how to take greedy tokens computed ahead.
+    pace: Pace,
     tokens: usize,
     bytes: u64,
     error: Option<ApiError>,
@@ -82,6 +84,7 @@ impl Sequence {
             dec: e.decoder(),
             logits: Vec::with_capacity(e.tokenizer.vocab_size()),
             first: None,
+            pace: Pace::default(),
             tokens: 0,
             bytes: 0,
             error: None,
@@ -107,6 +110,7 @@ impl Sequence {
         self.recent.clear();
         self.logits.clear();
         self.first = None;
+        self.pace = Pace::default();
         self.tokens = 0;
         self.bytes = 0;
         self.error = None;
@@ -160,8 +164,9 @@ impl Sequence {
     }
 
     /// Ends the prompt and runs what is left of it, for generating with `params` (greedy ones
-    /// take only the next token, not the logits).
-    pub fn finish(&mut self, params: &GenerateParams) -> Result<Usage, ApiError> {
+    /// take only the next token, not the logits) at `pace` (streamed text: [`Pace::Eager`]).
+    pub fn finish(&mut self, params: &GenerateParams, pace: Pace) -> Result<Usage, ApiError> {
+        self.pace = pace;
         if let Some(e) = self.error.take() {
             return Err(e);
         }
@@ -178,6 +183,7 @@ impl Sequence {
             return Err(ApiError::invalid(Some("prompt"), "the prompt encodes to no tokens"));
         }
         if params.sampler.picks_argmax() {
+            self.dec.plan_greedy(params.max_tokens, pace);
             self.first = Some(self.dec.feed_greedy(&self.pending)?);
         } else {
             let logits = self.dec.feed(&self.pending)?;
@@ -200,13 +206,12 @@ impl Sequence {
 
     /// Generates after [`Sequence::finish`] (given the same `params`): `each(text, finish)`
     /// gets every piece of text; it returns `Err` to stop early (client gone). Returns the
-    /// finish reason and the number of tokens generated, or why decoding failed. `ahead`: when
-    /// greedy, how many tokens the decoder may compute per round trip (the `nn` build's host
-    /// feeds them back itself; text then arrives in bursts of that many tokens).
+    /// finish reason and the number of tokens generated, or why decoding failed. When greedy,
+    /// the decoder learns how many tokens are left at each step ([`Decoder::plan_greedy`], with
+    /// `finish`'s pace): the `nn` build's host computes them ahead.
     pub fn generate(
         &mut self,
         params: &GenerateParams,
-        ahead: usize,
         mut each: impl FnMut(&str, Option<FinishReason>) -> Result<(), ()>,
     ) -> Result<(FinishReason, usize), ApiError> {
         let e = self.e;
@@ -237,7 +242,7 @@ impl Sequence {
             }
             next = match greedy {
                 true => {
-                    self.dec.plan_greedy(ahead.min(params.max_tokens.saturating_sub(generator.produced())));
+                    self.dec.plan_greedy(params.max_tokens.saturating_sub(generator.produced()), self.pace);
                     Next::Token(self.dec.feed_greedy(&[token])?)
                 }
                 false => Next::Logits(self.dec.feed(&[token])?),
@@ -285,10 +290,10 @@ mod tests {
             }
         }
         let params = greedy(n);
-        let usage = seq.finish(&params).unwrap();
+        let usage = seq.finish(&params, Pace::Batched).unwrap();
         let mut out = String::new();
         let (_, produced) = seq
-            .generate(&params, 4, |t, _| {
+            .generate(&params, |t, _| {
                 out.push_str(t);
                 Ok(())
             })
@@ -320,7 +325,7 @@ mod tests {
     fn empty_and_oversized_prompts() {
         let e = crate::model::engine().unwrap();
         let mut seq = Sequence::new(e, false);
-        assert_eq!(seq.finish(&greedy(1)).unwrap_err().param, Some("prompt"));
+        assert_eq!(seq.finish(&greedy(1), Pace::Batched).unwrap_err().param, Some("prompt"));
     }
 
     /// Generates `n` tokens after `text` with `params`; the text and the tokens' count.
@@ -328,10 +333,10 @@ mod tests {
         let e = crate::model::engine().unwrap();
         let mut seq = Sequence::new(e, false);
         seq.push(text.as_bytes());
-        seq.finish(params).unwrap();
+        seq.finish(params, Pace::Batched).unwrap();
         let mut out = String::new();
         let (_, n) = seq
-            .generate(params, 4, |t, _| {
+            .generate(params, |t, _| {
                 out.push_str(t);
                 Ok(())
             })
@@ -363,8 +368,8 @@ mod tests {
         seq.push(b"Once upon a time");
         let mut sampled = greedy(4);
         sampled.sampler.temperature = 0.7;
-        seq.finish(&greedy(4)).unwrap();
-        assert!(seq.generate(&sampled, 1, |_, _| Ok(())).is_err());
+        seq.finish(&greedy(4), Pace::Batched).unwrap();
+        assert!(seq.generate(&sampled, |_, _| Ok(())).is_err());
     }
 
     /// Linear memory does not grow with the prompt: a 256 KiB prompt after a 1 KiB one.

@@ -20,6 +20,12 @@ pub const INPUT_TOKENS: &str = "tokens";
 pub const INPUT_GREEDY: &str = "greedy";
 /// Most greedy tokens one `compute` may ask for (the value of [`INPUT_GREEDY`]).
 pub const MAX_GREEDY: u32 = 64;
+/// The optional input that starts a greedy run: the guest will take up to this many greedy
+/// tokens, so the host may compute them before they are asked for (see the module docs).
+pub const INPUT_GREEDY_RUN: &str = "greedy-run";
+/// Most tokens of one greedy run (the value of [`INPUT_GREEDY_RUN`]). It bounds what a run may
+/// hold for a guest that has not taken its tokens yet: memory per request stays constant.
+pub const MAX_GREEDY_RUN: u32 = 1024;
 /// The output's name without [`INPUT_GREEDY`].
 pub const OUTPUT_LOGITS: &str = "logits";
 /// The output's name with [`INPUT_GREEDY`].
@@ -34,6 +40,10 @@ pub struct Inputs {
     /// logits; n ≥ 1 for the greedy token after the input and the n − 1 that follow when each is
     /// fed back in turn (the state then holds the input and the first n − 1 of them).
     pub greedy: u32,
+    /// The greedy run this compute starts ([`INPUT_GREEDY_RUN`]): 0 for none; r ≥ `greedy` for
+    /// r greedy tokens in all, which this compute and the ones after it take, at most `greedy`
+    /// at a time.
+    pub run: u32,
 }
 
 /// What one `compute` returns.
@@ -72,27 +82,57 @@ pub struct TensorParts {
 }
 
 /// Checks that `inputs` holds exactly one tensor named [`INPUT_TOKENS`], `I32`, `[n]` or
-/// `[1, n]` with 4·n bytes, and at most one [`INPUT_GREEDY`] (`U8`, `[1]`, 0..=[`MAX_GREEDY`]),
-/// and nothing else; returns the ids (range is checked by [`check_tokens`]) and the count.
+/// `[1, n]` with 4·n bytes, at most one [`INPUT_GREEDY`] (`U8`, `[1]`, 0..=[`MAX_GREEDY`]), at
+/// most one [`INPUT_GREEDY_RUN`] (`I32`, `[1]`, from the greedy count to [`MAX_GREEDY_RUN`], only
+/// with a greedy count), and nothing else; returns the ids (range is checked by
+/// [`check_tokens`]) and the counts.
 pub fn parse_inputs<'t>(inputs: impl Iterator<Item = (&'t str, &'t TensorParts)>) -> Result<Inputs, NnError> {
-    let (mut tokens, mut greedy) = (None, None);
+    let (mut tokens, mut greedy, mut run) = (None, None, None);
     for (name, t) in inputs {
         match name {
             INPUT_TOKENS if tokens.is_none() => tokens = Some(decode_tokens(t)?),
             INPUT_GREEDY if greedy.is_none() => greedy = Some(decode_greedy(t)?),
-            INPUT_TOKENS | INPUT_GREEDY => {
+            INPUT_GREEDY_RUN if run.is_none() => run = Some(decode_run(t)?),
+            INPUT_TOKENS | INPUT_GREEDY | INPUT_GREEDY_RUN => {
                 return Err(NnError::Input(format!("input '{name}' is given twice; give it once")));
             }
             _ => {
                 return Err(NnError::Input(format!(
                     "unknown input '{name}'; the inputs are '{INPUT_TOKENS}' and, optionally, \
-                     '{INPUT_GREEDY}'"
+                     '{INPUT_GREEDY}' and '{INPUT_GREEDY_RUN}'"
                 )));
             }
         }
     }
     let tokens = tokens.ok_or_else(|| NnError::Input(format!("no input '{INPUT_TOKENS}'")))?;
-    Ok(Inputs { tokens, greedy: greedy.unwrap_or(0) })
+    let (greedy, run) = (greedy.unwrap_or(0), run.unwrap_or(0));
+    if run > 0 && (greedy == 0 || run < greedy) {
+        return Err(NnError::Input(format!(
+            "input '{INPUT_GREEDY_RUN}' ({run}) must be at least '{INPUT_GREEDY}' ({greedy}), \
+             which must be given"
+        )));
+    }
+    Ok(Inputs { tokens, greedy, run })
+}
+
+/// The [`INPUT_GREEDY_RUN`] length: `I32`, dimensions `[1]`, 4 bytes, 0 (no run) to
+/// [`MAX_GREEDY_RUN`].
+fn decode_run(t: &TensorParts) -> Result<u32, NnError> {
+    if t.ty != TensorType::I32 || t.dims != [1] || t.data.len() != 4 {
+        return Err(NnError::Input(format!(
+            "input '{INPUT_GREEDY_RUN}' must be I32 with dimensions [1] and 4 bytes, not {:?} with {:?} \
+             and {} bytes",
+            t.ty,
+            t.dims,
+            t.data.len()
+        )));
+    }
+    match i32::from_le_bytes([t.data[0], t.data[1], t.data[2], t.data[3]]) {
+        v @ 0.. if v as u32 <= MAX_GREEDY_RUN => Ok(v as u32),
+        v => {
+            Err(NnError::Input(format!("input '{INPUT_GREEDY_RUN}' must be 0 to {MAX_GREEDY_RUN}, not {v}")))
+        }
+    }
 }
 
 /// The [`INPUT_GREEDY`] count: `U8`, dimensions `[1]`, one byte, 0 (logits) to [`MAX_GREEDY`].
@@ -210,7 +250,7 @@ mod tests {
         for (inputs, want) in cases {
             assert_eq!(
                 parse_all(&inputs).unwrap(),
-                Inputs { tokens: ids.clone(), greedy: want },
+                Inputs { tokens: ids.clone(), greedy: want, run: 0 },
                 "{inputs:?}"
             );
         }
@@ -238,6 +278,49 @@ mod tests {
         // Still exactly one "tokens": greedy alone is not enough.
         let e = parse_all(&[("greedy", flag(1))]).unwrap_err();
         assert!(e.to_string().contains("no input 'tokens'"), "{e}");
+    }
+
+    fn run(v: i32) -> TensorParts {
+        TensorParts { dims: vec![1], ty: TensorType::I32, data: v.to_le_bytes().to_vec() }
+    }
+
+    #[test]
+    fn a_greedy_run_needs_a_greedy_count_no_larger() {
+        let t = tokens(&[1], vec![1]);
+        let ok = parse_all(&[("greedy-run", run(100)), ("tokens", t.clone()), ("greedy", flag(8))]).unwrap();
+        assert_eq!((ok.greedy, ok.run), (8, 100));
+        let ok = parse_all(&[("tokens", t.clone()), ("greedy", flag(8)), ("greedy-run", run(0))]).unwrap();
+        assert_eq!((ok.greedy, ok.run), (8, 0));
+        let max = MAX_GREEDY_RUN as i32;
+        assert_eq!(
+            parse_all(&[("tokens", t.clone()), ("greedy", flag(1)), ("greedy-run", run(max))]).unwrap().run,
+            1024
+        );
+        let cases = [
+            (vec![("greedy-run", run(5))], "must be given"),
+            (vec![("greedy", flag(0)), ("greedy-run", run(5))], "must be given"),
+            (vec![("greedy", flag(8)), ("greedy-run", run(7))], "(7) must be at least 'greedy' (8)"),
+            (vec![("greedy", flag(1)), ("greedy-run", run(max + 1))], "0 to 1024, not 1025"),
+            (vec![("greedy", flag(1)), ("greedy-run", run(-1))], "0 to 1024, not -1"),
+            (
+                vec![("greedy", flag(1)), ("greedy-run", TensorParts { ty: TensorType::U8, ..run(2) })],
+                "must be I32",
+            ),
+            (
+                vec![("greedy", flag(1)), ("greedy-run", TensorParts { dims: vec![2], ..run(2) })],
+                "dimensions [1]",
+            ),
+            (vec![("greedy", flag(1)), ("greedy-run", run(2)), ("greedy-run", run(2))], "given twice"),
+        ];
+        for (mut inputs, want) in cases {
+            inputs.push(("tokens", t.clone()));
+            let e = parse_all(&inputs).unwrap_err();
+            assert_eq!(e.code(), crate::nn::wit::ErrorCode::InvalidArgument, "{e}");
+            assert!(
+                e.to_string().contains("'greedy-run'") && e.to_string().contains(want),
+                "{inputs:?}: {e}"
+            );
+        }
     }
 
     #[test]

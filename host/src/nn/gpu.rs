@@ -132,8 +132,6 @@ impl Stepper for GpuModel {
 
 /// The answer to one compute: the logits, or the greedy token.
 type Answer = Result<Output, NnError>;
-/// Where the batcher sends it.
-type Reply = oneshot::Sender<Answer>;
 
 /// What contexts send the batcher.
 enum Msg {
@@ -143,6 +141,53 @@ enum Msg {
     Release(SlotId),
 }
 
+/// A greedy run's tokens on their way to its context, each as it is read back, or the error
+/// that ended the run.
+type RunItem = Result<TokenId, NnError>;
+
+/// Where a job's answer goes.
+enum Reply {
+    /// One answer: the logits, or all the greedy tokens at once (those so far in `got`).
+    Once { tx: oneshot::Sender<Answer>, got: Vec<TokenId> },
+    /// A greedy run (the contract's `"greedy-run"`): each token as soon as it is read back, so
+    /// the guest takes them while the run goes on. At most [`contract::MAX_GREEDY_RUN`] of them
+    /// wait in the channel.
+    Run(tokio::sync::mpsc::UnboundedSender<RunItem>),
+}
+
+impl Reply {
+    /// One answer, for the logits or every greedy token at once.
+    fn once(tx: oneshot::Sender<Answer>, greedy: u32) -> Self {
+        Self::Once { tx, got: Vec::with_capacity(greedy as usize) }
+    }
+
+    /// Whether nobody waits for the answer any more (the context is gone).
+    fn is_closed(&self) -> bool {
+        match self {
+            Self::Once { tx, .. } => tx.is_closed(),
+            Self::Run(tx) => tx.is_closed(),
+        }
+    }
+
+    /// A greedy token that is not the job's last.
+    fn token(&mut self, id: TokenId) {
+        match self {
+            Self::Once { got, .. } => got.push(id),
+            // A closed channel only means the context went away; the job is dropped next turn.
+            Self::Run(tx) => drop(tx.send(Ok(id))),
+        }
+    }
+
+    /// The job's error; false if nobody received it.
+    fn fail(self, e: &GpuError) -> bool {
+        let e = NnError::Backend(e.to_string());
+        match self {
+            Self::Once { tx, .. } => tx.send(Err(e)).is_ok(),
+            Self::Run(tx) => tx.send(Err(e)).is_ok(),
+        }
+    }
+}
+
 /// One compute request.
 struct Job {
     slot: SlotId,
@@ -150,8 +195,6 @@ struct Job {
     /// Greedy tokens still to produce instead of the logits (0: the logits; see the contract):
     /// after each but the last the job feeds its token back as a decode row by itself.
     greedy: u32,
-    /// The greedy tokens produced so far (when `greedy` asked for several).
-    got: Vec<TokenId>,
     reply: Reply,
     /// When the context sent it (for the batcher's timings).
     sent: Instant,
@@ -164,10 +207,15 @@ impl Job {
         result.is_ok() && self.greedy > 1
     }
 
-    /// Feeds `id` back: the job becomes a decode row of its own for its next token.
-    fn feed_back(&mut self, id: TokenId) {
+    /// Takes `id`, a greedy token that is not its last.
+    fn take(&mut self, id: TokenId) {
         self.greedy -= 1;
-        self.got.push(id);
+        self.reply.token(id);
+    }
+
+    /// Takes `id` and feeds it back: the job becomes a decode row of its own for its next token.
+    fn feed_back(&mut self, id: TokenId) {
+        self.take(id);
         self.tokens.clear();
         self.tokens.push(id);
         self.sent = Instant::now(); // ready again now (tinystate_nn_queue_seconds)
@@ -228,7 +276,7 @@ impl GpuBackend {
             freed.as_mut().enable();
             if let Some(slot) = lock(&self.free.list).pop() {
                 self.stats.slots_in_use.fetch_add(1, Ordering::Relaxed);
-                return Ok(GpuContext { backend: self.clone(), slot, waiting: None });
+                return Ok(GpuContext { backend: self.clone(), slot, waiting: None, run: None });
             }
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
                 return Err(NnError::NoFreeSlot { slots: self.slots });
@@ -265,6 +313,8 @@ pub struct GpuContext {
     slot: SlotId,
     /// The reply of a compute whose future was dropped before it came.
     waiting: Option<oneshot::Receiver<Answer>>,
+    /// The tokens of the greedy run under way, as the batcher reads them back.
+    run: Option<tokio::sync::mpsc::UnboundedReceiver<RunItem>>,
 }
 
 impl GpuContext {
@@ -272,21 +322,68 @@ impl GpuContext {
     /// returns the last logits, or with `greedy` n ≥ 1 the n greedy tokens (each fed back before
     /// the next, by the batcher, without a round trip to the guest).
     pub async fn compute(&mut self, tokens: Vec<TokenId>, greedy: u32) -> Answer {
-        if self.waiting.is_some() {
-            // The state may or may not hold the cancelled chunk: it is no longer a sequence.
-            return Err(NnError::Backend("an earlier compute on this context was cancelled".into()));
-        }
-        let (reply, rx) = oneshot::channel();
-        let got = Vec::with_capacity(greedy as usize);
-        let job = Job { slot: self.slot, tokens, greedy, got, reply, sent: Instant::now() };
-        self.backend
-            .tx
-            .send(Msg::Compute(job))
-            .map_err(|_| NnError::Backend("the GPU batcher has stopped".into()))?;
+        self.usable()?;
+        self.run = None; // a run the caller has taken whole
+        let (tx, rx) = oneshot::channel();
+        self.send(tokens, greedy, Reply::once(tx, greedy))?;
         let rx = self.waiting.insert(rx);
         let answer = rx.await;
         self.waiting = None;
         answer.map_err(|_| NnError::Backend("the GPU batcher dropped the request".into()))?
+    }
+
+    /// Starts a greedy run of `run` tokens after `tokens` (the batcher feeds each back as a
+    /// decode row, whether or not the caller has taken it yet) and returns its first 1 to
+    /// `greedy` tokens ([`GpuContext::take_run`]).
+    pub async fn start_run(&mut self, tokens: Vec<TokenId>, greedy: u32, run: u32) -> Answer {
+        self.usable()?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.send(tokens, run, Reply::Run(tx))?;
+        self.run = Some(rx);
+        self.take_run(greedy).await
+    }
+
+    /// The next 1 to `most` tokens of the run under way: those read back already, or else the
+    /// next one when it is. A failed call ends the run with its error.
+    pub async fn take_run(&mut self, most: u32) -> Answer {
+        let rx = self.run.as_mut().ok_or_else(|| NnError::Backend("no greedy run under way".into()))?;
+        // Cancel-safe: a token is taken off the channel only when it is returned.
+        let first = rx.recv().await;
+        let mut out = Vec::with_capacity(most as usize);
+        let mut next = first;
+        while let Some(item) = next {
+            match item {
+                Ok(id) => out.push(id),
+                Err(e) => {
+                    self.run = None;
+                    return Err(e);
+                }
+            }
+            next = if out.len() < most as usize { rx.try_recv().ok() } else { None };
+        }
+        if out.is_empty() {
+            self.run = None;
+            return Err(NnError::Backend("the GPU batcher ended the greedy run early".into()));
+        }
+        Ok(Output::Tokens(out))
+    }
+
+    /// Fails if an earlier compute was cancelled: the state may or may not hold its chunk, so
+    /// it is no longer a sequence.
+    fn usable(&self) -> Result<(), NnError> {
+        match self.waiting {
+            Some(_) => Err(NnError::Backend("an earlier compute on this context was cancelled".into())),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends a job for this context's slot to the batcher.
+    fn send(&self, tokens: Vec<TokenId>, greedy: u32, reply: Reply) -> Result<(), NnError> {
+        let job = Job { slot: self.slot, tokens, greedy, reply, sent: Instant::now() };
+        self.backend
+            .tx
+            .send(Msg::Compute(job))
+            .map_err(|_| NnError::Backend("the GPU batcher has stopped".into()))
     }
 }
 
@@ -298,28 +395,28 @@ impl Drop for GpuContext {
     }
 }
 
-/// The answer for one sequence of a call: its greedy tokens (those `got` before and `id`), or
-/// the next of the wanted logits rows packed in `logits` (rows of `vocab`; `k` counts those
-/// already taken), or the call's error.
-fn row_answer(
+/// Answers one sequence of a call: its greedy tokens (`id` the last of them), or the next of
+/// the wanted logits rows packed in `logits` (rows of `vocab`; `k` counts those already taken),
+/// or the call's error. False if nobody received it (the context went away meanwhile).
+fn answer_row(
+    job: Job,
     result: &Result<(), GpuError>,
-    greedy: u32,
-    got: &mut Vec<TokenId>,
     id: TokenId,
     (logits, vocab): (&[f32], usize),
     k: &mut usize,
-) -> Answer {
-    match result {
-        Ok(()) if greedy > 0 => {
+) -> bool {
+    match (job.reply, result) {
+        (reply, Err(e)) => reply.fail(e),
+        (Reply::Run(tx), Ok(())) => tx.send(Ok(id)).is_ok(),
+        (Reply::Once { tx, mut got }, Ok(())) if job.greedy > 0 => {
             got.push(id);
-            Ok(Output::Tokens(std::mem::take(got)))
+            tx.send(Ok(Output::Tokens(got))).is_ok()
         }
-        Ok(()) => {
+        (Reply::Once { tx, .. }, Ok(())) => {
             let row = &logits[*k * vocab..(*k + 1) * vocab];
             *k += 1;
-            Ok(Output::Logits(logits_bytes(row)))
+            tx.send(Ok(Output::Logits(logits_bytes(row)))).is_ok()
         }
-        Err(e) => Err(NnError::Backend(e.to_string())),
     }
 }
 
@@ -813,8 +910,7 @@ impl<M: Stepper> Batcher<M> {
                 Ok(()) => {
                     for seq in &mut next.seqs {
                         if let Seq::Job { job, fed: Some(k) } = seq {
-                            job.greedy -= 1;
-                            job.got.push(self.ids[*k as usize]);
+                            job.take(self.ids[*k as usize]);
                         }
                     }
                 }
@@ -836,7 +932,7 @@ impl<M: Stepper> Batcher<M> {
                         && let Some(at) = self.prefills.iter().position(|p| p.serial == serial)
                         && let Some(p) = self.prefills.remove(at)
                     {
-                        let _ = p.job.reply.send(Err(NnError::Backend(e.to_string())));
+                        p.job.reply.fail(e);
                     }
                 }
                 Seq::Job { mut job, .. } => {
@@ -846,10 +942,9 @@ impl<M: Stepper> Batcher<M> {
                         self.decodes.push_back(job);
                         continue;
                     }
-                    let answer = row_answer(&result, job.greedy, &mut job.got, id, (&self.logits, v), &mut k);
-                    // A closed receiver only means the caller went away meanwhile.
-                    if job.reply.send(answer).is_ok() {
-                        self.answered[job.slot.0 as usize] = Some(Instant::now());
+                    let slot = job.slot.0 as usize;
+                    if answer_row(job, &result, id, (&self.logits, v), &mut k) {
+                        self.answered[slot] = Some(Instant::now());
                     }
                 }
             }
@@ -1077,7 +1172,13 @@ mod tests {
     fn send_greedy(tx: &mpsc::Sender<Msg>, slot: u32, tokens: &[u32], greedy: u32) -> Answer {
         let (reply, rx) = oneshot::channel();
         let tokens = tokens.iter().map(|&t| TokenId(t)).collect();
-        let job = Job { slot: SlotId(slot), tokens, greedy, got: Vec::new(), reply, sent: Instant::now() };
+        let job = Job {
+            slot: SlotId(slot),
+            tokens,
+            greedy,
+            reply: Reply::once(reply, greedy),
+            sent: Instant::now(),
+        };
         tx.send(Msg::Compute(job)).unwrap();
         rx
     }
@@ -1495,6 +1596,64 @@ mod tests {
         assert_eq!(got.len(), 4);
         assert_eq!(got[0], want[0]);
         assert!(got[1..].iter().all(|c| *c == want[1]), "{got:?}");
+    }
+
+    /// Sends a greedy run of `run` tokens after `tokens`; its tokens arrive on the receiver.
+    fn send_run(
+        tx: &mpsc::Sender<Msg>,
+        slot: u32,
+        tokens: &[u32],
+        run: u32,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<RunItem> {
+        let (reply, rx) = tokio::sync::mpsc::unbounded_channel();
+        let tokens = tokens.iter().map(|&t| TokenId(t)).collect();
+        let job =
+            Job { slot: SlotId(slot), tokens, greedy: run, reply: Reply::Run(reply), sent: Instant::now() };
+        tx.send(Msg::Compute(job)).unwrap();
+        rx
+    }
+
+    /// The tokens waiting on a run's receiver.
+    fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<RunItem>) -> Vec<TokenId> {
+        std::iter::from_fn(|| rx.try_recv().ok()).map(|t| t.unwrap()).collect()
+    }
+
+    /// A run hands over each token when its call is read back, while the next call (which
+    /// feeds that token on the GPU) is already in; it ends after its last token, and a run
+    /// whose context went away stops.
+    #[test]
+    fn a_greedy_run_hands_over_each_token_as_it_is_read_back() {
+        let twin = Twin::new(4, 4, 4);
+        let calls = twin.calls.clone();
+        let (mut b, tx) = batcher(twin);
+        let mut run = send_run(&tx, 0, &[3], 5);
+        let mut dropped = send_run(&tx, 1, &[5], 100);
+        run_once(&mut b); // the first call goes in
+        assert!(drain(&mut run).is_empty());
+        let mut got = Vec::new();
+        for step in 1..5 {
+            run_once(&mut b); // the next call goes in, then the one before is read back
+            got.extend(drain(&mut run));
+            assert_eq!(got, greedy_alone(3, step), "a token per call read back");
+            if step == 2 {
+                assert_eq!(drain(&mut dropped), greedy_alone(5, 2));
+                drop(std::mem::replace(&mut dropped, tokio::sync::mpsc::unbounded_channel().1));
+            }
+        }
+        run_once(&mut b); // the last call is read back
+        got.extend(drain(&mut run));
+        assert_eq!(got, greedy_alone(3, 5));
+        assert!(run.try_recv() == Err(tokio::sync::mpsc::error::TryRecvError::Disconnected), "the run ended");
+        assert!(b.flights.is_empty() && b.decodes.is_empty());
+        // Slot 1's run stopped once its receiver was gone: it ran only in the three calls that
+        // went in before the drop.
+        let with_1 = calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| matches!(c, Call::Step(r) if r.iter().any(|&(s, _)| s == 1)))
+            .count();
+        assert_eq!(with_1, 3);
     }
 
     #[test]

@@ -27,7 +27,8 @@
 //! | input | exactly one named tensor `"tokens"`: type `I32`, dimensions `[n]` or `[1, n]`, `n` in 1..=[`MAX_CHUNK`], little-endian ids, each in `0..vocab` |
 //! | input (optional) | at most one named tensor `"greedy"`: type `U8`, dimensions `[1]`, value n in 1..=[`contract::MAX_GREEDY`] (0 is the same as leaving it out): ask for n greedy tokens instead of the logits |
 //! | output | without `"greedy"`: one named tensor `"logits"`: type `FP32`, dimensions `[vocab]`, the logits after the last input token |
-//! | output with `"greedy"` n | one named tensor `"token"`: type `I32`, dimensions `[n]`: the id of the highest logit after the last input token (the lowest id among equals; NaN counts as −∞; all −∞/NaN gives 0), then, for n > 1, the n − 1 ids that follow when each is fed back in turn; no `"logits"`. What greedy sampling without a repetition penalty picks, for 4 bytes a token instead of vocab × 4 (the GPU backend computes it on the device and copies back only that). With n > 1 the context's state afterwards holds the input and the first n − 1 output tokens: the next compute feeds the last one. A guest that stops early (end of text, a stop sequence) just drops the context. On the GPU the n − 1 later tokens run as decode rows without a round trip to the guest |
+//! | output with `"greedy"` n | one named tensor `"token"`: type `I32`, dimensions `[n]` (in a greedy run `[k]`, 1 ≤ k ≤ n): the id of the highest logit after the last input token (the lowest id among equals; NaN counts as −∞; all −∞/NaN gives 0), then, for n > 1, the n − 1 ids that follow when each is fed back in turn; no `"logits"`. What greedy sampling without a repetition penalty picks, for 4 bytes a token instead of vocab × 4 (the GPU backend computes it on the device and copies back only that). With n > 1 the context's state afterwards holds the input and the first n − 1 output tokens: the next compute feeds the last one. A guest that stops early (end of text, a stop sequence) just drops the context. On the GPU the n − 1 later tokens run as decode rows without a round trip to the guest |
+//! | input (optional) | at most one named tensor `"greedy-run"`: type `I32`, dimensions `[1]`, value r in n..=[`contract::MAX_GREEDY_RUN`] where n is the `"greedy"` value, which must be given (0 is the same as leaving it out): start a **greedy run** of r tokens. The guest promises to take them: until it has r (or drops the context), each compute feeds the last token it got, alone, with `"greedy"` n′ ≥ 1 and no `"greedy-run"`; anything else is `invalid-argument` and leaves the run as it was. Each compute of the run, the first included, returns 1..=n (n′) of its next tokens: those ready, or else the next one as soon as it is. The host may compute them before they are asked for: on the GPU the run goes on as decode rows while the guest streams what it got; the CPU computes them when asked. The tokens are the same either way: what `"greedy"` with one compute per token gives |
 //! | state | carried by the execution context from one `compute` to the next: n > 1 is a prefill chunk, n = 1 a decode step |
 //! | limits | at most [`MAX_CONTEXTS_PER_INSTANCE`] live contexts and [`MAX_TENSOR_BYTES`] of live tensor data per instance |
 //! | state slots (GPU) | `--nn-slots` per model (default 256), one per live context, server-wide; `init-execution-context` waits up to `--nn-slot-wait` (default 0.5 s) for one when all are taken; the CPU backend allocates a state per context instead |
@@ -335,12 +336,15 @@ impl Model {
     /// A fresh sequence on this model (GPU: waiting up to `--nn-slot-wait` for a state slot).
     pub async fn new_context(&self) -> Result<Context, NnError> {
         match &self.backend {
-            Backend::Cpu(m) => {
-                Ok(Context { vocab: self.vocab, inner: Inner::Cpu(cpu::CpuContext::new(m.clone())) })
-            }
+            Backend::Cpu(m) => Ok(Context {
+                vocab: self.vocab,
+                inner: Inner::Cpu(cpu::CpuContext::new(m.clone())),
+                run: None,
+            }),
             #[cfg(feature = "gpu")]
             Backend::Gpu(b) => {
-                Ok(Context { vocab: self.vocab, inner: Inner::Gpu(b.new_context(b.slot_wait()).await?) })
+                let inner = Inner::Gpu(b.new_context(b.slot_wait()).await?);
+                Ok(Context { vocab: self.vocab, inner, run: None })
             }
         }
     }
@@ -359,6 +363,16 @@ impl Model {
 pub struct Context {
     vocab: usize,
     inner: Inner,
+    /// The greedy run under way, if any (the contract's `"greedy-run"`).
+    run: Option<Run>,
+}
+
+/// A greedy run under way: how many of its tokens the guest has still to take, and the last
+/// one it took (what its next compute must feed).
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    left: u32,
+    last: TokenId,
 }
 
 enum Inner {
@@ -370,15 +384,78 @@ enum Inner {
 impl Context {
     /// Feeds `tokens` (1..=[`MAX_CHUNK`], each below the vocabulary size) and returns what
     /// follows the last one: the logits (vocab,), or with `greedy` n ≥ 1 the n greedy tokens
-    /// (each fed back before the next; see the contract).
+    /// (each fed back before the next; see the contract). The tests' shorthand for
+    /// [`Context::compute_inputs`] without a run.
+    #[cfg(test)]
     pub async fn compute(&mut self, tokens: Vec<TokenId>, greedy: u32) -> Result<Output, NnError> {
-        contract::check_tokens(&tokens, self.vocab)?;
-        match &mut self.inner {
-            Inner::Cpu(c) => c.compute(tokens, greedy).await,
-            #[cfg(feature = "gpu")]
-            Inner::Gpu(c) => c.compute(tokens, greedy).await,
-        }
+        self.compute_inputs(contract::Inputs { tokens, greedy, run: 0 }).await
     }
+
+    /// One `compute` of the contract, greedy runs included: checks `inputs` against this
+    /// context (the tokens, and while a run is under way that they feed its last token) and
+    /// computes, or takes the run's next tokens.
+    pub async fn compute_inputs(&mut self, inputs: contract::Inputs) -> Result<Output, NnError> {
+        let contract::Inputs { tokens, greedy, run } = inputs;
+        contract::check_tokens(&tokens, self.vocab)?;
+        let output = match self.run {
+            Some(r) => {
+                check_run_step(r, &tokens, greedy, run)?;
+                let n = greedy.min(r.left);
+                match &mut self.inner {
+                    // The CPU computes a run's tokens when they are asked for.
+                    Inner::Cpu(c) => c.compute(tokens, n).await,
+                    #[cfg(feature = "gpu")]
+                    Inner::Gpu(c) => c.take_run(n).await,
+                }
+            }
+            None => match &mut self.inner {
+                Inner::Cpu(c) => c.compute(tokens, greedy).await,
+                #[cfg(feature = "gpu")]
+                Inner::Gpu(c) if run > 0 => c.start_run(tokens, greedy, run).await,
+                #[cfg(feature = "gpu")]
+                Inner::Gpu(c) => c.compute(tokens, greedy).await,
+            },
+        };
+        self.track_run(run, &output);
+        output
+    }
+
+    /// Counts the tokens a compute took from the run under way, or starts the run `run` asked
+    /// for; a failed compute ends the run.
+    fn track_run(&mut self, run: u32, output: &Result<Output, NnError>) {
+        let took = match output {
+            Ok(Output::Tokens(t)) => t,
+            Ok(Output::Logits(_)) => return,
+            Err(e) => {
+                if matches!(e, NnError::Backend(_)) {
+                    self.run = None;
+                }
+                return;
+            }
+        };
+        let (Some(&last), n) = (took.last(), took.len() as u32) else { return };
+        let left = match self.run {
+            Some(r) => r.left.saturating_sub(n),
+            None => run.saturating_sub(n),
+        };
+        self.run = (left > 0).then_some(Run { left, last });
+    }
+}
+
+/// Checks a compute made while run `r` is under way: it must feed the run's last token alone
+/// and ask for greedy tokens, and start no other run.
+fn check_run_step(r: Run, tokens: &[TokenId], greedy: u32, run: u32) -> Result<(), NnError> {
+    if tokens != [r.last] || greedy == 0 || run > 0 {
+        return Err(NnError::Input(format!(
+            "a greedy run is under way ({} tokens left): the next compute must feed its last \
+             token ({}) alone with '{}' and no '{}'; to leave the run, drop the context",
+            r.left,
+            r.last.0,
+            contract::INPUT_GREEDY,
+            contract::INPUT_GREEDY_RUN
+        )));
+    }
+    Ok(())
 }
 
 /// Every model `serve` was given, by name.
@@ -702,6 +779,65 @@ mod tests {
         greedy_run_matches_single_steps(&m).await;
     }
 
+    /// A compute for greedy tokens with `"greedy-run"` (and the computes after it).
+    async fn run_step(
+        ctx: &mut Context,
+        tokens: Vec<TokenId>,
+        greedy: u32,
+        run: u32,
+    ) -> Result<Vec<TokenId>, NnError> {
+        match ctx.compute_inputs(contract::Inputs { tokens, greedy, run }).await? {
+            Output::Tokens(t) if (1..=greedy as usize).contains(&t.len()) => Ok(t),
+            o => panic!("asked for 1 to {greedy} greedy tokens, got {o:?}"),
+        }
+    }
+
+    /// A greedy run gives the tokens one-token computes give, 1 to n per compute; a compute
+    /// that strays from it is refused and the run goes on; after it, the context decodes on.
+    async fn greedy_run_streams_the_greedy_tokens(m: &Model) {
+        let prompt: Vec<_> = (0..20).map(|i| TokenId((i * 3 + 2) % m.vocab as u32)).collect();
+        let (mut run, mut one) = (m.new_context().await.unwrap(), m.new_context().await.unwrap());
+        let mut want = vec![token(&mut one, prompt.clone()).await.unwrap()];
+        while want.len() < 13 {
+            let last = want[want.len() - 1];
+            want.push(token(&mut one, vec![last]).await.unwrap());
+        }
+        let mut got = run_step(&mut run, prompt, 3, 12).await.unwrap();
+        let mut strays = 0;
+        while got.len() < 12 {
+            let last = got[got.len() - 1];
+            if strays < 3 {
+                let stray = [
+                    contract::Inputs {
+                        tokens: vec![TokenId((last.0 + 1) % m.vocab as u32)],
+                        greedy: 2,
+                        run: 0,
+                    },
+                    contract::Inputs { tokens: vec![last], greedy: 0, run: 0 },
+                    contract::Inputs { tokens: vec![last], greedy: 2, run: 4 },
+                ][strays]
+                    .clone();
+                let e = run.compute_inputs(stray).await.unwrap_err();
+                assert_eq!(e.code(), wit::ErrorCode::InvalidArgument, "{e}");
+                assert!(e.to_string().contains("greedy run is under way"), "{e}");
+                strays += 1;
+            }
+            let more = run_step(&mut run, vec![last], 5, 0).await.unwrap();
+            assert!(got.len() + more.len() <= 12, "{}: past the run's 12", m.backend_name());
+            got.extend(more);
+        }
+        assert_eq!(got, want[..12], "{}", m.backend_name());
+        // The run is over: the next compute feeds its last token as any compute does.
+        let next = token(&mut run, vec![got[11]]).await.unwrap();
+        assert_eq!(next, want[12], "{}: after the run", m.backend_name());
+    }
+
+    #[tokio::test]
+    async fn cpu_greedy_run_streams_the_greedy_tokens() {
+        let models = tiny();
+        greedy_run_streams_the_greedy_tokens(&models.get("tiny").unwrap()).await;
+    }
+
     #[test]
     fn unknown_names_and_bad_specs() {
         let models = tiny();
@@ -772,5 +908,13 @@ mod tests {
         let m = gpu.get("tiny").unwrap();
         greedy_matches_logits(&m, &prompt_and_steps(m.vocab)).await;
         greedy_run_matches_single_steps(&m).await;
+    }
+
+    /// On the GPU a greedy run goes on as decode rows while its tokens wait to be taken.
+    #[cfg(feature = "gpu")]
+    #[tokio::test]
+    async fn gpu_greedy_run_streams_the_greedy_tokens() {
+        let Some((gpu, _)) = tiny_on_gpu(2) else { return };
+        greedy_run_streams_the_greedy_tokens(&gpu.get("tiny").unwrap()).await;
     }
 }

@@ -232,7 +232,7 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             Ok(i) => i,
             Err(e) => return Ok(Err(self.error(e)?)),
         };
-        match self.table.get_mut(&c)?.ctx.compute(inputs.tokens, inputs.greedy).await {
+        match self.table.get_mut(&c)?.ctx.compute_inputs(inputs).await {
             Ok(output) => {
                 let (name, tensor) = output.into_tensor();
                 let t = self.push_tensor(tensor)?;

@@ -41,6 +41,11 @@ fn text(v: &Value) -> String {
 fn stream(s: &Client, prompt: &str, n: u64) -> String {
     let body =
         json!({ "model": "default", "prompt": prompt, "max_tokens": n, "temperature": 0, "stream": true });
+    stream_body(s, &body)
+}
+
+/// Streams the completion `body` asks for and returns its text.
+fn stream_body(s: &Client, body: &Value) -> String {
     let mut st = s
         .open("POST", "/v1/completions", &[("content-type", "application/json")], body.to_string().as_bytes())
         .expect("open");
@@ -96,6 +101,23 @@ fn nn_sixteen_concurrent_streams_each_equal_its_single_run() {
     for (i, h) in handles.into_iter().enumerate() {
         assert_eq!(h.join().expect("stream thread"), alone[i], "prompt {:?}", prompts[i]);
     }
+    s.wait_metric("tinystate_nn_contexts", Duration::from_secs(5), |v| v == 0.0);
+}
+
+/// 1,100 streamed tokens take two greedy runs (the contract's longest is 1,024): the text is
+/// the whole response's, token for token.
+#[test]
+fn nn_a_stream_over_two_greedy_runs_equals_the_whole_response() {
+    let s = nn_server("cpu", &["--timeout", "600"]);
+    let body = |stream: bool| {
+        json!({ "model": "default", "prompt": PROMPTS[1], "max_tokens": 1100, "temperature": 0,
+                "ignore_eos": true, "stream": stream })
+    };
+    let r = s.post_json("/v1/completions", &body(false));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let whole = r.json();
+    assert_eq!(whole["usage"]["completion_tokens"], 1100, "{whole}");
+    assert_eq!(stream_body(&s, &body(true)), text(&whole));
     s.wait_metric("tinystate_nn_contexts", Duration::from_secs(5), |v| v == 0.0);
 }
 
