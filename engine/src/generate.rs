@@ -25,11 +25,12 @@ pub trait Decoder {
         Ok(argmax(self.feed(tokens)?))
     }
     /// Says that the caller may take up to `most` greedy tokens from here on, the next
-    /// [`Decoder::feed_greedy`]'s included, each fed back in turn, and at what [`Pace`]. A
-    /// decoder that computes greedy tokens ahead (the host's wasi-nn) uses it so as not to
-    /// compute past the end; others ignore it.
-    fn plan_greedy(&mut self, most: usize, pace: Pace) {
-        let _ = (most, pace);
+    /// [`Decoder::feed_greedy`]'s included, each fed back in turn, at what [`Pace`], and that
+    /// it takes none after any of `stops` (end-of-generation tokens). A decoder that computes
+    /// greedy tokens ahead (the host's wasi-nn) uses it so as not to compute past the end;
+    /// others ignore it.
+    fn plan_greedy(&mut self, most: usize, pace: Pace, stops: &[TokenId]) {
+        let _ = (most, pace, stops);
     }
     /// Vocabulary size.
     fn vocab(&self) -> usize;

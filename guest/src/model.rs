@@ -14,6 +14,7 @@
 
 use std::sync::OnceLock;
 
+use tinystate_engine::TokenId;
 #[cfg(not(feature = "nn"))]
 use tinystate_engine::arch::mamba::{DEFAULT_MAX_CHUNK, Mamba};
 use tinystate_engine::generate::DecodeError;
@@ -56,6 +57,8 @@ pub struct Engine {
     pub chat: ChatTemplate,
     /// The name served in `/v1/models` and accepted in `model`.
     pub id: &'static str,
+    /// The end-of-generation tokens, where greedy tokens computed ahead may stop.
+    pub eog: Vec<TokenId>,
 }
 
 impl Engine {
@@ -144,6 +147,7 @@ fn build() -> Result<Engine, String> {
     Ok(Engine {
         #[cfg(not(feature = "nn"))]
         model,
+        eog: tokenizer.eog_tokens().collect(),
         tokenizer,
         chat,
         id,

@@ -19,6 +19,9 @@
 //!   most [`MAX_GREEDY_RUN`]): the host goes on computing them while this guest streams what
 //!   it has, and each later compute feeds the last token got and takes the 1..=n that are
 //!   ready. So a stream neither waits for its guest nor arrives in bursts.
+//! - greedy tokens, whole or in a run, end with the first end-of-generation token (unless the
+//!   request says `ignore_eos`): the compute that starts them gives those as
+//!   `("greedy-stop", I32 [k])`, so the host computes nothing past the end of the text.
 //!
 //! The state lives in the host, owned by the execution context; dropping the decoder (or the
 //! instance) frees it.
@@ -50,6 +53,8 @@ pub const MAX_CHUNK: usize = 512;
 pub const MAX_GREEDY: usize = 64;
 /// Most tokens of one greedy run (the host's `MAX_GREEDY_RUN`).
 pub const MAX_GREEDY_RUN: usize = 1024;
+/// Most stop tokens one compute may give (the host's `MAX_GREEDY_STOPS`).
+pub const MAX_GREEDY_STOPS: usize = 8;
 
 /// The host's environment variable listing its models, comma-separated, default first.
 const MODELS_ENV: &str = "TINYSTATE_MODELS";
@@ -113,6 +118,10 @@ pub struct NnDecoder {
     pace: Pace,
     /// Tokens of the greedy run under way that the host has not handed over yet.
     run_left: usize,
+    /// The tokens greedy tokens end with ([`Decoder::plan_greedy`]), sent as `"greedy-stop"`.
+    stops: Vec<TokenId>,
+    /// The same as I32 bytes, reused.
+    stop_bytes: Vec<u8>,
 }
 
 impl NnDecoder {
@@ -127,6 +136,8 @@ impl NnDecoder {
             plan: 1,
             pace: Pace::default(),
             run_left: 0,
+            stops: Vec::with_capacity(MAX_GREEDY_STOPS),
+            stop_bytes: Vec::with_capacity(4 * MAX_GREEDY_STOPS),
         }
     }
 
@@ -152,7 +163,13 @@ impl NnDecoder {
 
     /// One compute of at most [`MAX_CHUNK`] tokens, with the `"greedy"` input `greedy` and the
     /// `"greedy-run"` input `run` where not 0; returns the outputs.
-    fn compute(&mut self, tokens: &[TokenId], greedy: u8, run: u32) -> Result<Vec<NamedTensor>, NnError> {
+    fn compute(
+        &mut self,
+        tokens: &[TokenId],
+        greedy: u8,
+        run: u32,
+        stop: bool,
+    ) -> Result<Vec<NamedTensor>, NnError> {
         self.bytes.clear();
         self.bytes.extend(tokens.iter().flat_map(|t| t.0.to_le_bytes()));
         let mut inputs =
@@ -163,13 +180,21 @@ impl NnDecoder {
         if run > 0 {
             inputs.push(("greedy-run".to_owned(), Tensor::new(&[1], TensorType::I32, &run.to_le_bytes())));
         }
+        // The stop tokens go with a compute that starts the text's greedy tokens (`stop`); a run
+        // keeps its own.
+        if stop && greedy > 0 && !self.stops.is_empty() {
+            self.stop_bytes.clear();
+            self.stop_bytes.extend(self.stops.iter().flat_map(|t| t.0.to_le_bytes()));
+            let dims = [self.stops.len() as u32];
+            inputs.push(("greedy-stop".to_owned(), Tensor::new(&dims, TensorType::I32, &self.stop_bytes)));
+        }
         let ctx = self.connect()?;
         ctx.compute(inputs).map_err(|e| NnError::from_wasi("compute", e))
     }
 
     /// One compute for the logits; they land in `self.logits`.
     fn compute_logits(&mut self, tokens: &[TokenId]) -> Result<(), NnError> {
-        let t = output(self.compute(tokens, 0, 0)?, "logits")?;
+        let t = output(self.compute(tokens, 0, 0, false)?, "logits")?;
         if t.ty() != TensorType::Fp32 {
             return Err(NnError::protocol("the host's 'logits' are not FP32".into()));
         }
@@ -183,19 +208,25 @@ impl NnDecoder {
     }
 
     /// One compute for `n` (1..=[`MAX_GREEDY`]) greedy tokens, starting a run of `run` if not
-    /// 0: returns the first, queues the others in `ahead`. In a run (started now or before) the
-    /// host may return fewer (at least one); returns how many came.
+    /// 0, with the stop tokens if `stop`: returns the first, queues the others in `ahead`. In a
+    /// run (started now or before) the host may return fewer (at least one), and so it does
+    /// when a stop token ends them; returns how many came.
     fn compute_tokens(
         &mut self,
         tokens: &[TokenId],
         n: usize,
         run: usize,
+        stop: bool,
     ) -> Result<(TokenId, usize), NnError> {
         let in_run = run > 0 || self.run_left > 0;
-        let t = output(self.compute(tokens, n as u8, run as u32)?, "token")?;
+        let t = output(self.compute(tokens, n as u8, run as u32, stop)?, "token")?;
         let data = t.data();
         let k = data.len() / 4;
-        let count_ok = if in_run { (1..=n).contains(&k) } else { k == n };
+        let ends_at_stop = stop && data.len() >= 4 && {
+            let b = &data[data.len() - 4..];
+            self.stops.contains(&TokenId(u32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+        };
+        let count_ok = k == n || (in_run || ends_at_stop) && (1..=n).contains(&k);
         // Non-negative as I32s: the host's ids are below the vocabulary size.
         if t.ty() != TensorType::I32
             || data.len() % 4 != 0
@@ -263,7 +294,7 @@ impl Decoder for NnDecoder {
         }
         if self.run_left > 0 {
             // The run's next tokens, which the host may have computed already.
-            let (first, k) = self.compute_tokens(tokens, self.run_left.min(MAX_GREEDY), 0)?;
+            let (first, k) = self.compute_tokens(tokens, self.run_left.min(MAX_GREEDY), 0, false)?;
             self.run_left -= k;
             return Ok(first);
         }
@@ -275,19 +306,25 @@ impl Decoder for NnDecoder {
         for (i, chunk) in tokens.chunks(MAX_CHUNK).enumerate() {
             token = Ok(match i + 1 == chunks {
                 true => {
-                    let (first, k) = self.compute_tokens(chunk, n, run)?;
+                    let (first, k) = self.compute_tokens(chunk, n, run, true)?;
                     self.run_left = run.saturating_sub(k);
                     first
                 }
-                false => self.compute_tokens(chunk, 1, 0)?.0,
+                false => self.compute_tokens(chunk, 1, 0, false)?.0,
             });
         }
         token
     }
 
-    fn plan_greedy(&mut self, most: usize, pace: Pace) {
+    fn plan_greedy(&mut self, most: usize, pace: Pace, stops: &[TokenId]) {
         self.plan = most;
         self.pace = pace;
+        // More than the host takes: none are sent, and the tokens go on past them (the caller
+        // still stops there).
+        self.stops.clear();
+        if stops.len() <= MAX_GREEDY_STOPS {
+            self.stops.extend_from_slice(stops);
+        }
     }
 
     fn vocab(&self) -> usize {

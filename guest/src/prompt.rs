@@ -183,7 +183,7 @@ impl Sequence {
             return Err(ApiError::invalid(Some("prompt"), "the prompt encodes to no tokens"));
         }
         if params.sampler.picks_argmax() {
-            self.dec.plan_greedy(params.max_tokens, pace);
+            self.dec.plan_greedy(params.max_tokens, pace, self.stops(params));
             self.first = Some(self.dec.feed_greedy(&self.pending)?);
         } else {
             let logits = self.dec.feed(&self.pending)?;
@@ -192,6 +192,11 @@ impl Sequence {
         }
         self.pending.clear();
         Ok(Usage { prompt: self.tokens })
+    }
+
+    /// The tokens generation stops after: end of generation, unless `ignore_eos`.
+    fn stops(&self, params: &GenerateParams) -> &'static [TokenId] {
+        if params.ignore_eos { &[] } else { &self.e.eog }
     }
 
     /// Prompt tokens so far (including BOS).
@@ -242,7 +247,8 @@ impl Sequence {
             }
             next = match greedy {
                 true => {
-                    self.dec.plan_greedy(params.max_tokens.saturating_sub(generator.produced()), self.pace);
+                    let left = params.max_tokens.saturating_sub(generator.produced());
+                    self.dec.plan_greedy(left, self.pace, self.stops(params));
                     Next::Token(self.dec.feed_greedy(&[token])?)
                 }
                 false => Next::Logits(self.dec.feed(&[token])?),

@@ -586,6 +586,11 @@ impl Tokenizer {
         self.eog.get(id.index()).copied().unwrap_or(false)
     }
 
+    /// Every end-of-generation token ([`Tokenizer::is_eog`]), lowest id first.
+    pub fn eog_tokens(&self) -> impl Iterator<Item = TokenId> + '_ {
+        self.eog.iter().enumerate().filter(|(_, e)| **e).map(|(i, _)| TokenId(i as u32))
+    }
+
     /// How many of the 256 byte tokens the vocabulary lacks (such bytes are dropped when
     /// encoding).
     pub fn missing_byte_tokens(&self) -> usize {

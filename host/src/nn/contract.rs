@@ -26,6 +26,10 @@ pub const INPUT_GREEDY_RUN: &str = "greedy-run";
 /// Most tokens of one greedy run (the value of [`INPUT_GREEDY_RUN`]). It bounds what a run may
 /// hold for a guest that has not taken its tokens yet: memory per request stays constant.
 pub const MAX_GREEDY_RUN: u32 = 1024;
+/// The optional input listing stop tokens: greedy tokens end with the first of them.
+pub const INPUT_GREEDY_STOP: &str = "greedy-stop";
+/// Most stop tokens in [`INPUT_GREEDY_STOP`].
+pub const MAX_GREEDY_STOPS: usize = 8;
 /// The output's name without [`INPUT_GREEDY`].
 pub const OUTPUT_LOGITS: &str = "logits";
 /// The output's name with [`INPUT_GREEDY`].
@@ -44,6 +48,9 @@ pub struct Inputs {
     /// r greedy tokens in all, which this compute and the ones after it take, at most `greedy`
     /// at a time.
     pub run: u32,
+    /// Stop tokens ([`INPUT_GREEDY_STOP`], range unchecked): the greedy tokens (of this compute,
+    /// or of the run it starts) end with the first of them.
+    pub stop: Vec<TokenId>,
 }
 
 /// What one `compute` returns.
@@ -84,22 +91,24 @@ pub struct TensorParts {
 /// Checks that `inputs` holds exactly one tensor named [`INPUT_TOKENS`], `I32`, `[n]` or
 /// `[1, n]` with 4·n bytes, at most one [`INPUT_GREEDY`] (`U8`, `[1]`, 0..=[`MAX_GREEDY`]), at
 /// most one [`INPUT_GREEDY_RUN`] (`I32`, `[1]`, from the greedy count to [`MAX_GREEDY_RUN`], only
-/// with a greedy count), and nothing else; returns the ids (range is checked by
-/// [`check_tokens`]) and the counts.
+/// with a greedy count), at most one [`INPUT_GREEDY_STOP`] (`I32`, `[k]`, 1 ≤ k ≤
+/// [`MAX_GREEDY_STOPS`], only with a greedy count), and nothing else; returns the ids (range is
+/// checked by [`check_tokens`]) and the counts.
 pub fn parse_inputs<'t>(inputs: impl Iterator<Item = (&'t str, &'t TensorParts)>) -> Result<Inputs, NnError> {
-    let (mut tokens, mut greedy, mut run) = (None, None, None);
+    let (mut tokens, mut greedy, mut run, mut stop) = (None, None, None, None);
     for (name, t) in inputs {
         match name {
             INPUT_TOKENS if tokens.is_none() => tokens = Some(decode_tokens(t)?),
             INPUT_GREEDY if greedy.is_none() => greedy = Some(decode_greedy(t)?),
             INPUT_GREEDY_RUN if run.is_none() => run = Some(decode_run(t)?),
-            INPUT_TOKENS | INPUT_GREEDY | INPUT_GREEDY_RUN => {
+            INPUT_GREEDY_STOP if stop.is_none() => stop = Some(decode_stop(t)?),
+            INPUT_TOKENS | INPUT_GREEDY | INPUT_GREEDY_RUN | INPUT_GREEDY_STOP => {
                 return Err(NnError::Input(format!("input '{name}' is given twice; give it once")));
             }
             _ => {
                 return Err(NnError::Input(format!(
                     "unknown input '{name}'; the inputs are '{INPUT_TOKENS}' and, optionally, \
-                     '{INPUT_GREEDY}' and '{INPUT_GREEDY_RUN}'"
+                     '{INPUT_GREEDY}', '{INPUT_GREEDY_RUN}' and '{INPUT_GREEDY_STOP}'"
                 )));
             }
         }
@@ -112,7 +121,30 @@ pub fn parse_inputs<'t>(inputs: impl Iterator<Item = (&'t str, &'t TensorParts)>
              which must be given"
         )));
     }
-    Ok(Inputs { tokens, greedy, run })
+    let stop = stop.unwrap_or_default();
+    if !stop.is_empty() && greedy == 0 {
+        return Err(NnError::Input(format!("input '{INPUT_GREEDY_STOP}' needs '{INPUT_GREEDY}'")));
+    }
+    Ok(Inputs { tokens, greedy, run, stop })
+}
+
+/// The [`INPUT_GREEDY_STOP`] ids: `I32`, dimensions `[k]`, 1 ≤ k ≤ [`MAX_GREEDY_STOPS`].
+fn decode_stop(t: &TensorParts) -> Result<Vec<TokenId>, NnError> {
+    let k = t.data.len() / 4;
+    if t.ty != TensorType::I32
+        || t.dims != [k as u32]
+        || t.data.len() % 4 != 0
+        || !(1..=MAX_GREEDY_STOPS).contains(&k)
+    {
+        return Err(NnError::Input(format!(
+            "input '{INPUT_GREEDY_STOP}' must be I32 with dimensions [k], 1 ≤ k ≤ {MAX_GREEDY_STOPS}, and 4·k \
+             bytes, not {:?} with {:?} and {} bytes",
+            t.ty,
+            t.dims,
+            t.data.len()
+        )));
+    }
+    Ok(t.data.chunks_exact(4).map(|b| TokenId(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))).collect())
 }
 
 /// The [`INPUT_GREEDY_RUN`] length: `I32`, dimensions `[1]`, 4 bytes, 0 (no run) to
@@ -250,7 +282,7 @@ mod tests {
         for (inputs, want) in cases {
             assert_eq!(
                 parse_all(&inputs).unwrap(),
-                Inputs { tokens: ids.clone(), greedy: want, run: 0 },
+                Inputs { tokens: ids.clone(), greedy: want, run: 0, stop: Vec::new() },
                 "{inputs:?}"
             );
         }
@@ -318,6 +350,47 @@ mod tests {
             assert_eq!(e.code(), crate::nn::wit::ErrorCode::InvalidArgument, "{e}");
             assert!(
                 e.to_string().contains("'greedy-run'") && e.to_string().contains(want),
+                "{inputs:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn stop_tokens_need_a_greedy_count_and_at_most_8() {
+        let t = tokens(&[1], vec![1]);
+        let ok = parse_all(&[
+            ("tokens", t.clone()),
+            ("greedy", flag(4)),
+            ("greedy-stop", tokens(&[0, 7], vec![2])),
+        ]);
+        assert_eq!(ok.unwrap().stop, [TokenId(0), TokenId(7)]);
+        let cases = [
+            (vec![("greedy-stop", tokens(&[0], vec![1]))], "needs 'greedy'"),
+            (vec![("greedy", flag(1)), ("greedy-stop", tokens(&[], vec![0]))], "1 ≤ k ≤ 8"),
+            (vec![("greedy", flag(1)), ("greedy-stop", tokens(&[0; 9], vec![9]))], "1 ≤ k ≤ 8"),
+            (vec![("greedy", flag(1)), ("greedy-stop", tokens(&[0, 1], vec![1]))], "dimensions [k]"),
+            (
+                vec![
+                    ("greedy", flag(1)),
+                    ("greedy-stop", TensorParts { ty: TensorType::U8, ..tokens(&[0], vec![1]) }),
+                ],
+                "I32",
+            ),
+            (
+                vec![
+                    ("greedy", flag(1)),
+                    ("greedy-stop", tokens(&[0], vec![1])),
+                    ("greedy-stop", tokens(&[0], vec![1])),
+                ],
+                "given twice",
+            ),
+        ];
+        for (mut inputs, want) in cases {
+            inputs.push(("tokens", t.clone()));
+            let e = parse_all(&inputs).unwrap_err();
+            assert_eq!(e.code(), crate::nn::wit::ErrorCode::InvalidArgument, "{e}");
+            assert!(
+                e.to_string().contains("'greedy-stop'") && e.to_string().contains(want),
                 "{inputs:?}: {e}"
             );
         }

@@ -48,8 +48,15 @@ impl CpuContext {
     }
 
     /// Runs `tokens` (already checked against the vocabulary) and returns the last logits, or
-    /// with `greedy` n ≥ 1 their argmax and the n − 1 greedy tokens after it, each fed back.
-    pub async fn compute(&mut self, tokens: Vec<TokenId>, greedy: u32) -> Result<Output, NnError> {
+    /// with `greedy` n ≥ 1 their argmax and the n − 1 greedy tokens after it, each fed back,
+    /// ending early with the first of `stop`.
+    pub async fn compute(
+        &mut self,
+        tokens: Vec<TokenId>,
+        greedy: u32,
+        stop: &[TokenId],
+    ) -> Result<Output, NnError> {
+        let stop = stop.to_vec();
         let mut seq = self
             .seq
             .take()
@@ -62,7 +69,7 @@ impl CpuContext {
                     .model
                     .forward(state, scratch, &tokens, true)
                     .map(|l| Output::Logits(logits_bytes(l))),
-                n => greedy_run(&model.model, (state, scratch), &tokens, n).map(Output::Tokens),
+                n => greedy_run(&model.model, (state, scratch), &tokens, n, &stop).map(Output::Tokens),
             };
             (seq, output)
         })
@@ -73,17 +80,21 @@ impl CpuContext {
     }
 }
 
-/// The greedy token after `tokens`, then `n` − 1 more, each fed back before the next; None if
-/// `tokens` is empty.
+/// The greedy token after `tokens`, then `n` − 1 more, each fed back before the next, ending
+/// early with the first token in `stop`; None if `tokens` is empty.
 fn greedy_run(
     model: &Mamba<'_>,
     (state, scratch): (&mut State, &mut Scratch),
     tokens: &[TokenId],
     n: u32,
+    stop: &[TokenId],
 ) -> Option<Vec<TokenId>> {
     let mut out = vec![argmax(model.forward(state, scratch, tokens, true)?)];
     while out.len() < n as usize {
         let last = out[out.len() - 1];
+        if stop.contains(&last) {
+            break;
+        }
         out.push(argmax(model.forward(state, scratch, &[last], true)?));
     }
     Some(out)

@@ -35,7 +35,11 @@
 //!    in this call, so one call mixes both kinds. A compute asking for n > 1 greedy tokens
 //!    (**run-ahead**) runs on with each new token until it has n: a call waits only for the
 //!    guests whose run just ended (H200, 256 streams: the linger went from 0.73 to 0.28 ms a
-//!    call).
+//!    call). A **greedy run** (the contract's `"greedy-run"`, a streamed response) is the same
+//!    job with a channel for a reply ([`Reply::Run`]): each token goes to the context as soon as
+//!    its call is read back, and the job runs on whether or not the guest has taken it yet.
+//!    Greedy tokens end at the first of the job's stop tokens (`"greedy-stop"`); if the call
+//!    that feeds it back went in before it was read back, that call's token is dropped.
 //!
 //!    **Calls in flight.** The batcher submits the next call before it reads back the last one,
 //!    so the GPU runs them back to back: the next call is built, and the streams it waits for
@@ -178,6 +182,16 @@ impl Reply {
         }
     }
 
+    /// Answers a job whose last token was a stop token, read back with the call before this
+    /// one: what it got, without this call's token. False if nobody received it.
+    fn stopped(self) -> bool {
+        match self {
+            Self::Once { tx, got } => tx.send(Ok(Output::Tokens(got))).is_ok(),
+            // The stop token went out already; dropping the sender ends the run.
+            Self::Run(tx) => !tx.is_closed(),
+        }
+    }
+
     /// The job's error; false if nobody received it.
     fn fail(self, e: &GpuError) -> bool {
         let e = NnError::Backend(e.to_string());
@@ -195,6 +209,12 @@ struct Job {
     /// Greedy tokens still to produce instead of the logits (0: the logits; see the contract):
     /// after each but the last the job feeds its token back as a decode row by itself.
     greedy: u32,
+    /// Stop tokens: the greedy tokens end with the first of them (the contract's
+    /// `"greedy-stop"`).
+    stop: Vec<TokenId>,
+    /// Whether its last token was a stop token, read back while a call that feeds it was in
+    /// flight: that call's token is not wanted.
+    stopped: bool,
     reply: Reply,
     /// When the context sent it (for the batcher's timings).
     sent: Instant,
@@ -202,15 +222,16 @@ struct Job {
 
 impl Job {
     /// Whether, after a call gave it `id`, the job runs on (a greedy run with tokens still to
-    /// produce) rather than being answered.
-    fn runs_on(&self, result: &Result<(), GpuError>) -> bool {
-        result.is_ok() && self.greedy > 1
+    /// produce, `id` not a stop token) rather than being answered.
+    fn runs_on(&self, result: &Result<(), GpuError>, id: TokenId) -> bool {
+        result.is_ok() && self.greedy > 1 && !self.stop.contains(&id)
     }
 
-    /// Takes `id`, a greedy token that is not its last.
+    /// Takes `id`, a greedy token that is not its last unless it is a stop token.
     fn take(&mut self, id: TokenId) {
         self.greedy -= 1;
         self.reply.token(id);
+        self.stopped = self.stop.contains(&id);
     }
 
     /// Takes `id` and feeds it back: the job becomes a decode row of its own for its next token.
@@ -321,11 +342,11 @@ impl GpuContext {
     /// Runs `tokens` (already checked against the vocabulary) in this context's slot and
     /// returns the last logits, or with `greedy` n ≥ 1 the n greedy tokens (each fed back before
     /// the next, by the batcher, without a round trip to the guest).
-    pub async fn compute(&mut self, tokens: Vec<TokenId>, greedy: u32) -> Answer {
+    pub async fn compute(&mut self, tokens: Vec<TokenId>, greedy: u32, stop: Vec<TokenId>) -> Answer {
         self.usable()?;
         self.run = None; // a run the caller has taken whole
         let (tx, rx) = oneshot::channel();
-        self.send(tokens, greedy, Reply::once(tx, greedy))?;
+        self.send(tokens, (greedy, stop), Reply::once(tx, greedy))?;
         let rx = self.waiting.insert(rx);
         let answer = rx.await;
         self.waiting = None;
@@ -334,11 +355,17 @@ impl GpuContext {
 
     /// Starts a greedy run of `run` tokens after `tokens` (the batcher feeds each back as a
     /// decode row, whether or not the caller has taken it yet) and returns its first 1 to
-    /// `greedy` tokens ([`GpuContext::take_run`]).
-    pub async fn start_run(&mut self, tokens: Vec<TokenId>, greedy: u32, run: u32) -> Answer {
+    /// `greedy` tokens ([`GpuContext::take_run`]). The run ends early with the first of `stop`.
+    pub async fn start_run(
+        &mut self,
+        tokens: Vec<TokenId>,
+        greedy: u32,
+        run: u32,
+        stop: Vec<TokenId>,
+    ) -> Answer {
         self.usable()?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        self.send(tokens, run, Reply::Run(tx))?;
+        self.send(tokens, (run, stop), Reply::Run(tx))?;
         self.run = Some(rx);
         self.take_run(greedy).await
     }
@@ -377,9 +404,15 @@ impl GpuContext {
         }
     }
 
-    /// Sends a job for this context's slot to the batcher.
-    fn send(&self, tokens: Vec<TokenId>, greedy: u32, reply: Reply) -> Result<(), NnError> {
-        let job = Job { slot: self.slot, tokens, greedy, reply, sent: Instant::now() };
+    /// Sends a job for this context's slot to the batcher: its tokens, its greedy tokens and
+    /// stop tokens, and where its answer goes.
+    fn send(
+        &self,
+        tokens: Vec<TokenId>,
+        (greedy, stop): (u32, Vec<TokenId>),
+        reply: Reply,
+    ) -> Result<(), NnError> {
+        let job = Job { slot: self.slot, tokens, greedy, stop, stopped: false, reply, sent: Instant::now() };
         self.backend
             .tx
             .send(Msg::Compute(job))
@@ -732,7 +765,7 @@ impl<M: Stepper> Batcher<M> {
                 break;
             }
             let Seq::Job { job, .. } = seq else { continue };
-            if job.greedy <= 1 || job.reply.is_closed() {
+            if job.greedy <= 1 || job.stopped || job.reply.is_closed() {
                 continue;
             }
             let Seq::Job { job, .. } = std::mem::replace(seq, Seq::Moved) else { continue };
@@ -935,9 +968,15 @@ impl<M: Stepper> Batcher<M> {
                         p.job.reply.fail(e);
                     }
                 }
+                Seq::Job { job, .. } if job.stopped => {
+                    let slot = job.slot.0 as usize;
+                    if job.reply.stopped() {
+                        self.answered[slot] = Some(Instant::now());
+                    }
+                }
                 Seq::Job { mut job, .. } => {
                     let id = self.ids[i];
-                    if job.runs_on(&result) {
+                    if job.runs_on(&result, id) {
                         job.feed_back(id);
                         self.decodes.push_back(job);
                         continue;
@@ -1171,15 +1210,7 @@ mod tests {
     /// Sends a compute for `greedy` greedy tokens (0: the logits).
     fn send_greedy(tx: &mpsc::Sender<Msg>, slot: u32, tokens: &[u32], greedy: u32) -> Answer {
         let (reply, rx) = oneshot::channel();
-        let tokens = tokens.iter().map(|&t| TokenId(t)).collect();
-        let job = Job {
-            slot: SlotId(slot),
-            tokens,
-            greedy,
-            reply: Reply::once(reply, greedy),
-            sent: Instant::now(),
-        };
-        tx.send(Msg::Compute(job)).unwrap();
+        send_with(tx, (slot, tokens), (greedy, &[]), Reply::once(reply, greedy));
         rx
     }
 
@@ -1473,7 +1504,7 @@ mod tests {
                 let mut ctx = b.new_context(b.slot_wait()).await.unwrap();
                 let mut out = Vec::new();
                 for chunk in script(i) {
-                    out.push(ctx.compute(chunk, u32::from(greedy(i))).await);
+                    out.push(ctx.compute(chunk, u32::from(greedy(i)), Vec::new()).await);
                 }
                 out
             })
@@ -1483,7 +1514,7 @@ mod tests {
             let got = t.await.unwrap();
             let mut alone = CpuContext::new(cpu.clone());
             for (chunk, g) in script(i as u32).into_iter().zip(got) {
-                let want = logits_of(alone.compute(chunk, 0).await);
+                let want = logits_of(alone.compute(chunk, 0, &[]).await);
                 if greedy(i as u32) {
                     assert_eq!(token_of(g), argmax(&want), "context {i}");
                     continue;
@@ -1528,7 +1559,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(a);
         let mut c = waiter.await.unwrap().expect("the released slot");
-        assert_eq!(logits_of(c.compute(vec![TokenId(1)], 0).await).len(), backend_vocab());
+        assert_eq!(logits_of(c.compute(vec![TokenId(1)], 0, Vec::new()).await).len(), backend_vocab());
         assert_eq!(stats.slots_in_use.load(Ordering::Relaxed), 2);
         settle(&stats, 2).await;
     }
@@ -1541,7 +1572,7 @@ mod tests {
         let backend =
             GpuBackend::start("twin", twin, Arc::new(NnStats::new()), Duration::from_millis(500)).unwrap();
         let mut ctx = backend.new_context(Duration::from_millis(50)).await.unwrap();
-        assert_eq!(logits_of(ctx.compute(vec![TokenId(1)], 0).await).len(), backend_vocab());
+        assert_eq!(logits_of(ctx.compute(vec![TokenId(1)], 0, Vec::new()).await).len(), backend_vocab());
         drop(ctx);
         drop(backend);
         // The device must be gone before the process can exit (see `GpuBackend`'s Drop).
@@ -1606,11 +1637,22 @@ mod tests {
         run: u32,
     ) -> tokio::sync::mpsc::UnboundedReceiver<RunItem> {
         let (reply, rx) = tokio::sync::mpsc::unbounded_channel();
-        let tokens = tokens.iter().map(|&t| TokenId(t)).collect();
-        let job =
-            Job { slot: SlotId(slot), tokens, greedy: run, reply: Reply::Run(reply), sent: Instant::now() };
-        tx.send(Msg::Compute(job)).unwrap();
+        send_with(tx, (slot, tokens), (run, &[]), Reply::Run(reply));
         rx
+    }
+
+    /// Sends a job for `tokens` on `slot` with `greedy` greedy tokens and stop tokens `stop`.
+    fn send_with(
+        tx: &mpsc::Sender<Msg>,
+        (slot, tokens): (u32, &[u32]),
+        (greedy, stop): (u32, &[TokenId]),
+        reply: Reply,
+    ) {
+        let tokens = tokens.iter().map(|&t| TokenId(t)).collect();
+        let stop = stop.to_vec();
+        let job =
+            Job { slot: SlotId(slot), tokens, greedy, stop, stopped: false, reply, sent: Instant::now() };
+        tx.send(Msg::Compute(job)).unwrap();
     }
 
     /// The tokens waiting on a run's receiver.
@@ -1654,6 +1696,32 @@ mod tests {
             .filter(|c| matches!(c, Call::Step(r) if r.iter().any(|&(s, _)| s == 1)))
             .count();
         assert_eq!(with_1, 3);
+    }
+
+    /// Greedy tokens end with a stop token, whole or in a run, though the call that feeds it
+    /// went in before it was read back; no call takes them after that one.
+    #[test]
+    fn greedy_tokens_end_at_a_stop_token() {
+        let alone = greedy_alone(3, 12);
+        let at = 4;
+        let stop = alone[at];
+        let want = &alone[..=alone.iter().position(|&t| t == stop).unwrap()];
+        let twin = Twin::new(4, 4, 4);
+        let calls = twin.calls.clone();
+        let (mut b, tx) = batcher(twin);
+        let (reply, mut run) = tokio::sync::mpsc::unbounded_channel();
+        send_with(&tx, (0, &[3]), (12, &[TokenId(9999), stop]), Reply::Run(reply));
+        let (reply, mut once) = oneshot::channel();
+        send_with(&tx, (1, &[3]), (12, &[stop]), Reply::once(reply, 12));
+        for _ in 0..want.len() + 2 {
+            run_once(&mut b);
+        }
+        assert!(b.flights.is_empty() && b.decodes.is_empty(), "nothing runs past the stop");
+        assert_eq!(drain(&mut run), want);
+        assert!(run.try_recv() == Err(tokio::sync::mpsc::error::TryRecvError::Disconnected), "the run ended");
+        assert_eq!(tokens_of(once.try_recv().unwrap()), want);
+        // One call per token, and the one that went in before the stop token was read back.
+        assert_eq!(calls.lock().unwrap().len(), want.len() + 1);
     }
 
     #[test]

@@ -29,6 +29,7 @@
 //! | output | without `"greedy"`: one named tensor `"logits"`: type `FP32`, dimensions `[vocab]`, the logits after the last input token |
 //! | output with `"greedy"` n | one named tensor `"token"`: type `I32`, dimensions `[n]` (in a greedy run `[k]`, 1 ≤ k ≤ n): the id of the highest logit after the last input token (the lowest id among equals; NaN counts as −∞; all −∞/NaN gives 0), then, for n > 1, the n − 1 ids that follow when each is fed back in turn; no `"logits"`. What greedy sampling without a repetition penalty picks, for 4 bytes a token instead of vocab × 4 (the GPU backend computes it on the device and copies back only that). With n > 1 the context's state afterwards holds the input and the first n − 1 output tokens: the next compute feeds the last one. A guest that stops early (end of text, a stop sequence) just drops the context. On the GPU the n − 1 later tokens run as decode rows without a round trip to the guest |
 //! | input (optional) | at most one named tensor `"greedy-run"`: type `I32`, dimensions `[1]`, value r in n..=[`contract::MAX_GREEDY_RUN`] where n is the `"greedy"` value, which must be given (0 is the same as leaving it out): start a **greedy run** of r tokens. The guest promises to take them: until it has r (or drops the context), each compute feeds the last token it got, alone, with `"greedy"` n′ ≥ 1 and no `"greedy-run"`; anything else is `invalid-argument` and leaves the run as it was. Each compute of the run, the first included, returns 1..=n (n′) of its next tokens: those ready, or else the next one as soon as it is. The host may compute them before they are asked for: on the GPU the run goes on as decode rows while the guest streams what it got; the CPU computes them when asked. The tokens are the same either way: what `"greedy"` with one compute per token gives |
+//! | input (optional) | at most one named tensor `"greedy-stop"`: type `I32`, dimensions `[k]`, k in 1..=[`contract::MAX_GREEDY_STOPS`], token ids in `0..vocab`, only with `"greedy"`: the greedy tokens of this compute (or of the run it starts) end with the first of these ids, returned as the last token (so an answer may hold fewer than n). The sequence ends there: its state past that token is not defined (the host may have fed it already), and any later compute on the context is `invalid-argument`. What a guest gives for the end-of-generation tokens, so the host computes nothing past the end of the text |
 //! | state | carried by the execution context from one `compute` to the next: n > 1 is a prefill chunk, n = 1 a decode step |
 //! | limits | at most [`MAX_CONTEXTS_PER_INSTANCE`] live contexts and [`MAX_TENSOR_BYTES`] of live tensor data per instance |
 //! | state slots (GPU) | `--nn-slots` per model (default 256), one per live context, server-wide; `init-execution-context` waits up to `--nn-slot-wait` (default 0.5 s) for one when all are taken; the CPU backend allocates a state per context instead |
@@ -335,18 +336,12 @@ enum Backend {
 impl Model {
     /// A fresh sequence on this model (GPU: waiting up to `--nn-slot-wait` for a state slot).
     pub async fn new_context(&self) -> Result<Context, NnError> {
-        match &self.backend {
-            Backend::Cpu(m) => Ok(Context {
-                vocab: self.vocab,
-                inner: Inner::Cpu(cpu::CpuContext::new(m.clone())),
-                run: None,
-            }),
+        let inner = match &self.backend {
+            Backend::Cpu(m) => Inner::Cpu(cpu::CpuContext::new(m.clone())),
             #[cfg(feature = "gpu")]
-            Backend::Gpu(b) => {
-                let inner = Inner::Gpu(b.new_context(b.slot_wait()).await?);
-                Ok(Context { vocab: self.vocab, inner, run: None })
-            }
-        }
+            Backend::Gpu(b) => Inner::Gpu(b.new_context(b.slot_wait()).await?),
+        };
+        Ok(Context { vocab: self.vocab, inner, run: None, ended: None })
     }
 
     /// The backend's name, for logs.
@@ -365,14 +360,17 @@ pub struct Context {
     inner: Inner,
     /// The greedy run under way, if any (the contract's `"greedy-run"`).
     run: Option<Run>,
+    /// The stop token (`"greedy-stop"`) the sequence ended with, if it did.
+    ended: Option<TokenId>,
 }
 
-/// A greedy run under way: how many of its tokens the guest has still to take, and the last
-/// one it took (what its next compute must feed).
-#[derive(Clone, Copy, Debug)]
+/// A greedy run under way: how many of its tokens the guest has still to take, the last one it
+/// took (what its next compute must feed), and its stop tokens.
+#[derive(Clone, Debug)]
 struct Run {
     left: u32,
     last: TokenId,
+    stop: Vec<TokenId>,
 }
 
 enum Inner {
@@ -388,41 +386,54 @@ impl Context {
     /// [`Context::compute_inputs`] without a run.
     #[cfg(test)]
     pub async fn compute(&mut self, tokens: Vec<TokenId>, greedy: u32) -> Result<Output, NnError> {
-        self.compute_inputs(contract::Inputs { tokens, greedy, run: 0 }).await
+        self.compute_inputs(contract::Inputs { tokens, greedy, run: 0, stop: Vec::new() }).await
     }
 
-    /// One `compute` of the contract, greedy runs included: checks `inputs` against this
-    /// context (the tokens, and while a run is under way that they feed its last token) and
-    /// computes, or takes the run's next tokens.
+    /// One `compute` of the contract, greedy runs and stop tokens included: checks `inputs`
+    /// against this context (the tokens; while a run is under way, that they feed its last
+    /// token; that the sequence has not ended at a stop token) and computes, or takes the run's
+    /// next tokens.
     pub async fn compute_inputs(&mut self, inputs: contract::Inputs) -> Result<Output, NnError> {
-        let contract::Inputs { tokens, greedy, run } = inputs;
+        let contract::Inputs { tokens, greedy, run, stop } = inputs;
         contract::check_tokens(&tokens, self.vocab)?;
-        let output = match self.run {
+        if !stop.is_empty() {
+            contract::check_tokens(&stop, self.vocab)?;
+        }
+        if let Some(id) = self.ended {
+            return Err(NnError::Input(format!(
+                "this sequence ended at stop token {} ('{}'); its state is not defined past it: \
+                 make a new execution context",
+                id.0,
+                contract::INPUT_GREEDY_STOP
+            )));
+        }
+        let output = match &self.run {
             Some(r) => {
-                check_run_step(r, &tokens, greedy, run)?;
+                check_run_step(r, &tokens, greedy, run, &stop)?;
                 let n = greedy.min(r.left);
                 match &mut self.inner {
                     // The CPU computes a run's tokens when they are asked for.
-                    Inner::Cpu(c) => c.compute(tokens, n).await,
+                    Inner::Cpu(c) => c.compute(tokens, n, &r.stop).await,
                     #[cfg(feature = "gpu")]
                     Inner::Gpu(c) => c.take_run(n).await,
                 }
             }
             None => match &mut self.inner {
-                Inner::Cpu(c) => c.compute(tokens, greedy).await,
+                Inner::Cpu(c) => c.compute(tokens, greedy, &stop).await,
                 #[cfg(feature = "gpu")]
-                Inner::Gpu(c) if run > 0 => c.start_run(tokens, greedy, run).await,
+                Inner::Gpu(c) if run > 0 => c.start_run(tokens, greedy, run, stop.clone()).await,
                 #[cfg(feature = "gpu")]
-                Inner::Gpu(c) => c.compute(tokens, greedy).await,
+                Inner::Gpu(c) => c.compute(tokens, greedy, stop.clone()).await,
             },
         };
-        self.track_run(run, &output);
+        self.track(run, stop, &output);
         output
     }
 
     /// Counts the tokens a compute took from the run under way, or starts the run `run` asked
-    /// for; a failed compute ends the run.
-    fn track_run(&mut self, run: u32, output: &Result<Output, NnError>) {
+    /// for (with stop tokens `stop`); a failed compute ends the run, and a stop token the
+    /// sequence.
+    fn track(&mut self, run: u32, stop: Vec<TokenId>, output: &Result<Output, NnError>) {
         let took = match output {
             Ok(Output::Tokens(t)) => t,
             Ok(Output::Logits(_)) => return,
@@ -434,25 +445,37 @@ impl Context {
             }
         };
         let (Some(&last), n) = (took.last(), took.len() as u32) else { return };
-        let left = match self.run {
-            Some(r) => r.left.saturating_sub(n),
-            None => run.saturating_sub(n),
+        let (left, stop) = match self.run.take() {
+            Some(r) => (r.left.saturating_sub(n), r.stop),
+            None => (run.saturating_sub(n), stop),
         };
-        self.run = (left > 0).then_some(Run { left, last });
+        if stop.contains(&last) {
+            self.ended = Some(last);
+            return;
+        }
+        self.run = (left > 0).then_some(Run { left, last, stop });
     }
 }
 
 /// Checks a compute made while run `r` is under way: it must feed the run's last token alone
-/// and ask for greedy tokens, and start no other run.
-fn check_run_step(r: Run, tokens: &[TokenId], greedy: u32, run: u32) -> Result<(), NnError> {
-    if tokens != [r.last] || greedy == 0 || run > 0 {
+/// and ask for greedy tokens, and start no other run (nor give stop tokens: the run's hold).
+fn check_run_step(
+    r: &Run,
+    tokens: &[TokenId],
+    greedy: u32,
+    run: u32,
+    stop: &[TokenId],
+) -> Result<(), NnError> {
+    if tokens != [r.last] || greedy == 0 || run > 0 || !stop.is_empty() {
         return Err(NnError::Input(format!(
             "a greedy run is under way ({} tokens left): the next compute must feed its last \
-             token ({}) alone with '{}' and no '{}'; to leave the run, drop the context",
+             token ({}) alone with '{}' and neither '{}' nor '{}'; to leave the run, drop the \
+             context",
             r.left,
             r.last.0,
             contract::INPUT_GREEDY,
-            contract::INPUT_GREEDY_RUN
+            contract::INPUT_GREEDY_RUN,
+            contract::INPUT_GREEDY_STOP
         )));
     }
     Ok(())
@@ -664,7 +687,9 @@ mod tests {
     fn config(backend: BackendChoice, slots: u32) -> NnConfig {
         let slot_wait = std::time::Duration::from_millis(500);
         let stats = Arc::new(NnStats::new());
-        NnConfig { backend, slots, slot_wait, tensor_cores: true, fused_step: true, stats }
+        // f32 GEMMs: the GPU tests compare logits with the CPU's at 1e-3, which the tensor
+        // cores' f16 inputs miss (H200); lavapipe has none either way.
+        NnConfig { backend, slots, slot_wait, tensor_cores: false, fused_step: true, stats }
     }
 
     fn load_tiny(file: &str, config: &NnConfig) -> Result<Models, LoadError> {
@@ -786,7 +811,18 @@ mod tests {
         greedy: u32,
         run: u32,
     ) -> Result<Vec<TokenId>, NnError> {
-        match ctx.compute_inputs(contract::Inputs { tokens, greedy, run }).await? {
+        stop_step(ctx, tokens, (greedy, run), &[]).await
+    }
+
+    /// The same with stop tokens.
+    async fn stop_step(
+        ctx: &mut Context,
+        tokens: Vec<TokenId>,
+        (greedy, run): (u32, u32),
+        stop: &[TokenId],
+    ) -> Result<Vec<TokenId>, NnError> {
+        let stop = stop.to_vec();
+        match ctx.compute_inputs(contract::Inputs { tokens, greedy, run, stop }).await? {
             Output::Tokens(t) if (1..=greedy as usize).contains(&t.len()) => Ok(t),
             o => panic!("asked for 1 to {greedy} greedy tokens, got {o:?}"),
         }
@@ -812,9 +848,10 @@ mod tests {
                         tokens: vec![TokenId((last.0 + 1) % m.vocab as u32)],
                         greedy: 2,
                         run: 0,
+                        stop: Vec::new(),
                     },
-                    contract::Inputs { tokens: vec![last], greedy: 0, run: 0 },
-                    contract::Inputs { tokens: vec![last], greedy: 2, run: 4 },
+                    contract::Inputs { tokens: vec![last], greedy: 0, run: 0, stop: Vec::new() },
+                    contract::Inputs { tokens: vec![last], greedy: 2, run: 4, stop: vec![last] },
                 ][strays]
                     .clone();
                 let e = run.compute_inputs(stray).await.unwrap_err();
@@ -830,6 +867,38 @@ mod tests {
         // The run is over: the next compute feeds its last token as any compute does.
         let next = token(&mut run, vec![got[11]]).await.unwrap();
         assert_eq!(next, want[12], "{}: after the run", m.backend_name());
+    }
+
+    /// Greedy tokens end with the first stop token, whole or in a run; the sequence ends
+    /// there: a later compute is refused.
+    async fn greedy_tokens_end_at_a_stop_token(m: &Model) {
+        let prompt: Vec<_> = (0..9).map(|i| TokenId((i * 7 + 1) % m.vocab as u32)).collect();
+        let mut one = m.new_context().await.unwrap();
+        let mut want = vec![token(&mut one, prompt.clone()).await.unwrap()];
+        while want.len() < 10 {
+            let last = want[want.len() - 1];
+            want.push(token(&mut one, vec![last]).await.unwrap());
+        }
+        let stop = want[5];
+        let want = &want[..=want.iter().position(|&t| t == stop).unwrap()];
+        for run in [0, 10] {
+            let mut ctx = m.new_context().await.unwrap();
+            let mut got = stop_step(&mut ctx, prompt.clone(), (if run > 0 { 2 } else { 10 }, run), &[stop])
+                .await
+                .unwrap();
+            while got.last() != Some(&stop) {
+                got.extend(run_step(&mut ctx, vec![got[got.len() - 1]], 2, 0).await.unwrap());
+            }
+            assert_eq!(got, want, "{} run {run}", m.backend_name());
+            let e = ctx.compute(vec![stop], 1).await.unwrap_err();
+            assert_eq!(e.code(), wit::ErrorCode::InvalidArgument, "{e}");
+            assert!(e.to_string().contains("ended at stop token"), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn cpu_greedy_tokens_end_at_a_stop_token() {
+        greedy_tokens_end_at_a_stop_token(&tiny().get("tiny").unwrap()).await;
     }
 
     #[tokio::test]
@@ -915,6 +984,8 @@ mod tests {
     #[tokio::test]
     async fn gpu_greedy_run_streams_the_greedy_tokens() {
         let Some((gpu, _)) = tiny_on_gpu(2) else { return };
-        greedy_run_streams_the_greedy_tokens(&gpu.get("tiny").unwrap()).await;
+        let m = gpu.get("tiny").unwrap();
+        greedy_run_streams_the_greedy_tokens(&m).await;
+        greedy_tokens_end_at_a_stop_token(&m).await;
     }
 }
