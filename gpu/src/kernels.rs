@@ -140,7 +140,28 @@ impl MvShape {
     /// got slower with that shape).
     /// `x_stride`: floats from one X row to the next.
     pub(crate) fn new(rows: u32, cols: u32, groups: u32, x_stride: u32, (add, head): (bool, bool)) -> Self {
-        let (per_thread, min_tpr) = if head { (24, 8) } else { (6, 32) };
+        let split = if head { (24, 8) } else { (6, 32) };
+        Self::with_split(rows, cols, groups, x_stride, (add, head), split)
+    }
+
+    /// The LM head of a call with one logits row: 2 threads to a row with about 96 weight
+    /// groups each, so the grid is less than one wave of workgroups (H200, F16, B=1 pipelined:
+    /// 2,020 tok/s against 1,940 with the 8 × 24 of [`MvShape::new`]; 4 × 48 gave 1,986; at 8
+    /// rows 2 × 96 was 2 % slower, so calls of several rows keep 8 × 24).
+    pub(crate) fn one_row_head(rows: u32, cols: u32, groups: u32, x_stride: u32) -> Self {
+        Self::with_split(rows, cols, groups, x_stride, (false, true), (96, 2))
+    }
+
+    /// A shape whose threads read about `per_thread` weight groups each, at least `min_tpr`
+    /// threads to a row.
+    fn with_split(
+        rows: u32,
+        cols: u32,
+        groups: u32,
+        x_stride: u32,
+        (add, head): (bool, bool),
+        (per_thread, min_tpr): (u32, u32),
+    ) -> Self {
         let tpr = groups.div_ceil(per_thread).next_power_of_two().clamp(min_tpr, MV_THREADS);
         let x4 = cols.is_multiple_of(4) && x_stride.is_multiple_of(4);
         MvShape { rows, cols, groups, tpr, add, head, x4 }

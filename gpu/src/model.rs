@@ -176,8 +176,10 @@ enum When {
     Above(u32),
     /// n_tok > the first value and ≤ the second.
     Between(u32, u32),
-    /// n_out ≤ GEMM_MIN_TOKENS (LM head, matrix × vectors).
-    HeadSmall,
+    /// n_out = 1 (LM head, matrix × vector, [`MvShape::one_row_head`]).
+    HeadOne,
+    /// 1 < n_out ≤ GEMM_MIN_TOKENS (LM head, matrix × vectors).
+    HeadFew,
     /// n_out > GEMM_MIN_TOKENS (LM head, GEMM).
     HeadBig,
     /// Sequence 0 has more than one token (a prefill chunk or a mixed call's lead: only the
@@ -194,7 +196,8 @@ impl When {
             When::AtMost(n) => run.n_tok <= n,
             When::Above(n) => run.n_tok > n,
             When::Between(lo, hi) => lo < run.n_tok && run.n_tok <= hi,
-            When::HeadSmall => run.n_out <= GEMM_MIN_TOKENS,
+            When::HeadOne => run.n_out == 1,
+            When::HeadFew => 1 < run.n_out && run.n_out <= GEMM_MIN_TOKENS,
             When::HeadBig => run.n_out > GEMM_MIN_TOKENS,
             When::Lead => run.n_tok > run.n_seq,
         }
@@ -556,6 +559,19 @@ impl Builder<'_> {
         rows: Rows,
     ) -> Result<Dispatch, GpuError> {
         let shape = MvShape::new(w.rows, cols, w.groups, params.x_stride, (add, head));
+        self.matvec_shaped(op, w, shape, params, bufs, rows)
+    }
+
+    /// A `matvec.wgsl` dispatch of `w` with the compiled-in `shape` (see [`Builder::matvec`]).
+    fn matvec_shaped(
+        &mut self,
+        op: Op,
+        w: &GpuMatrix,
+        shape: MvShape,
+        params: &MvParams,
+        bufs: &[(u32, &wgpu::Buffer)],
+        rows: Rows,
+    ) -> Result<Dispatch, GpuError> {
         let x = w.rows.div_ceil(shape.rows_per_group());
         // The vec4 views bind the same buffers at other slots (see MvShape::x4): X 4 → 10, the
         // norm weights 6 → 11, the conv keeping its scalar smalls at 6.
@@ -1153,8 +1169,11 @@ impl GpuModel {
             });
         }
         let bufs = [(1, &a.run), (4, &a.x), (5, &a.logits), (6, &small)];
+        let one = MvShape::one_row_head(head.rows, dm, head.groups, dm);
+        let d = b.matvec_shaped(Op::MvNorm, head, one, &p, &bufs, Rows::OutTiles)?;
+        plan.push(d.on(When::HeadOne, "lm_head"));
         let d = b.matvec(Op::MvNorm, head, dm, (false, true), &p, &bufs, Rows::OutTiles)?;
-        plan.push(d.on(When::HeadSmall, "lm_head"));
+        plan.push(d.on(When::HeadFew, "lm_head"));
         // The LM head's GEMM reads f32 X even on tensor cores: its 128 × 64 tile ran slower on
         // the f16 copy (H200, F16: 260 vs 226 µs at B=256, 75 vs 62 at B=64; in_proj the other
         // way, 19.7 vs 21.5 at 256).
@@ -2356,7 +2375,23 @@ mod matvec_kernel {
             aux: [4, eps.to_bits(), 0, 0, 0, 0, 0, 0, 0],
         };
         let rows_of = if head { Rows::OutTiles } else { Rows::TokenTiles };
-        let d = if norm {
+        let d = if head && run.n_out == 1 {
+            // The plan's head for one logits row.
+            let shape = MvShape::one_row_head(rows as u32, cols as u32, w.groups, xs as u32);
+            match norm {
+                true => b.matvec_shaped(
+                    Op::MvNorm,
+                    &w,
+                    shape,
+                    &p,
+                    &[(1, &rb), (4, &xb), (5, &ob), (6, &sb)],
+                    rows_of,
+                ),
+                false => {
+                    b.matvec_shaped(Op::MvPlain, &w, shape, &p, &[(1, &rb), (4, &xb), (5, &ob)], rows_of)
+                }
+            }
+        } else if norm {
             b.matvec(
                 Op::MvNorm,
                 &w,
@@ -2414,6 +2449,9 @@ mod matvec_kernel {
             ((300, 37, 37), 3, (false, false, true)),   // scalar X: 37 columns, norm
             ((21, 40, 42), 5, (true, false, false)),    // scalar X: a stride not a multiple of 4
             ((50, 64, 64), 7, (false, true, true)),     // LM head rows from out_row0 = 1
+            ((300, 64, 64), 2, (false, true, true)),    // one logits row: 2 threads to a row
+            ((300, 37, 37), 1, (false, true, true)),    // the same, scalar X
+            ((9, 2000, 2000), 1, (false, true, true)),  // the same, many groups per thread
             ((9, 2000, 2000), 2, (false, false, true)), // many groups per thread
         ] {
             check(&gpu, shape, n, flags);
