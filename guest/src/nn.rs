@@ -162,7 +162,8 @@ impl NnDecoder {
     }
 
     /// One compute of at most [`MAX_CHUNK`] tokens, with the `"greedy"` input `greedy` and the
-    /// `"greedy-run"` input `run` where not 0; returns the outputs.
+    /// `"greedy-run"` input `run` where not 0, and with `stop` the stop tokens as `"greedy-stop"`;
+    /// returns the outputs.
     fn compute(
         &mut self,
         tokens: &[TokenId],

@@ -154,7 +154,7 @@ enum Reply {
     /// One answer: the logits, or all the greedy tokens at once (those so far in `got`).
     Once { tx: oneshot::Sender<Answer>, got: Vec<TokenId> },
     /// A greedy run (the contract's `"greedy-run"`): each token as soon as it is read back, so
-    /// the guest takes them while the run goes on. At most [`contract::MAX_GREEDY_RUN`] of them
+    /// the guest takes them while the run goes on. At most [`super::contract::MAX_GREEDY_RUN`] of them
     /// wait in the channel.
     Run(tokio::sync::mpsc::UnboundedSender<RunItem>),
 }
