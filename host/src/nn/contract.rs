@@ -133,7 +133,7 @@ fn decode_stop(t: &TensorParts) -> Result<Vec<TokenId>, NnError> {
     let k = t.data.len() / 4;
     if t.ty != TensorType::I32
         || t.dims != [k as u32]
-        || t.data.len() % 4 != 0
+        || !t.data.len().is_multiple_of(4)
         || !(1..=MAX_GREEDY_STOPS).contains(&k)
     {
         return Err(NnError::Input(format!(
