@@ -24,19 +24,24 @@ pub trait Decoder {
     fn feed_greedy(&mut self, tokens: &[TokenId]) -> Result<TokenId, Self::Error> {
         Ok(argmax(self.feed(tokens)?))
     }
+    /// Says, once per sequence before its greedy tokens, at what [`Pace`] the caller takes
+    /// them and that it takes none after any of `stops` (end-of-generation tokens). A decoder
+    /// that computes greedy tokens ahead (the host's wasi-nn) uses it; others ignore it.
+    fn greedy_pace(&mut self, pace: Pace, stops: &[TokenId]) {
+        let _ = (pace, stops);
+    }
     /// Says that the caller may take up to `most` greedy tokens from here on, the next
-    /// [`Decoder::feed_greedy`]'s included, each fed back in turn, at what [`Pace`], and that
-    /// it takes none after any of `stops` (end-of-generation tokens). A decoder that computes
-    /// greedy tokens ahead (the host's wasi-nn) uses it so as not to compute past the end;
-    /// others ignore it.
-    fn plan_greedy(&mut self, most: usize, pace: Pace, stops: &[TokenId]) {
-        let _ = (most, pace, stops);
+    /// [`Decoder::feed_greedy`]'s included, each fed back in turn. A decoder that computes greedy
+    /// tokens ahead (the host's wasi-nn) uses it so as not to compute past the end; others
+    /// ignore it.
+    fn plan_greedy(&mut self, most: usize) {
+        let _ = most;
     }
     /// Vocabulary size.
     fn vocab(&self) -> usize;
 }
 
-/// How a caller wants the greedy tokens a decoder computes ahead ([`Decoder::plan_greedy`]).
+/// How a caller wants the greedy tokens a decoder computes ahead ([`Decoder::greedy_pace`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Pace {
     /// Each as soon as it is ready: the text is streamed.

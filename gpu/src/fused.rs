@@ -6,9 +6,9 @@
 //! The kernel indexes every layer's matrices in one binding, so it reads each kind (in_proj,
 //! x_proj, dt_proj, out_proj) as one buffer with its layers stacked: the plan's own buffer when
 //! the plan could stack them (each layer's slice aligned for a binding offset), else a copy
-//! uploaded here ([`LayerWeights`]). The embedding is the plan's. All P workgroups must be resident at once; the kernel
-//! gives up after [`SPIN`] polls of a barrier, and the call then fails instead of hanging (see
-//! [`FusedStep::record`]).
+//! uploaded here ([`LayerWeights`]). The embedding is the plan's. All P workgroups must be
+//! resident at once; the kernel gives up after [`SPIN`] polls of a barrier, and the call then
+//! fails instead of hanging (see [`FusedStep::record`]).
 
 use crate::kernels::{ACTIVATIONS, compile};
 use crate::weights::{Format, Packed};
@@ -143,8 +143,8 @@ pub(crate) struct SmallsLayout {
 }
 
 impl FusedStep {
-    /// Builds the step for a model of config `c`, or Err with the reason when this device or model cannot run
-    /// it: shapes the kernel does not take, or limits it exceeds.
+    /// Builds the step for a model of config `c`, or Err with the reason when this device or
+    /// model cannot run it: shapes the kernel does not take, or limits it exceeds.
     pub(crate) fn new(
         dev: &wgpu::Device,
         subgroups32: bool,

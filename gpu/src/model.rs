@@ -1000,21 +1000,17 @@ impl GpuModel {
         );
         let mut bytes = 0;
         let (small_path, big_path) = (When::Small, When::Big);
-        let mut per_kind = Vec::new();
-        let mut stacks = Vec::new();
-        for (what, kind) in LAYER_KINDS {
-            let mats: Vec<_> = model.layers.iter().map(kind).collect();
-            let (each, stacked) = b.layer_stack(what, &mats)?;
-            per_kind.push(each);
-            stacks.push(stacked);
-        }
+        let stack_of = |(what, kind): (&str, LayerMatrix)| {
+            b.layer_stack(what, &model.layers.iter().map(kind).collect::<Vec<_>>())
+        };
+        let [k_in, k_x, k_dt, k_out] = LAYER_KINDS;
+        let ((ins, s_in), (xs, s_x)) = (stack_of(k_in)?, stack_of(k_x)?);
+        let ((dts, s_dt), (outs, s_out)) = (stack_of(k_dt)?, stack_of(k_out)?);
         let embed_stacked = Stacked {
             format: embed.format,
             data: embed.data.buf.clone(),
             scales: embed.scales.as_ref().map(|s| s.buf.clone()),
         };
-        let [ins, xs, dts, outs]: [Vec<GpuMatrix>; 4] =
-            per_kind.try_into().map_err(|_| GpuError::BadInput("four kinds of layer matrix".into()))?;
         let layers = ins.into_iter().zip(xs).zip(dts).zip(outs);
         for (l, (o, (((w_in, w_x), w_dt), w_out))) in offs.iter().zip(layers).enumerate() {
             bytes += [&w_in, &w_x, &w_dt, &w_out].iter().map(|w| matrix_bytes(w)).sum::<u64>();
@@ -1194,8 +1190,7 @@ impl GpuModel {
         self.push_argmax(b, &mut plan)?;
         self.plan = plan;
         self.weight_bytes = bytes;
-        let layers =
-            stacks.try_into().map_err(|_| GpuError::BadInput("four kinds of layer matrix".into()))?;
+        let layers = [s_in, s_x, s_dt, s_out];
         Ok(FusedInputs { smalls: small, layout: smalls_layout(&offs), layers, embed: embed_stacked })
     }
 
@@ -2375,36 +2370,16 @@ mod matvec_kernel {
             aux: [4, eps.to_bits(), 0, 0, 0, 0, 0, 0, 0],
         };
         let rows_of = if head { Rows::OutTiles } else { Rows::TokenTiles };
-        let d = if head && run.n_out == 1 {
-            // The plan's head for one logits row.
-            let shape = MvShape::one_row_head(rows as u32, cols as u32, w.groups, xs as u32);
-            match norm {
-                true => b.matvec_shaped(
-                    Op::MvNorm,
-                    &w,
-                    shape,
-                    &p,
-                    &[(1, &rb), (4, &xb), (5, &ob), (6, &sb)],
-                    rows_of,
-                ),
-                false => {
-                    b.matvec_shaped(Op::MvPlain, &w, shape, &p, &[(1, &rb), (4, &xb), (5, &ob)], rows_of)
-                }
-            }
-        } else if norm {
-            b.matvec(
-                Op::MvNorm,
-                &w,
-                cols as u32,
-                (add, head),
-                &p,
-                &[(1, &rb), (4, &xb), (5, &ob), (6, &sb)],
-                rows_of,
-            )
-        } else {
-            b.matvec(Op::MvPlain, &w, cols as u32, (add, head), &p, &[(1, &rb), (4, &xb), (5, &ob)], rows_of)
-        }
-        .unwrap();
+        // A head of one logits row takes the plan's one-row shape.
+        let shape = match head && run.n_out == 1 {
+            true => MvShape::one_row_head(rows as u32, cols as u32, w.groups, xs as u32),
+            false => MvShape::new(rows as u32, cols as u32, w.groups, xs as u32, (add, head)),
+        };
+        let (op, bufs): (_, &[_]) = match norm {
+            true => (Op::MvNorm, &[(1, &rb), (4, &xb), (5, &ob), (6, &sb)]),
+            false => (Op::MvPlain, &[(1, &rb), (4, &xb), (5, &ob)]),
+        };
+        let d = b.matvec_shaped(op, &w, shape, &p, bufs, rows_of).unwrap();
         let got: Vec<f32> = kernel_harness::run_and_read(gpu, &[&d], &run, &ob, 4 * out0.len() as u64);
 
         let what = format!("rows {rows} cols {cols} x_stride {xs} n {n} add {add} head {head} norm {norm}");

@@ -114,11 +114,11 @@ pub struct NnDecoder {
     last: TokenId,
     /// How many greedy tokens the next compute may ask for ([`Decoder::plan_greedy`]).
     plan: usize,
-    /// And at what pace.
+    /// At what pace ([`Decoder::greedy_pace`]).
     pace: Pace,
     /// Tokens of the greedy run under way that the host has not handed over yet.
     run_left: usize,
-    /// The tokens greedy tokens end with ([`Decoder::plan_greedy`]), sent as `"greedy-stop"`.
+    /// The tokens greedy tokens end with ([`Decoder::greedy_pace`]), sent as `"greedy-stop"`.
     stops: Vec<TokenId>,
     /// The same as I32 bytes, reused.
     stop_bytes: Vec<u8>,
@@ -223,17 +223,11 @@ impl NnDecoder {
         let t = output(self.compute(tokens, n as u8, run as u32, stop)?, "token")?;
         let data = t.data();
         let k = data.len() / 4;
-        let ends_at_stop = stop && data.len() >= 4 && {
-            let b = &data[data.len() - 4..];
-            self.stops.contains(&TokenId(u32::from_le_bytes([b[0], b[1], b[2], b[3]])))
-        };
+        let ids = || data.chunks_exact(4).map(|b| TokenId(u32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+        let ends_at_stop = stop && ids().next_back().is_some_and(|id| self.stops.contains(&id));
         let count_ok = k == n || (in_run || ends_at_stop) && (1..=n).contains(&k);
         // Non-negative as I32s: the host's ids are below the vocabulary size.
-        if t.ty() != TensorType::I32
-            || data.len() % 4 != 0
-            || !count_ok
-            || data.chunks_exact(4).any(|b| b[3] >= 0x80)
-        {
+        if t.ty() != TensorType::I32 || data.len() % 4 != 0 || !count_ok || ids().any(|id| id.0 >= 1 << 31) {
             return Err(NnError::protocol(format!(
                 "the host's 'token' is {:?} of {} bytes, not {} non-negative I32s",
                 t.ty(),
@@ -241,7 +235,7 @@ impl NnDecoder {
                 if in_run { format!("1 to {n}") } else { n.to_string() }
             )));
         }
-        let mut ids = data.chunks_exact(4).map(|b| TokenId(u32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+        let mut ids = ids();
         let first = ids.next().ok_or_else(|| NnError::protocol("no greedy token".into()))?;
         self.ahead.extend(ids);
         self.last = first;
@@ -302,23 +296,18 @@ impl Decoder for NnDecoder {
         let most = std::mem::replace(&mut self.plan, 1).max(1);
         let n = most.min(MAX_GREEDY);
         let run = if self.pace == Pace::Eager && most > 1 { most.min(MAX_GREEDY_RUN) } else { 0 };
-        let mut token = Err(NnError::protocol("no tokens to feed".into()));
-        let chunks = tokens.chunks(MAX_CHUNK).count();
-        for (i, chunk) in tokens.chunks(MAX_CHUNK).enumerate() {
-            token = Ok(match i + 1 == chunks {
-                true => {
-                    let (first, k) = self.compute_tokens(chunk, n, run, true)?;
-                    self.run_left = run.saturating_sub(k);
-                    first
-                }
-                false => self.compute_tokens(chunk, 1, 0, false)?.0,
-            });
+        // Chunks before the last run as prefill; the last asks for the greedy tokens.
+        let mut chunks = tokens.chunks(MAX_CHUNK);
+        let last = chunks.next_back().ok_or_else(|| NnError::protocol("no tokens to feed".into()))?;
+        for chunk in chunks {
+            self.compute_tokens(chunk, 1, 0, false)?;
         }
-        token
+        let (first, k) = self.compute_tokens(last, n, run, true)?;
+        self.run_left = run.saturating_sub(k);
+        Ok(first)
     }
 
-    fn plan_greedy(&mut self, most: usize, pace: Pace, stops: &[TokenId]) {
-        self.plan = most;
+    fn greedy_pace(&mut self, pace: Pace, stops: &[TokenId]) {
         self.pace = pace;
         // More than the host takes: none are sent, and the tokens go on past them (the caller
         // still stops there).
@@ -326,6 +315,10 @@ impl Decoder for NnDecoder {
         if stops.len() <= MAX_GREEDY_STOPS {
             self.stops.extend_from_slice(stops);
         }
+    }
+
+    fn plan_greedy(&mut self, most: usize) {
+        self.plan = most;
     }
 
     fn vocab(&self) -> usize {

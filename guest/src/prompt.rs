@@ -49,8 +49,6 @@ pub struct Sequence {
     logits: Vec<f32>,
     /// The greedy token after the prompt's last token, when [`Sequence::finish`] took it.
     first: Option<TokenId>,
-    /// How the generated text goes out, which says how to take greedy tokens computed ahead.
-    pace: Pace,
     tokens: usize,
     bytes: u64,
     error: Option<ApiError>,
@@ -84,7 +82,6 @@ impl Sequence {
             dec: e.decoder(),
             logits: Vec::with_capacity(e.tokenizer.vocab_size()),
             first: None,
-            pace: Pace::default(),
             tokens: 0,
             bytes: 0,
             error: None,
@@ -110,7 +107,6 @@ impl Sequence {
         self.recent.clear();
         self.logits.clear();
         self.first = None;
-        self.pace = Pace::default();
         self.tokens = 0;
         self.bytes = 0;
         self.error = None;
@@ -166,7 +162,6 @@ impl Sequence {
     /// Ends the prompt and runs what is left of it, for generating with `params` (greedy ones
     /// take only the next token, not the logits) at `pace` (streamed text: [`Pace::Eager`]).
     pub fn finish(&mut self, params: &GenerateParams, pace: Pace) -> Result<Usage, ApiError> {
-        self.pace = pace;
         if let Some(e) = self.error.take() {
             return Err(e);
         }
@@ -183,7 +178,10 @@ impl Sequence {
             return Err(ApiError::invalid(Some("prompt"), "the prompt encodes to no tokens"));
         }
         if params.sampler.picks_argmax() {
-            self.dec.plan_greedy(params.max_tokens, pace, self.stops(params));
+            // End of generation is where greedy tokens stop, unless the request ignores it.
+            let stops: &[TokenId] = if params.ignore_eos { &[] } else { &self.e.eog };
+            self.dec.greedy_pace(pace, stops);
+            self.dec.plan_greedy(params.max_tokens);
             self.first = Some(self.dec.feed_greedy(&self.pending)?);
         } else {
             let logits = self.dec.feed(&self.pending)?;
@@ -192,11 +190,6 @@ impl Sequence {
         }
         self.pending.clear();
         Ok(Usage { prompt: self.tokens })
-    }
-
-    /// The tokens generation stops after: end of generation, unless `ignore_eos`.
-    fn stops(&self, params: &GenerateParams) -> &'static [TokenId] {
-        if params.ignore_eos { &[] } else { &self.e.eog }
     }
 
     /// Prompt tokens so far (including BOS).
@@ -212,8 +205,8 @@ impl Sequence {
     /// Generates after [`Sequence::finish`] (given the same `params`): `each(text, finish)`
     /// gets every piece of text; it returns `Err` to stop early (client gone). Returns the
     /// finish reason and the number of tokens generated, or why decoding failed. When greedy,
-    /// the decoder learns how many tokens are left at each step ([`Decoder::plan_greedy`], with
-    /// `finish`'s pace): the `nn` build's host computes them ahead.
+    /// the decoder learns how many tokens are left at each step ([`Decoder::plan_greedy`]): the
+    /// `nn` build's host computes them ahead, at the pace `finish` gave.
     pub fn generate(
         &mut self,
         params: &GenerateParams,
@@ -247,8 +240,7 @@ impl Sequence {
             }
             next = match greedy {
                 true => {
-                    let left = params.max_tokens.saturating_sub(generator.produced());
-                    self.dec.plan_greedy(left, self.pace, self.stops(params));
+                    self.dec.plan_greedy(params.max_tokens.saturating_sub(generator.produced()));
                     Next::Token(self.dec.feed_greedy(&[token])?)
                 }
                 false => Next::Logits(self.dec.feed(&[token])?),

@@ -221,6 +221,12 @@ struct Job {
 }
 
 impl Job {
+    /// A job for `tokens` on `slot` with `greedy` greedy tokens (0: the logits) and stop tokens
+    /// `stop`, sent now.
+    fn new(slot: SlotId, tokens: Vec<TokenId>, (greedy, stop): (u32, &[TokenId]), reply: Reply) -> Self {
+        Job { slot, tokens, greedy, stop: stop.to_vec(), stopped: false, reply, sent: Instant::now() }
+    }
+
     /// Whether, after a call gave it `id`, the job runs on (a greedy run with tokens still to
     /// produce, `id` not a stop token) rather than being answered.
     fn runs_on(&self, result: &Result<(), GpuError>, id: TokenId) -> bool {
@@ -342,7 +348,7 @@ impl GpuContext {
     /// Runs `tokens` (already checked against the vocabulary) in this context's slot and
     /// returns the last logits, or with `greedy` n ≥ 1 the n greedy tokens (each fed back before
     /// the next, by the batcher, without a round trip to the guest).
-    pub async fn compute(&mut self, tokens: Vec<TokenId>, greedy: u32, stop: Vec<TokenId>) -> Answer {
+    pub async fn compute(&mut self, tokens: Vec<TokenId>, greedy: u32, stop: &[TokenId]) -> Answer {
         self.usable()?;
         self.run = None; // a run the caller has taken whole
         let (tx, rx) = oneshot::channel();
@@ -361,7 +367,7 @@ impl GpuContext {
         tokens: Vec<TokenId>,
         greedy: u32,
         run: u32,
-        stop: Vec<TokenId>,
+        stop: &[TokenId],
     ) -> Answer {
         self.usable()?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -375,9 +381,8 @@ impl GpuContext {
     pub async fn take_run(&mut self, most: u32) -> Answer {
         let rx = self.run.as_mut().ok_or_else(|| NnError::Backend("no greedy run under way".into()))?;
         // Cancel-safe: a token is taken off the channel only when it is returned.
-        let first = rx.recv().await;
+        let mut next = rx.recv().await;
         let mut out = Vec::with_capacity(most as usize);
-        let mut next = first;
         while let Some(item) = next {
             match item {
                 Ok(id) => out.push(id),
@@ -406,16 +411,10 @@ impl GpuContext {
 
     /// Sends a job for this context's slot to the batcher: its tokens, its greedy tokens and
     /// stop tokens, and where its answer goes.
-    fn send(
-        &self,
-        tokens: Vec<TokenId>,
-        (greedy, stop): (u32, Vec<TokenId>),
-        reply: Reply,
-    ) -> Result<(), NnError> {
-        let job = Job { slot: self.slot, tokens, greedy, stop, stopped: false, reply, sent: Instant::now() };
+    fn send(&self, tokens: Vec<TokenId>, greedy: (u32, &[TokenId]), reply: Reply) -> Result<(), NnError> {
         self.backend
             .tx
-            .send(Msg::Compute(job))
+            .send(Msg::Compute(Job::new(self.slot, tokens, greedy, reply)))
             .map_err(|_| NnError::Backend("the GPU batcher has stopped".into()))
     }
 }
@@ -1504,7 +1503,7 @@ mod tests {
                 let mut ctx = b.new_context(b.slot_wait()).await.unwrap();
                 let mut out = Vec::new();
                 for chunk in script(i) {
-                    out.push(ctx.compute(chunk, u32::from(greedy(i)), Vec::new()).await);
+                    out.push(ctx.compute(chunk, u32::from(greedy(i)), &[]).await);
                 }
                 out
             })
@@ -1559,7 +1558,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(a);
         let mut c = waiter.await.unwrap().expect("the released slot");
-        assert_eq!(logits_of(c.compute(vec![TokenId(1)], 0, Vec::new()).await).len(), backend_vocab());
+        assert_eq!(logits_of(c.compute(vec![TokenId(1)], 0, &[]).await).len(), backend_vocab());
         assert_eq!(stats.slots_in_use.load(Ordering::Relaxed), 2);
         settle(&stats, 2).await;
     }
@@ -1572,7 +1571,7 @@ mod tests {
         let backend =
             GpuBackend::start("twin", twin, Arc::new(NnStats::new()), Duration::from_millis(500)).unwrap();
         let mut ctx = backend.new_context(Duration::from_millis(50)).await.unwrap();
-        assert_eq!(logits_of(ctx.compute(vec![TokenId(1)], 0, Vec::new()).await).len(), backend_vocab());
+        assert_eq!(logits_of(ctx.compute(vec![TokenId(1)], 0, &[]).await).len(), backend_vocab());
         drop(ctx);
         drop(backend);
         // The device must be gone before the process can exit (see `GpuBackend`'s Drop).
@@ -1649,10 +1648,7 @@ mod tests {
         reply: Reply,
     ) {
         let tokens = tokens.iter().map(|&t| TokenId(t)).collect();
-        let stop = stop.to_vec();
-        let job =
-            Job { slot: SlotId(slot), tokens, greedy, stop, stopped: false, reply, sent: Instant::now() };
-        tx.send(Msg::Compute(job)).unwrap();
+        tx.send(Msg::Compute(Job::new(SlotId(slot), tokens, (greedy, stop), reply))).unwrap();
     }
 
     /// The tokens waiting on a run's receiver.

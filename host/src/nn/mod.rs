@@ -366,7 +366,7 @@ pub struct Context {
 
 /// A greedy run under way: how many of its tokens the guest has still to take, the last one it
 /// took (what its next compute must feed), and its stop tokens.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct Run {
     left: u32,
     last: TokenId,
@@ -421,9 +421,9 @@ impl Context {
             None => match &mut self.inner {
                 Inner::Cpu(c) => c.compute(tokens, greedy, &stop).await,
                 #[cfg(feature = "gpu")]
-                Inner::Gpu(c) if run > 0 => c.start_run(tokens, greedy, run, stop.clone()).await,
+                Inner::Gpu(c) if run > 0 => c.start_run(tokens, greedy, run, &stop).await,
                 #[cfg(feature = "gpu")]
-                Inner::Gpu(c) => c.compute(tokens, greedy, stop.clone()).await,
+                Inner::Gpu(c) => c.compute(tokens, greedy, &stop).await,
             },
         };
         self.track(run, stop, &output);
